@@ -1,0 +1,38 @@
+"""woqconv: move 4-bit weight-only-quantized checkpoints between formats without losing a bit.
+
+Python API (the CLI is a thin layer over it)::
+
+    import woqconv
+    report = woqconv.inspect("llama-gptq")                      # what is it, as found in the data
+    woqconv.convert("llama-gptq", "llama-awq", to="awq")        # lossless or refused
+    with woqconv.open_checkpoint("llama-gptq") as ckpt:         # the IR, one layer at a time
+        for layer in ckpt.iter_layers():
+            w = layer.dequantize()
+"""
+
+from .convert import ConvertReport, convert
+from .errors import FormatError, OutputError, RefusedConversion, WoqconvError
+from .formats import TARGETS
+from .inspection import InspectReport, inspect
+from .ir import CodebookLinear, GIdxKind, QuantLinear
+from .source import QuantizedCheckpoint, open_checkpoint
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CodebookLinear",
+    "ConvertReport",
+    "FormatError",
+    "GIdxKind",
+    "InspectReport",
+    "OutputError",
+    "QuantLinear",
+    "QuantizedCheckpoint",
+    "RefusedConversion",
+    "TARGETS",
+    "WoqconvError",
+    "__version__",
+    "convert",
+    "inspect",
+    "open_checkpoint",
+]

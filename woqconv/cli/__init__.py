@@ -1,0 +1,3 @@
+"""The ``woqconv`` command line: a thin layer over the Python API."""
+
+from .app import app, main  # noqa: F401

@@ -1,0 +1,130 @@
+"""Commands: ``woqconv inspect``, ``woqconv convert``. Every command has ``--format json``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from .. import __version__
+from ..convert import convert as convert_checkpoint
+from ..formats import TARGETS
+from ..inspection import inspect as inspect_checkpoint
+from ..source import CONVENTION_CHOICES
+from . import render
+from ._errors import mapped_errors
+
+app = typer.Typer(
+    name="woqconv",
+    help="Move 4-bit weight-only-quantized checkpoints between formats without losing a bit.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class OutputFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+FormatOpt = Annotated[OutputFormat, typer.Option("--format", help="text (rich tables) or json (one object on stdout).")]
+ConventionOpt = Annotated[
+    str,
+    typer.Option(
+        "--zp-convention",
+        help="How to read GPTQ zero points: auto (the data decides where it can, else the config), v1 (stored z-1), v2 (stored z).",
+    ),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"woqconv {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = None,
+) -> None:
+    """woqconv: inspect and convert GPTQ (v1, v2), AWQ GEMM and AutoRound checkpoints."""
+
+
+def _check_convention(value: str) -> str:
+    if value not in CONVENTION_CHOICES:
+        raise typer.BadParameter(f"choose from {', '.join(CONVENTION_CHOICES)}", param_hint="--zp-convention")
+    return value
+
+
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="Checkpoint directory.", show_default=False)],
+    layers: Annotated[bool, typer.Option("--layers", help="Also print the per-layer table.")] = False,
+    fmt: FormatOpt = OutputFormat.text,
+    zp_convention: ConventionOpt = "auto",
+) -> None:
+    """Describe a quantized checkpoint: format, bits, groups, zero-point convention found, g_idx, warnings.
+
+    Example: woqconv inspect ./Llama-2-7B-GPTQ --layers
+    """
+    with mapped_errors():
+        report = inspect_checkpoint(path, zero_point_convention=_check_convention(zp_convention))
+    if fmt is OutputFormat.json:
+        print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    else:
+        render.inspect_report(Console(), report, layers=layers)
+
+
+@app.command()
+def convert(
+    src: Annotated[Path, typer.Argument(help="Source checkpoint directory.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory (written atomically).", show_default=False)],
+    to: Annotated[str, typer.Option("--to", help=f"Target format: {', '.join(TARGETS)}.", show_default=False)],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output directory.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan and check everything, write nothing.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    fmt: FormatOpt = OutputFormat.text,
+    zp_convention: ConventionOpt = "auto",
+) -> None:
+    """Convert SRC into format TO at OUTPUT, losslessly or not at all.
+
+    Example: woqconv convert ./Llama-2-7B-GPTQ -o ./Llama-2-7B-AWQ --to awq
+    """
+    if to not in TARGETS:
+        raise typer.BadParameter(f"choose from {', '.join(TARGETS)}", param_hint="--to")
+    show_progress = not quiet and fmt is OutputFormat.text and not dry_run
+    err = Console(stderr=True)
+    with mapped_errors():
+        if show_progress:
+            with Progress(
+                TextColumn("converting"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                console=err, transient=True,
+            ) as bar:
+                task = bar.add_task("convert", total=None)
+                report = convert_checkpoint(
+                    src, output, to=to, overwrite=overwrite, zero_point_convention=_check_convention(zp_convention),
+                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                )
+        else:
+            report = convert_checkpoint(
+                src, output, to=to, overwrite=overwrite, dry_run=dry_run, zero_point_convention=_check_convention(zp_convention)
+            )
+    if fmt is OutputFormat.json:
+        print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    else:
+        render.convert_report(Console(), report)
+
+
+def main() -> None:
+    app(prog_name="woqconv")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

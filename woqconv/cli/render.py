@@ -1,0 +1,83 @@
+"""Rich rendering of the API's report objects. No logic beyond presentation."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from ..convert import ConvertReport
+from ..inspection import InspectReport
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _convention(label: str) -> str:
+    return {"v1": "v1 (stored z-1)", "v2": "v2 (stored z)"}.get(label, label)
+
+
+def inspect_report(console: Console, r: InspectReport, *, layers: bool) -> None:
+    t = Table(title=f"woqconv inspect {r.path}", show_header=False, title_justify="left")
+    t.add_column("field", style="bold")
+    t.add_column("value")
+    method = r.quant_method + (f" ({r.packing_format})" if r.packing_format else "")
+    zp = _convention(r.zero_point_convention) + f"  [dim]found by {r.zero_point_convention_source}[/dim]"
+    if r.zero_point_convention != r.zero_point_convention_declared:
+        zp += f"  [yellow]declared {_convention(r.zero_point_convention_declared)}[/yellow]"
+    rows = [
+        ("format", r.format),
+        ("producer", r.producer),
+        ("method", method),
+        ("bits", str(r.bits)),
+        ("group size", str(r.group_size)),
+        ("sym", f"{r.sym}" + ("" if r.sym_declared in (None, r.sym) else f"  [yellow]declared {r.sym_declared}[/yellow]")),
+        ("zero-point convention", zp),
+        ("g_idx", r.g_idx + ("" if r.desc_act_declared is None else f"  [dim]desc_act declared {r.desc_act_declared}[/dim]")),
+        ("scales dtype", ", ".join(r.scales_dtypes)),
+        ("quantized modules", str(r.quantized_modules)),
+        ("unquantized tensors", str(r.unquantized_tensors)),
+        ("quantized parameters", f"{r.quantized_parameters:,}"),
+        ("bits per weight", f"{r.bits_per_weight:.3f}"),
+        ("size", f"{_size(r.total_bytes)} in {r.shards} shard(s)"),
+    ]
+    for k, v in rows:
+        t.add_row(k, v)
+    console.print(t)
+    if layers:
+        lt = Table(title="quantized layers", title_justify="left")
+        for col in ("name", "in", "out", "bits", "group", "g_idx", "sym", "scales", "bias"):
+            lt.add_column(col, justify="right" if col in ("in", "out", "bits", "group") else "left", overflow="fold")
+        for layer in r.layers:
+            lt.add_row(
+                layer.name, str(layer.in_features), str(layer.out_features), str(layer.bits), str(layer.group_size),
+                layer.g_idx, "yes" if layer.sym else "no", layer.scales_dtype, "yes" if layer.bias else "no",
+            )
+        console.print(lt)
+    for w in r.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+
+
+def convert_report(console: Console, r: ConvertReport) -> None:
+    verb = "would convert" if r.dry_run else "converted"
+    t = Table(title=f"woqconv {verb} {r.source} ({r.source_format}) -> {r.output} ({r.target})", show_header=False, title_justify="left")
+    t.add_column("field", style="bold")
+    t.add_column("value")
+    t.add_row("layers", f"{r.layers_converted} quantized layers, " + ("[green]lossless[/green]" if r.lossless else "[red]lossy[/red]"))
+    changed = {}
+    for changes in r.layer_changes.values():
+        for c in changes:
+            changed[c] = changed.get(c, 0) + 1
+    for c, n in sorted(changed.items()):
+        t.add_row("", f"{n} layers: {c}")
+    t.add_row("tensors copied", f"{r.tensors_copied} unquantized tensors, byte for byte")
+    t.add_row("files", f"copied {len(r.files_copied)}; rewrote {', '.join(r.files_rewritten) or 'none'}; dropped {', '.join(r.files_dropped) or 'none'}")
+    t.add_row("bytes", f"{_size(r.bytes_in)} in" + ("" if r.dry_run else f", {_size(r.bytes_out)} out"))
+    t.add_row("time", f"{r.seconds:.2f} s")
+    console.print(t)
+    for w in r.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")

@@ -1,0 +1,38 @@
+"""AutoRound (``quant_method: auto-round``): which GPTQ/AWQ packing each ``packing_format`` means.
+
+AutoRound writes no layout of its own; it reuses GPTQ and AWQ packings with its own zero-point
+conventions (FORMATS.md 5, auto-round's ``inference/backend.py``):
+
+  auto_round:auto_gptq, auto_round:gptq   GPTQ layout, v1 zero points (z-1; its packer clamps z=0 to stored 0)
+  auto_round, auto_round:gptqmodel        GPTQ layout, raw zero points (v2-like)
+  auto_round:auto_awq, auto_round:awq     AWQ GEMM layout, raw zero points
+"""
+
+from __future__ import annotations
+
+from .base import ZP_V1, ZP_V2
+
+QUANT_METHODS = ("auto-round", "autoround", "intel/auto-round")
+
+# packing_format -> (family, zero-point convention, woqconv format name)
+PACKINGS: dict[str, tuple[str, str, str]] = {
+    "auto_round:auto_gptq": ("gptq", ZP_V1, "gptq"),
+    "auto_round:gptq": ("gptq", ZP_V1, "gptq"),
+    "auto_round": ("gptq", ZP_V2, "gptq-v2"),
+    "auto_round:gptqmodel": ("gptq", ZP_V2, "gptq-v2"),
+    "auto_round:auto_awq": ("awq", ZP_V2, "awq"),
+    "auto_round:awq": ("awq", ZP_V2, "awq"),
+}
+# transformers' AutoRoundConfig assumes this when a config names no packing_format.
+DEFAULT_PACKING = "auto_round:gptq"
+
+
+def resolve(quantization_config: dict) -> tuple[str, str, str, str] | str:
+    """(packing_format, family, convention, format name) or a one-line reason it is unsupported."""
+    packing = quantization_config.get("packing_format") or DEFAULT_PACKING
+    data_type = quantization_config.get("data_type", "int")
+    if data_type not in ("int", "int_sym", "int_asym"):
+        return f"AutoRound data_type {data_type!r} is not an integer affine format"
+    if packing not in PACKINGS:
+        return f"AutoRound packing_format {packing!r} is not supported (known: {', '.join(sorted(PACKINGS))})"
+    return (packing, *PACKINGS[packing])

@@ -1,0 +1,118 @@
+"""AWQ GEMM layout (AutoAWQ ``version: gemm``, AutoRound ``auto_round:auto_awq``), FORMATS.md 2.1.
+
+Per quantized linear:
+  qweight int32 [in, out/8]   codes packed along out_features in AWQ's nibble order [0,2,4,6,1,3,5,7]
+  qzeros  int32 [G, out/8]    raw zero points (no offset), same packing
+  scales  float [G, out]
+  bias    float [out]         optional
+No g_idx: groups are always the contiguous blocks i // group_size. 4 bits only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import packing
+from ..checkpoint import Checkpoint
+from ..ir import QuantLinear
+from ..safetensors_io import TensorSpec
+from .base import LayerFamily, SourceFormat, expect_dtype, layer_error, require, spec_of
+from .gptq import SCALE_DTYPES, effective_group_size
+
+BITS = 4
+
+
+class AwqGemmFamily(LayerFamily, key="awq"):
+    suffixes = ("qweight", "qzeros", "scales", "bias")
+
+    @classmethod
+    def _geometry(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> tuple[int, int, int]:
+        for suffix in ("qweight", "qzeros", "scales"):
+            require(ckpt, f"{prefix}.{suffix}", suffix)
+        expect_dtype(ckpt, f"{prefix}.qweight", ("I32",))
+        expect_dtype(ckpt, f"{prefix}.qzeros", ("I32",))
+        expect_dtype(ckpt, f"{prefix}.scales", SCALE_DTYPES)
+        if fmt.bits != BITS:
+            raise layer_error(ckpt, prefix, "qweight", f"AWQ GEMM holds 4-bit codes, config says {fmt.bits} bits")
+        qw = ckpt.info(f"{prefix}.qweight").shape
+        qz = ckpt.info(f"{prefix}.qzeros").shape
+        sc = ckpt.info(f"{prefix}.scales").shape
+        if len(qw) != 2 or len(qz) != 2 or len(sc) != 2:
+            raise layer_error(ckpt, prefix, "qweight", f"expected 2-D qweight/qzeros/scales, got {list(qw)}, {list(qz)}, {list(sc)}")
+        groups, out = sc
+        if qw[1] * 8 != out:
+            hint = " (that is the GPTQ layout)" if qw[1] == out else ""
+            raise layer_error(ckpt, prefix, "qweight", f"shape {list(qw)} does not match scales {list(sc)} in the AWQ GEMM layout{hint}")
+        in_features = qw[0]
+        if qz != (groups, out // 8):
+            raise layer_error(ckpt, prefix, "qzeros", f"shape {list(qz)}, expected {[groups, out // 8]}")
+        gs = effective_group_size(fmt.group_size, in_features)
+        if in_features % gs or in_features // gs != groups:
+            raise layer_error(
+                ckpt, prefix, "scales", f"{groups} groups, but in_features {in_features} with group_size {fmt.group_size} gives {in_features / gs:g}"
+            )
+        if ckpt.has(f"{prefix}.g_idx"):
+            raise layer_error(ckpt, prefix, "g_idx", "AWQ GEMM has no g_idx, yet the checkpoint stores one")
+        return in_features, out, gs
+
+    @classmethod
+    def stored_zero_fields(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> torch.Tensor:
+        cls._geometry(ckpt, prefix, fmt)
+        return packing.awq_deinterleave(packing.unpack(ckpt.read(f"{prefix}.qzeros"), BITS, dim=1))
+
+    @classmethod
+    def read(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat, *, codes: bool = True) -> QuantLinear:
+        in_features, out, gs = cls._geometry(ckpt, prefix, fmt)
+        zeros = packing.awq_deinterleave(packing.unpack(ckpt.read(f"{prefix}.qzeros"), BITS, dim=1))
+        layer = QuantLinear(
+            name=prefix,
+            in_features=in_features,
+            out_features=out,
+            bits=BITS,
+            group_size=gs,
+            zeros=zeros.T.contiguous(),
+            scales=ckpt.read(f"{prefix}.scales").T.contiguous(),
+            bias=ckpt.read(f"{prefix}.bias") if ckpt.has(f"{prefix}.bias") else None,
+        )
+        if codes:
+            layer.codes = packing.awq_deinterleave(packing.unpack(ckpt.read(f"{prefix}.qweight"), BITS, dim=1)).T.contiguous()
+        problem = layer.validate()
+        if problem:
+            raise layer_error(ckpt, prefix, "qweight", problem)
+        return layer
+
+    @classmethod
+    def check_writable(cls, layer: QuantLinear) -> str | None:
+        if layer.bits != BITS:
+            return f"AWQ GEMM stores 4-bit codes only, this layer has {layer.bits} bits"
+        if layer.out_features % 8:
+            return f"AWQ GEMM needs out_features divisible by 8, got {layer.out_features}"
+        if layer.in_features % layer.group_size:
+            return f"AWQ GEMM needs in_features {layer.in_features} divisible by group_size {layer.group_size}"
+        return None
+
+    @classmethod
+    def specs(cls, layer: QuantLinear) -> list[TensorSpec]:
+        p, g, out = layer.name, layer.num_groups, layer.out_features
+        specs = [
+            TensorSpec(f"{p}.qweight", "I32", (layer.in_features, out // 8)),
+            TensorSpec(f"{p}.qzeros", "I32", (g, out // 8)),
+            spec_of(f"{p}.scales", layer.scales.T),
+        ]
+        if layer.bias is not None:
+            specs.append(spec_of(f"{p}.bias", layer.bias))
+        return specs
+
+    @classmethod
+    def encode(cls, layer: QuantLinear, zero_point_convention: str) -> dict[str, torch.Tensor]:
+        if layer.g_idx is not None:
+            raise ValueError(f"{layer.name}: AWQ cannot store g_idx; relabel groups before encoding")
+        p = layer.name
+        tensors = {
+            f"{p}.qweight": packing.pack(packing.awq_interleave(layer.codes.T), BITS, dim=1),
+            f"{p}.qzeros": packing.pack(packing.awq_interleave(layer.zeros.T), BITS, dim=1),
+            f"{p}.scales": layer.scales.T.contiguous(),
+        }
+        if layer.bias is not None:
+            tensors[f"{p}.bias"] = layer.bias
+        return tensors

@@ -1,0 +1,131 @@
+"""Tell which format a checkpoint is in, from its quantization config, checked against its tensors."""
+
+from __future__ import annotations
+
+from ..checkpoint import QUANT_CONFIG_FILES, Checkpoint, read_json
+from ..errors import FormatError
+from . import autoround
+from .base import ZP_V1, ZP_V1_WORD, ZP_V2, LayerFamily, SourceFormat
+
+GPTQ_CHECKPOINT_FORMATS = {"gptq": ZP_V1, "gptq_v2": ZP_V2}
+AWQ_VERSIONS = ("gemm",)
+
+
+def quantization_config(ckpt: Checkpoint) -> tuple[dict, str]:
+    qc = ckpt.config.get("quantization_config")
+    if isinstance(qc, dict) and qc:
+        return qc, "config.json"
+    for name in QUANT_CONFIG_FILES:
+        path = ckpt.root / name
+        if path.exists():
+            return read_json(path), name
+    if not (ckpt.root / "config.json").exists():
+        raise FormatError("missing config.json (and no quantize_config.json)", file=ckpt.root)
+    raise FormatError("config.json has no quantization_config: not a quantized checkpoint?", file=ckpt.root / "config.json")
+
+
+def _producer(qc: dict, ckpt: Checkpoint) -> str:
+    meta = qc.get("meta") if isinstance(qc.get("meta"), dict) else {}
+    quantizer = meta.get("quantizer")
+    if quantizer:
+        return ", ".join(quantizer) if isinstance(quantizer, list) else str(quantizer)
+    if qc.get("provider"):
+        version = qc.get("autoround_version")
+        return f"{qc['provider']} {version}" if version else str(qc["provider"])
+    if qc.get("autoround_version"):
+        return f"auto-round {qc['autoround_version']}"
+    if any(n.endswith(".scale_bf16_to_fp8") for n in ckpt.locations):
+        return "neural-compressor"
+    if qc.get("quant_method") == "awq":
+        return "autoawq-compatible"
+    return "unknown"
+
+
+def _int(qc: dict, key: str, file: str, ckpt: Checkpoint, default=None) -> int:
+    value = qc.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise FormatError(f"quantization_config.{key} must be an integer, got {value!r}", file=ckpt.root / file)
+    return value
+
+
+def detect(ckpt: Checkpoint) -> SourceFormat:
+    """Identify the checkpoint's format from its config; raise FormatError naming the problem."""
+    qc, file = quantization_config(ckpt)
+    where = ckpt.root / file
+    method = str(qc.get("quant_method", "gptq" if file == "quantize_config.json" else "")).lower()
+    packing_format = None
+    if method == "gptq":
+        ckfmt = str(qc.get("checkpoint_format") or qc.get("format") or "gptq").lower()
+        if ckfmt not in GPTQ_CHECKPOINT_FORMATS:
+            raise FormatError(f"GPTQ checkpoint_format {ckfmt!r} is not supported (supported: gptq, gptq_v2)", file=where)
+        pack_dtype = qc.get("pack_dtype", "int32")
+        if pack_dtype != "int32":
+            raise FormatError(f"GPTQ pack_dtype {pack_dtype!r} is not supported (only int32)", file=where)
+        if qc.get("dynamic"):
+            raise FormatError("GPTQModel per-module 'dynamic' overrides are not supported yet", file=where)
+        family, convention = "gptq", GPTQ_CHECKPOINT_FORMATS[ckfmt]
+        producer = _producer(qc, ckpt)
+        # GPTQModel writes v1 by whole-word subtraction, so its v1 files decode by word addition.
+        if convention == ZP_V1 and "gptqmodel" in producer.lower():
+            convention = ZP_V1_WORD
+        name = "gptq" if convention != ZP_V2 else "gptq-v2"
+    elif method == "awq":
+        version = str(qc.get("version") or qc.get("format") or "gemm").lower()
+        if version not in AWQ_VERSIONS:
+            raise FormatError(f"AWQ version {version!r} is not supported (supported: gemm)", file=where)
+        family, convention, name = "awq", ZP_V2, "awq"
+        producer = _producer(qc, ckpt)
+    elif method in autoround.QUANT_METHODS:
+        resolved = autoround.resolve(qc)
+        if isinstance(resolved, str):
+            raise FormatError(resolved, file=where)
+        packing_format, family, convention, name = resolved
+        producer = _producer(qc, ckpt)
+        if producer == "unknown":
+            producer = "auto-round"
+    else:
+        raise FormatError(f"quant_method {qc.get('quant_method')!r} is not a supported format (gptq, awq, auto-round)", file=where)
+
+    bits = _int(qc, "bits", file, ckpt)
+    group_size = _int(qc, "group_size", file, ckpt, default=-1)
+    if bits not in range(2, 9):
+        raise FormatError(f"bits {bits} is not supported (2..8)", file=where)
+    if group_size == 0 or group_size < -1:
+        raise FormatError(f"group_size {group_size} is invalid (positive, or -1 for one group per row)", file=where)
+    sym = qc.get("sym")
+    if method == "awq" and "zero_point" in qc:
+        sym = not bool(qc["zero_point"])
+    fmt = SourceFormat(
+        name=name,
+        family=family,
+        bits=bits,
+        group_size=group_size,
+        sym=sym if isinstance(sym, bool) else None,
+        zero_point_convention=convention,
+        quant_method=method,
+        producer=producer,
+        packing_format=packing_format,
+        desc_act=qc.get("desc_act") if isinstance(qc.get("desc_act"), bool) else None,
+        declared_config=qc,
+        config_file=file,
+    )
+    _check_layout(ckpt, fmt)
+    return fmt
+
+
+def _check_layout(ckpt: Checkpoint, fmt: SourceFormat) -> None:
+    """The config names a layout; the tensor shapes must agree with it."""
+    prefixes = LayerFamily.registry[fmt.family].layer_prefixes(ckpt)
+    if not prefixes:
+        raise FormatError(f"config declares {fmt.name} but no tensor ends in .qweight", file=ckpt.root)
+    first = prefixes[0]
+    if not ckpt.has(f"{first}.scales"):
+        return  # the family reader names the missing tensor
+    qw, sc = ckpt.info(f"{first}.qweight").shape, ckpt.info(f"{first}.scales").shape
+    if len(qw) == 2 and len(sc) == 2:
+        looks_awq = qw[1] * 8 == sc[1]
+        looks_gptq = qw[1] == sc[1]
+        if fmt.family == "gptq" and looks_awq and not looks_gptq:
+            raise FormatError(f"config declares {fmt.name} (GPTQ layout) but qweight {list(qw)} has the AWQ GEMM layout", file=ckpt.file_of(f"{first}.qweight"), tensor=f"{first}.qweight")
+        if fmt.family == "awq" and looks_gptq and not looks_awq:
+            raise FormatError(f"config declares AWQ but qweight {list(qw)} has the GPTQ layout", file=ckpt.file_of(f"{first}.qweight"), tensor=f"{first}.qweight")

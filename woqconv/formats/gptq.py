@@ -1,0 +1,136 @@
+"""GPTQ layout (AutoGPTQ / GPTQModel / optimum / INC's optimum format), v1 and v2 zero points.
+
+Per quantized linear (FORMATS.md 1.1-1.7):
+  qweight int32 [in*b/32, out]  codes packed along in_features, LSB-first bit stream
+  qzeros  int32 [G, out*b/32]   zero points packed along out_features; v1 stores z-1, v2 stores z
+  scales  float [G, out]
+  g_idx   int32 [in]            optional group of each input channel (act-order)
+  bias    float [out]           optional
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import packing
+from ..checkpoint import Checkpoint
+from ..ir import QuantLinear, default_g_idx
+from ..safetensors_io import TensorSpec
+from .base import ZP_V1, ZP_V1_WORD, ZP_V2, LayerFamily, SourceFormat, expect_dtype, layer_error, require, spec_of
+
+SCALE_DTYPES = ("F16", "BF16", "F32")
+
+
+def effective_group_size(declared: int, in_features: int) -> int:
+    return in_features if declared in (-1, 0) or declared >= in_features else declared
+
+
+class GptqFamily(LayerFamily, key="gptq"):
+    suffixes = ("qweight", "qzeros", "scales", "g_idx", "bias")
+
+    @classmethod
+    def _geometry(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> tuple[int, int, int]:
+        for suffix, what in (("qweight", "qweight"), ("qzeros", "qzeros"), ("scales", "scales")):
+            require(ckpt, f"{prefix}.{suffix}", what)
+        expect_dtype(ckpt, f"{prefix}.qweight", ("I32",))
+        expect_dtype(ckpt, f"{prefix}.qzeros", ("I32",))
+        expect_dtype(ckpt, f"{prefix}.scales", SCALE_DTYPES)
+        b = fmt.bits
+        qw = ckpt.info(f"{prefix}.qweight").shape
+        qz = ckpt.info(f"{prefix}.qzeros").shape
+        sc = ckpt.info(f"{prefix}.scales").shape
+        if len(qw) != 2 or len(qz) != 2 or len(sc) != 2:
+            raise layer_error(ckpt, prefix, "qweight", f"expected 2-D qweight/qzeros/scales, got {list(qw)}, {list(qz)}, {list(sc)}")
+        groups, out = sc
+        if qw[1] != out:
+            hint = " (that is the AWQ GEMM layout)" if qw[1] * 8 == out else ""
+            raise layer_error(ckpt, prefix, "qweight", f"shape {list(qw)} does not match scales {list(sc)} in the GPTQ layout{hint}")
+        if (qw[0] * 32) % b:
+            raise layer_error(ckpt, prefix, "qweight", f"{qw[0]} packed rows cannot hold whole {b}-bit codes")
+        in_features = qw[0] * 32 // b
+        if qz != (groups, out * b // 32) or (out * b) % 32:
+            raise layer_error(ckpt, prefix, "qzeros", f"shape {list(qz)} disagrees with {b}-bit zero points for scales {list(sc)}")
+        gs = effective_group_size(fmt.group_size, in_features)
+        if -(-in_features // gs) != groups:
+            raise layer_error(
+                ckpt, prefix, "scales",
+                f"{groups} groups, but in_features {in_features} with group_size {fmt.group_size} gives {-(-in_features // gs)}",
+            )
+        if ckpt.has(f"{prefix}.g_idx"):
+            expect_dtype(ckpt, f"{prefix}.g_idx", ("I32", "I64"))
+            if ckpt.info(f"{prefix}.g_idx").shape != (in_features,):
+                raise layer_error(ckpt, prefix, "g_idx", f"shape {list(ckpt.info(f'{prefix}.g_idx').shape)}, expected [{in_features}]")
+        return in_features, out, gs
+
+    @classmethod
+    def stored_zero_fields(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> torch.Tensor:
+        cls._geometry(ckpt, prefix, fmt)
+        return packing.unpack(ckpt.read(f"{prefix}.qzeros"), fmt.bits, dim=1)
+
+    @classmethod
+    def read(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat, *, codes: bool = True) -> QuantLinear:
+        in_features, out, gs = cls._geometry(ckpt, prefix, fmt)
+        b = fmt.bits
+        qzeros = ckpt.read(f"{prefix}.qzeros")
+        if fmt.zero_point_convention == ZP_V1_WORD and 32 % b == 0:
+            zeros = packing.unpack(packing.v1_word_decode(qzeros, b), b, dim=1)
+        else:
+            stored = packing.unpack(qzeros, b, dim=1)
+            zeros = stored if fmt.zero_point_convention == ZP_V2 else packing.v1_decode_zeros(stored, b)
+        g_idx = ckpt.read(f"{prefix}.g_idx").to(torch.int32) if ckpt.has(f"{prefix}.g_idx") else None
+        layer = QuantLinear(
+            name=prefix,
+            in_features=in_features,
+            out_features=out,
+            bits=b,
+            group_size=gs,
+            zeros=zeros.T.contiguous(),
+            scales=ckpt.read(f"{prefix}.scales").T.contiguous(),
+            g_idx=g_idx,
+            bias=ckpt.read(f"{prefix}.bias") if ckpt.has(f"{prefix}.bias") else None,
+        )
+        if codes:
+            layer.codes = packing.unpack(ckpt.read(f"{prefix}.qweight"), b, dim=0).T.contiguous()
+        problem = layer.validate()
+        if problem:
+            raise layer_error(ckpt, prefix, "qweight", problem)
+        return layer
+
+    @classmethod
+    def check_writable(cls, layer: QuantLinear) -> str | None:
+        b = layer.bits
+        if b not in (2, 3, 4, 8):
+            return f"GPTQ stores 2, 3, 4 or 8 bits, not {b}"
+        if (layer.in_features * b) % 32 or (layer.out_features * b) % 32:
+            return f"in_features {layer.in_features} and out_features {layer.out_features} must pack into whole 32-bit words at {b} bits"
+        return None
+
+    @classmethod
+    def specs(cls, layer: QuantLinear) -> list[TensorSpec]:
+        p, b, g, out = layer.name, layer.bits, layer.num_groups, layer.out_features
+        specs = [
+            TensorSpec(f"{p}.qweight", "I32", (layer.in_features * b // 32, out)),
+            TensorSpec(f"{p}.qzeros", "I32", (g, out * b // 32)),
+            spec_of(f"{p}.scales", layer.scales.T),
+            # Written even without act-order: transformers+gptqmodel build g_idx from uninitialised
+            # memory when it is missing (PEERS.md 1), and AutoGPTQ always writes it.
+            TensorSpec(f"{p}.g_idx", "I32", (layer.in_features,)),
+        ]
+        if layer.bias is not None:
+            specs.append(spec_of(f"{p}.bias", layer.bias))
+        return specs
+
+    @classmethod
+    def encode(cls, layer: QuantLinear, zero_point_convention: str) -> dict[str, torch.Tensor]:
+        p, b = layer.name, layer.bits
+        stored = packing.v1_encode_zeros(layer.zeros, b) if zero_point_convention == ZP_V1 else layer.zeros
+        g_idx = layer.g_idx if layer.g_idx is not None else default_g_idx(layer.in_features, layer.group_size)
+        tensors = {
+            f"{p}.qweight": packing.pack(layer.codes.T, b, dim=0),
+            f"{p}.qzeros": packing.pack(stored.T, b, dim=1),
+            f"{p}.scales": layer.scales.T.contiguous(),
+            f"{p}.g_idx": g_idx.to(torch.int32).contiguous(),
+        }
+        if layer.bias is not None:
+            tensors[f"{p}.bias"] = layer.bias
+        return tensors

@@ -1,0 +1,124 @@
+"""``woqconv inspect``: what a checkpoint is, as found in its data, with the stable JSON keys."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+from .formats.base import ZP_V1_WORD
+from .source import QuantizedCheckpoint, open_checkpoint
+
+
+@dataclass
+class LayerInfo:
+    name: str
+    in_features: int
+    out_features: int
+    bits: int
+    group_size: int
+    g_idx: str
+    sym: bool
+    scales_dtype: str
+    bias: bool
+
+
+@dataclass
+class InspectReport:
+    path: str
+    format: str  # woqconv format name as read: gptq, gptq-v2, awq
+    producer: str
+    quant_method: str
+    packing_format: str | None
+    bits: int
+    group_size: int
+    sym: bool  # found in the data: every zero point equals 2^(bits-1)
+    sym_declared: bool | None
+    zero_point_convention: str  # v1 (stored z-1) or v2 (stored z), as read
+    zero_point_convention_declared: str
+    zero_point_convention_source: str  # "data", "config" or "user"
+    g_idx: str  # none / trivial / block-uniform / scattered (the least regular layer)
+    desc_act_declared: bool | None
+    quantized_modules: int
+    unquantized_tensors: int
+    quantized_parameters: int
+    total_bytes: int
+    bits_per_weight: float  # quantized layers' bytes (codes, zeros, scales, g_idx) per weight, in bits
+    scales_dtypes: list[str]
+    shards: int
+    layers: list[LayerInfo] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _public(convention: str) -> str:
+    return "v1" if convention == ZP_V1_WORD else convention
+
+
+def report_for(src: QuantizedCheckpoint) -> InspectReport:
+    ckpt = src.ckpt
+    owned = src.owned_tensors()
+    layers = [
+        LayerInfo(
+            name=layer.name,
+            in_features=layer.in_features,
+            out_features=layer.out_features,
+            bits=layer.bits,
+            group_size=layer.group_size,
+            g_idx=layer.g_idx_kind.value,
+            sym=layer.is_symmetric,
+            scales_dtype=str(layer.scales.dtype).replace("torch.", ""),
+            bias=layer.bias is not None,
+        )
+        for layer in src.layers
+    ]
+    q_params = sum(layer.in_features * layer.out_features for layer in src.layers)
+    q_bytes = sum(ckpt.info(t).nbytes for t, owner in owned.items() if not t.endswith(".bias"))
+    kind_counts = Counter(layer.g_idx for layer in layers)
+    warnings = list(src.warnings)
+    fmt = src.format
+    g_kind = src.g_idx_kind.value
+    if fmt.desc_act is False and g_kind in ("block-uniform", "scattered"):
+        warnings.append(f"config says desc_act = false, but {kind_counts[g_kind]} layers have a {g_kind} g_idx: kernels that ignore g_idx would compute wrong weights")
+    total_bytes = ckpt.weight_bytes + sum((ckpt.root / f).stat().st_size for f in ckpt.other_files)
+    return InspectReport(
+        path=str(ckpt.root),
+        format=fmt.name,
+        producer=fmt.producer,
+        quant_method=fmt.quant_method,
+        packing_format=fmt.packing_format,
+        bits=fmt.bits,
+        group_size=fmt.group_size,
+        sym=src.is_symmetric,
+        sym_declared=fmt.sym,
+        zero_point_convention=_public(fmt.zero_point_convention),
+        zero_point_convention_declared=_public(src.declared_convention),
+        zero_point_convention_source=src.convention_source,
+        g_idx=g_kind,
+        desc_act_declared=fmt.desc_act,
+        quantized_modules=len(layers),
+        unquantized_tensors=sum(1 for t in ckpt.locations if t not in owned),
+        quantized_parameters=q_params,
+        total_bytes=total_bytes,
+        bits_per_weight=round(q_bytes * 8 / q_params, 3) if q_params else 0.0,
+        scales_dtypes=sorted({layer.scales_dtype for layer in layers}),
+        shards=len(ckpt.shards),
+        layers=layers,
+        warnings=warnings,
+    )
+
+
+def inspect(path: str | os.PathLike, *, zero_point_convention: str = "auto") -> InspectReport:
+    """Describe a quantized checkpoint: format, conventions found in the data, layers, warnings.
+
+    Reads the safetensors headers and only the small tensors (qzeros, scales, g_idx); never the codes.
+
+    Example::
+
+        report = woqconv.inspect("llama-gptq")
+        print(report.format, report.bits, report.group_size, report.zero_point_convention)
+    """
+    with open_checkpoint(path, zero_point_convention=zero_point_convention) as src:
+        return report_for(src)

@@ -1,0 +1,176 @@
+"""The canonical intermediate representation every adapter reads into and writes from.
+
+What the IR means by each field is defined here and only here:
+
+* ``codes``   uint8 ``[out, in]``: the unsigned stored level ``q`` of every weight, in ``[0, 2**bits)``.
+* ``zeros``   uint8 ``[out, G]``: the TRUE zero point ``z`` of each (output channel, group), in
+  ``[0, 2**bits)``, whatever offset the file stored (GPTQ v1 stores ``z - 1``). Symmetric
+  checkpoints have ``z == 2**(bits-1)`` everywhere.
+* ``scales``  ``[out, G]`` in the dtype the source stored (fp16, bf16 or fp32). Never cast silently:
+  a cast is a lossy conversion and must be reported as one.
+* ``g_idx``   int32 ``[in]``: the group of each input channel, or ``None`` for the contiguous
+  default ``i // group_size``.
+* ``bias``    ``[out]`` in its stored dtype, or ``None``.
+
+``G = ceil(in / group_size)``. Two layers hold "the same weights" when :meth:`QuantLinear.dequantize`
+gives bit-identical results; conversions between affine formats are lossless when the IR fields
+are bit-identical, which implies it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+import torch
+
+
+class GIdxKind(str, Enum):
+    """How a layer's input channels are assigned to groups (FORMATS.md 7.3)."""
+
+    NONE = "none"  # no g_idx stored; groups are contiguous
+    TRIVIAL = "trivial"  # stored, but equal to i // group_size
+    BLOCK_UNIFORM = "block-uniform"  # each aligned block of group_size channels shares one label
+    SCATTERED = "scattered"  # true act-order: groups are not contiguous blocks
+
+
+def default_g_idx(in_features: int, group_size: int) -> torch.Tensor:
+    return torch.arange(in_features, dtype=torch.int32) // group_size
+
+
+def classify_g_idx(g_idx: torch.Tensor | None, group_size: int) -> GIdxKind:
+    if g_idx is None:
+        return GIdxKind.NONE
+    in_features = g_idx.numel()
+    if torch.equal(g_idx, default_g_idx(in_features, group_size)):
+        return GIdxKind.TRIVIAL
+    if _block_labels(g_idx, group_size) is not None:
+        return GIdxKind.BLOCK_UNIFORM
+    return GIdxKind.SCATTERED
+
+
+def _block_labels(g_idx: torch.Tensor, group_size: int) -> torch.Tensor | None:
+    """Labels of the aligned blocks if each block has one label and the labels are a permutation."""
+    n = g_idx.numel()
+    groups = -(-n // group_size)
+    padded = torch.full((groups * group_size,), -1, dtype=torch.int64)
+    padded[:n] = g_idx.to(torch.int64)
+    blocks = padded.view(groups, group_size)
+    labels = blocks[:, 0]
+    valid = blocks >= 0
+    if not bool(((blocks == labels[:, None]) | ~valid).all()):
+        return None
+    if not torch.equal(torch.sort(labels).values, torch.arange(groups)):
+        return None
+    return labels
+
+
+@dataclass
+class QuantLinear:
+    """One affine-quantized linear layer (GPTQ / AWQ / INC / AutoRound family)."""
+
+    name: str
+    in_features: int
+    out_features: int
+    bits: int
+    group_size: int  # effective group size (never -1)
+    zeros: torch.Tensor
+    scales: torch.Tensor
+    codes: torch.Tensor | None = None  # may be absent while planning (read lazily)
+    g_idx: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    notes: list[str] = field(default_factory=list)  # reader observations worth reporting
+
+    @property
+    def num_groups(self) -> int:
+        return -(-self.in_features // self.group_size)
+
+    @property
+    def g_idx_kind(self) -> GIdxKind:
+        return classify_g_idx(self.g_idx, self.group_size)
+
+    @property
+    def is_symmetric(self) -> bool:
+        return bool((self.zeros == (1 << (self.bits - 1))).all())
+
+    def group_of_channel(self) -> torch.Tensor:
+        return self.g_idx if self.g_idx is not None else default_g_idx(self.in_features, self.group_size)
+
+    def validate(self) -> str | None:
+        """Return a description of the first inconsistency, or None. Adapters turn it into an error."""
+        out, g = self.out_features, self.num_groups
+        if tuple(self.zeros.shape) != (out, g):
+            return f"zero points have shape {list(self.zeros.shape)}, expected {[out, g]}"
+        if tuple(self.scales.shape) != (out, g):
+            return f"scales have shape {list(self.scales.shape)}, expected {[out, g]}"
+        if int(self.zeros.max()) >= (1 << self.bits) if self.zeros.numel() else False:
+            return f"zero point {int(self.zeros.max())} out of range for {self.bits} bits"
+        if self.scales.numel() and not bool(torch.isfinite(self.scales.float()).all()):
+            bad = int((~torch.isfinite(self.scales.float())).sum())
+            return f"{bad} scales are NaN or infinite"
+        if self.codes is not None:
+            if tuple(self.codes.shape) != (out, self.in_features):
+                return f"codes have shape {list(self.codes.shape)}, expected {[out, self.in_features]}"
+            if self.codes.numel() and int(self.codes.max()) >= (1 << self.bits):
+                return f"code {int(self.codes.max())} out of range for {self.bits} bits"
+        if self.g_idx is not None:
+            if tuple(self.g_idx.shape) != (self.in_features,):
+                return f"g_idx has shape {list(self.g_idx.shape)}, expected {[self.in_features]}"
+            if self.g_idx.numel() and (int(self.g_idx.min()) < 0 or int(self.g_idx.max()) >= g):
+                return f"g_idx values outside [0, {g})"
+        if self.bias is not None and tuple(self.bias.shape) != (out,):
+            return f"bias has shape {list(self.bias.shape)}, expected {[out]}"
+        return None
+
+    def dequantize(self) -> torch.Tensor:
+        """``W[o, i] = (q[o, i] - z[o, g(i)]) * s[o, g(i)]`` in fp32, shape ``[out, in]``."""
+        if self.codes is None:
+            raise ValueError(f"{self.name}: codes not loaded")
+        g = self.group_of_channel().to(torch.int64)
+        z = self.zeros.to(torch.float32)[:, g]
+        s = self.scales.to(torch.float32)[:, g]
+        return (self.codes.to(torch.float32) - z) * s
+
+    def with_contiguous_groups(self) -> "QuantLinear":
+        """Drop a trivial g_idx, or relabel a block-uniform one exactly by permuting group columns.
+
+        Returns a layer with ``g_idx=None`` and the same dequantized weights. Raises ValueError for a
+        scattered g_idx, which no permutation of groups can express.
+        """
+        kind = self.g_idx_kind
+        if kind in (GIdxKind.NONE, GIdxKind.TRIVIAL):
+            return replace(self, g_idx=None)
+        if kind is GIdxKind.BLOCK_UNIFORM:
+            labels = _block_labels(self.g_idx, self.group_size)
+            # Block b used group labels[b]; after relabelling block b uses group b.
+            return replace(self, g_idx=None, zeros=self.zeros[:, labels].contiguous(), scales=self.scales[:, labels].contiguous())
+        raise ValueError(f"{self.name}: scattered g_idx cannot be expressed without g_idx")
+
+
+@dataclass
+class CodebookLinear:
+    """One codebook-quantized linear layer (bitsandbytes NF4/FP4, INC nf4/fp4).
+
+    ``idx`` holds a 4-bit index per weight over the row-major flattened ``[out, in]`` weight;
+    ``absmax`` one fp32 scale per block of ``blocksize`` consecutive flattened elements (double
+    quantization already undone); ``code`` the 16-entry table. Readers and writers for this variant
+    arrive with the bitsandbytes adapter.
+    """
+
+    name: str
+    in_features: int
+    out_features: int
+    blocksize: int
+    quant_type: str  # "nf4" or "fp4"
+    idx: torch.Tensor  # uint8 [out * in]
+    code: torch.Tensor  # fp32 [16]
+    absmax: torch.Tensor  # fp32 [ceil(out*in / blocksize)]
+    dtype: torch.dtype  # dtype of the weight that was quantized
+    bias: torch.Tensor | None = None
+
+    def dequantize(self) -> torch.Tensor:
+        """``W.flat[j] = code[idx[j]] * absmax[j // blocksize]`` in fp32, shape ``[out, in]``."""
+        n = self.out_features * self.in_features
+        block = torch.arange(n) // self.blocksize
+        flat = self.code[self.idx[:n].to(torch.int64)] * self.absmax[block]
+        return flat.view(self.out_features, self.in_features)

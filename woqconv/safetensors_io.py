@@ -1,0 +1,294 @@
+"""Strict, streaming safetensors reading and writing.
+
+Why not ``safetensors.safe_open``: we need (1) a parser that rejects malformed headers with a
+precise message before anything is allocated, (2) reads of single tensors without mapping or
+touching the rest of a multi-GB file, and (3) a writer that knows every tensor's place up front and
+accepts tensors in any order, so a converter can emit layer by layer into one large output file
+without holding it in memory. The byte layout follows the safetensors spec: an 8-byte little-endian
+header length, a JSON header, then the data buffer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import torch
+
+from .errors import FormatError
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+# Dtypes we pass through byte for byte but never compute on.
+_OPAQUE_SIZES = {"U16": 2, "U32": 4, "U64": 8}
+ITEMSIZE: dict[str, int] = {**{k: torch.empty(0, dtype=v).element_size() for k, v in DTYPES.items()}, **_OPAQUE_SIZES}
+
+# A header larger than this is not a model header; refusing it avoids a giant allocation.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+_COPY_CHUNK = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str  # safetensors dtype name, e.g. "I32"
+    shape: tuple[int, ...]
+    start: int  # absolute byte offset in the file
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+class SafetensorsFile:
+    """One safetensors file: header parsed and validated on open, tensors read on demand."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        except OSError as e:
+            raise FormatError(f"cannot open: {e.strerror}", file=self.path) from None
+        try:
+            self.size = os.fstat(self._fd).st_size
+            self.tensors, self.metadata = self._parse_header()
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def _fail(self, problem: str, tensor: str | None = None) -> FormatError:
+        return FormatError(problem, file=self.path, tensor=tensor)
+
+    def _parse_header(self) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+        if self.size < 8:
+            raise self._fail(f"not a safetensors file: {self.size} bytes, too short for a header")
+        (hlen,) = struct.unpack("<Q", os.pread(self._fd, 8, 0))
+        if hlen > MAX_HEADER_BYTES:
+            raise self._fail(f"header length {hlen} is absurd (limit {MAX_HEADER_BYTES} bytes)")
+        if 8 + hlen > self.size:
+            raise self._fail(f"header length {hlen} runs past the end of the file ({self.size} bytes): truncated?")
+        raw = os.pread(self._fd, hlen, 8)
+        try:
+            header = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise self._fail(f"header is not valid JSON ({e})") from None
+        if not isinstance(header, dict):
+            raise self._fail("header is not a JSON object")
+        data_start = 8 + hlen
+        data_len = self.size - data_start
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise self._fail("__metadata__ must map strings to strings")
+        tensors: dict[str, TensorInfo] = {}
+        for name, entry in header.items():
+            if not isinstance(entry, dict):
+                raise self._fail("header entry is not an object", name)
+            dtype = entry.get("dtype")
+            shape = entry.get("shape")
+            offsets = entry.get("data_offsets")
+            if dtype not in ITEMSIZE:
+                raise self._fail(f"unknown dtype {dtype!r}", name)
+            if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+                raise self._fail(f"invalid shape {shape!r}", name)
+            if (
+                not isinstance(offsets, list)
+                or len(offsets) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1] <= data_len
+            ):
+                raise self._fail(f"data_offsets {offsets!r} lie outside the data buffer ({data_len} bytes)", name)
+            info = TensorInfo(name, dtype, tuple(shape), data_start + offsets[0], data_start + offsets[1])
+            if info.numel * ITEMSIZE[dtype] != info.nbytes:
+                raise self._fail(
+                    f"{dtype} {list(shape)} needs {info.numel * ITEMSIZE[dtype]} bytes but data_offsets span {info.nbytes}", name
+                )
+            tensors[name] = info
+        # The spec requires the tensors to tile the buffer: no overlap, no gap, no trailing bytes.
+        pos = data_start
+        for info in sorted(tensors.values(), key=lambda t: (t.start, t.end)):
+            if info.start != pos:
+                kind = "overlaps the previous tensor" if info.start < pos else f"leaves a gap of {info.start - pos} bytes"
+                raise self._fail(f"data_offsets {kind}", info.name)
+            pos = info.end
+        if pos != self.size:
+            raise self._fail(f"data buffer has {self.size - pos} bytes not covered by any tensor")
+        return tensors, metadata
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def read_bytes(self, name: str) -> bytearray:
+        info = self.tensors[name]
+        buf = bytearray(info.nbytes)
+        view = memoryview(buf)
+        done = 0
+        while done < info.nbytes:
+            n = os.preadv(self._fd, [view[done:]], info.start + done)
+            if n <= 0:
+                raise self._fail("file ended while reading tensor data (modified during the run?)", name)
+            done += n
+        return buf
+
+    def read(self, name: str) -> torch.Tensor:
+        """Read one tensor into memory (a fresh CPU tensor that owns its bytes)."""
+        info = self.tensors[name]
+        if info.dtype in _OPAQUE_SIZES:
+            raise self._fail(f"dtype {info.dtype} can be copied but not computed on", name)
+        dtype = DTYPES[info.dtype]
+        if info.nbytes == 0:
+            return torch.empty(info.shape, dtype=dtype)
+        buf = self.read_bytes(name)
+        return torch.frombuffer(buf, dtype=dtype).reshape(info.shape)
+
+    def copy_into(self, name: str, dst_fd: int, dst_offset: int) -> None:
+        """Copy one tensor's bytes into another file without passing them through Python objects."""
+        info = self.tensors[name]
+        done = 0
+        while done < info.nbytes:
+            count = min(_COPY_CHUNK, info.nbytes - done)
+            try:
+                n = os.copy_file_range(self._fd, dst_fd, count, info.start + done, dst_offset + done)
+            except OSError:
+                n = os.pwrite(dst_fd, os.pread(self._fd, count, info.start + done), dst_offset + done)
+            if n <= 0:
+                raise self._fail("file ended while copying tensor data", name)
+            done += n
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> "SafetensorsFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        n = ITEMSIZE[self.dtype]
+        for s in self.shape:
+            n *= s
+        return n
+
+
+class SafetensorsWriter:
+    """Write a safetensors file whose tensors are all declared up front and then filled in any order.
+
+    The layout is deterministic: data sorted by (item size descending, name) so every tensor is
+    aligned to its element size, header keys sorted, header padded with spaces to 8 bytes.
+    """
+
+    def __init__(self, path: str | os.PathLike, specs: Iterable[TensorSpec], metadata: Mapping[str, str] | None = None):
+        self.path = Path(path)
+        specs = list(specs)
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ValueError("duplicate tensor names in writer specs")
+        ordered = sorted(specs, key=lambda s: (-ITEMSIZE[s.dtype], s.name))
+        header: dict[str, object] = {}
+        if metadata:
+            header["__metadata__"] = dict(sorted(metadata.items()))
+        self._slots: dict[str, tuple[TensorSpec, int]] = {}
+        pos = 0
+        entries = {}
+        for s in ordered:
+            entries[s.name] = {"dtype": s.dtype, "shape": list(s.shape), "data_offsets": [pos, pos + s.nbytes]}
+            self._slots[s.name] = (s, pos)
+            pos += s.nbytes
+        header.update(dict(sorted(entries.items())))
+        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        raw += b" " * (-len(raw) % 8)
+        self.data_start = 8 + len(raw)
+        self.size = self.data_start + pos
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._pending = set(self._slots)
+        try:
+            os.pwrite(self._fd, struct.pack("<Q", len(raw)) + raw, 0)
+            os.ftruncate(self._fd, self.size)
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def _place(self, name: str) -> tuple[TensorSpec, int]:
+        if name not in self._pending:
+            raise ValueError(f"{name}: not declared, or written twice")
+        spec, rel = self._slots[name]
+        return spec, self.data_start + rel
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        spec, offset = self._place(name)
+        if DTYPE_NAMES.get(tensor.dtype) != spec.dtype or tuple(tensor.shape) != spec.shape:
+            raise ValueError(
+                f"{name}: planned {spec.dtype} {list(spec.shape)}, got {DTYPE_NAMES.get(tensor.dtype)} {list(tensor.shape)}"
+            )
+        if spec.nbytes:
+            data = tensor.detach().contiguous().view(-1).view(torch.uint8).numpy()
+            done = 0
+            view = memoryview(data)
+            while done < spec.nbytes:
+                done += os.pwrite(self._fd, view[done:], offset + done)
+        self._pending.discard(name)
+
+    def copy_from(self, name: str, source: SafetensorsFile, source_name: str | None = None) -> None:
+        spec, offset = self._place(name)
+        info = source.tensors[source_name or name]
+        if info.dtype != spec.dtype or info.shape != spec.shape:
+            raise ValueError(f"{name}: planned {spec.dtype} {list(spec.shape)}, source has {info.dtype} {list(info.shape)}")
+        source.copy_into(info.name, self._fd, offset)
+        self._pending.discard(name)
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return
+        try:
+            if self._pending:
+                raise RuntimeError(f"{self.path}: {len(self._pending)} planned tensors never written, e.g. {sorted(self._pending)[0]}")
+            os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

@@ -1,0 +1,166 @@
+"""Open a quantized checkpoint: detect its format, check the labels against the data, list its layers.
+
+Planning reads only the small tensors (qzeros, scales, g_idx, bias); codes are read layer by layer
+when :meth:`QuantizedCheckpoint.read_layer` is called, so memory stays bounded by one layer.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Iterator
+
+import torch
+
+from .checkpoint import Checkpoint
+from .errors import FormatError
+from .formats import LayerFamily
+from .formats.base import ZP_V1, ZP_V1_WORD, ZP_V2, SourceFormat
+from .formats.detect import detect
+from .ir import GIdxKind, QuantLinear
+
+CONVENTION_CHOICES = ("auto", ZP_V1, ZP_V2, ZP_V1_WORD)
+_G_IDX_SEVERITY = [GIdxKind.NONE, GIdxKind.TRIVIAL, GIdxKind.BLOCK_UNIFORM, GIdxKind.SCATTERED]
+
+
+def _public(convention: str) -> str:
+    """v1-word is a v1 dialect; reports speak of v1 and v2 only."""
+    return ZP_V1 if convention == ZP_V1_WORD else convention
+
+
+@dataclass
+class QuantizedCheckpoint:
+    ckpt: Checkpoint
+    format: SourceFormat  # zero_point_convention here is the one actually used to read
+    layers: list[QuantLinear]  # IR without codes, in name order
+    declared_convention: str
+    convention_source: str  # "data" when the zero points decide it, "config" when they cannot
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def family(self) -> type[LayerFamily]:
+        return LayerFamily.registry[self.format.family]
+
+    @property
+    def root(self):
+        return self.ckpt.root
+
+    def owned_tensors(self) -> dict[str, str]:
+        """Every tensor that belongs to a quantized layer -> that layer's name."""
+        owned = {}
+        for layer in self.layers:
+            for t in self.family.owned_tensors(self.ckpt, layer.name):
+                owned[t] = layer.name
+        return owned
+
+    def read_layer(self, name: str) -> QuantLinear:
+        """Read one layer completely (codes included) into the IR."""
+        return self.family.read(self.ckpt, name, self.format, codes=True)
+
+    def iter_layers(self) -> Iterator[QuantLinear]:
+        for layer in self.layers:
+            yield self.read_layer(layer.name)
+
+    @property
+    def g_idx_kind(self) -> GIdxKind:
+        kinds = [layer.g_idx_kind for layer in self.layers]
+        return max(kinds, key=_G_IDX_SEVERITY.index) if kinds else GIdxKind.NONE
+
+    @property
+    def is_symmetric(self) -> bool:
+        return all(layer.is_symmetric for layer in self.layers)
+
+    def close(self) -> None:
+        self.ckpt.close()
+
+    def __enter__(self) -> "QuantizedCheckpoint":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_checkpoint(path: str | os.PathLike, *, zero_point_convention: str = "auto") -> QuantizedCheckpoint:
+    """Open and scan a quantized checkpoint directory.
+
+    Args:
+        path: the checkpoint directory.
+        zero_point_convention: ``"auto"`` decides from the data where it can (symmetric checkpoints)
+            and from the config otherwise; ``"v1"`` / ``"v2"`` force a reading.
+    """
+    if zero_point_convention not in CONVENTION_CHOICES:
+        raise FormatError(f"zero-point convention must be one of {', '.join(CONVENTION_CHOICES)}, not {zero_point_convention!r}")
+    ckpt = Checkpoint.open(path)
+    try:
+        return _scan(ckpt, zero_point_convention)
+    except BaseException:
+        ckpt.close()
+        raise
+
+
+def _scan(ckpt: Checkpoint, requested: str) -> QuantizedCheckpoint:
+    fmt = detect(ckpt)
+    family = LayerFamily.registry[fmt.family]
+    prefixes = family.layer_prefixes(ckpt)
+    warnings: list[str] = []
+    declared = fmt.zero_point_convention
+
+    # What the stored zero points say. Only symmetric data decides it: every field equal to
+    # 2^(b-1) is v2 (or AWQ raw), every field equal to 2^(b-1)-1 is v1.
+    half = 1 << (fmt.bits - 1)
+    stored_values: set[int] = set()
+    stored_fields = {}
+    for p in prefixes:
+        fields = family.stored_zero_fields(ckpt, p, fmt)
+        stored_fields[p] = fields
+        if len(stored_values) <= 2:
+            stored_values |= set(torch.unique(fields).tolist())
+    data_says = None
+    if fmt.family == "gptq" and len(stored_values) == 1:
+        only = next(iter(stored_values))
+        data_says = ZP_V2 if only == half else ZP_V1 if only == half - 1 else None
+
+    if requested != "auto":
+        used, source = requested, "user"
+        if data_says and _public(requested) != data_says:
+            warnings.append(
+                f"reading zero points as {_public(requested)} as asked, but every stored zero point is {next(iter(stored_values))}, "
+                f"which is symmetric {data_says} data"
+            )
+    elif data_says:
+        used, source = (declared if _public(declared) == data_says else data_says), "data"
+        if _public(declared) != data_says:
+            warnings.append(
+                f"config declares zero-point convention {_public(declared)} ({fmt.config_file}), but every stored zero point is "
+                f"{next(iter(stored_values))}, which is symmetric {data_says} data: reading as {data_says}"
+            )
+    else:
+        used, source = declared, "config"
+
+    fmt = replace(fmt, zero_point_convention=used, name=("gptq-v2" if used == ZP_V2 else "gptq") if fmt.family == "gptq" else fmt.name)
+
+    layers = []
+    for p in prefixes:
+        layers.append(family.read(ckpt, p, fmt, codes=False))
+
+    # v1 files cannot say z = 0 unambiguously (FORMATS.md 1.4): count what is suspicious.
+    if fmt.family == "gptq" and _public(used) == ZP_V1:
+        all_ones = (1 << fmt.bits) - 1
+        ambiguous = sum(int((f == all_ones).sum()) for f in stored_fields.values())
+        if ambiguous and used == ZP_V1:
+            warnings.append(
+                f"{ambiguous} v1 zero points are stored as {all_ones:#x}: read as z = 0 (modular, as INC and exllama do); "
+                "a GPTQModel word-arithmetic file would mean something else"
+            )
+        if "auto-round" in fmt.producer.lower() or fmt.packing_format == "auto_round:auto_gptq":
+            clamped = sum(int((f == 0).sum()) for f in stored_fields.values())
+            if clamped and not all(layer.is_symmetric for layer in layers):
+                warnings.append(
+                    f"{clamped} zero points are stored as 0 by AutoRound's v1 export, which clamps z = 0 to a stored 0: "
+                    "they read as z = 1 and may have been z = 0 before export"
+                )
+    if fmt.sym is not None:
+        sym_data = all(layer.is_symmetric for layer in layers)
+        if fmt.sym and not sym_data:
+            warnings.append("config says sym = true, but zero points vary: the data is asymmetric")
+    return QuantizedCheckpoint(ckpt, fmt, layers, declared, source, warnings)
