@@ -100,26 +100,41 @@ def convert(
     if to not in TARGETS:
         raise typer.BadParameter(f"choose from {', '.join(TARGETS)}", param_hint="--to")
     show_progress = not quiet and fmt is OutputFormat.text and not dry_run
-    err = Console(stderr=True)
-    with mapped_errors():
-        if show_progress:
-            with Progress(
-                TextColumn("converting"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-                console=err, transient=True,
-            ) as bar:
-                task = bar.add_task("convert", total=None)
-                report = convert_checkpoint(
-                    src, output, to=to, overwrite=overwrite, zero_point_convention=_check_convention(zp_convention),
-                    progress=lambda done, total: bar.update(task, completed=done, total=total),
-                )
-        else:
+    bar = _LazyProgress(Console(stderr=True)) if show_progress else None
+    try:
+        with mapped_errors():
             report = convert_checkpoint(
-                src, output, to=to, overwrite=overwrite, dry_run=dry_run, zero_point_convention=_check_convention(zp_convention)
+                src, output, to=to, overwrite=overwrite, dry_run=dry_run,
+                zero_point_convention=_check_convention(zp_convention), progress=bar.update if bar else None,
             )
+    finally:
+        if bar:
+            bar.stop()
     if fmt is OutputFormat.json:
         print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
         render.convert_report(Console(), report)
+
+
+class _LazyProgress:
+    """A byte progress bar that appears only once bytes flow, so a refusal prints nothing else."""
+
+    def __init__(self, console: Console):
+        self._progress = Progress(
+            TextColumn("converting"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+            console=console, transient=True,
+        )
+        self._task = None
+
+    def update(self, done: int, total: int) -> None:
+        if self._task is None:
+            self._progress.start()
+            self._task = self._progress.add_task("convert", total=total)
+        self._progress.update(self._task, completed=done, total=total)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._progress.stop()
 
 
 def main() -> None:

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up woqconv and the real peer libraries its tests compare with, from nothing, CPU only.
+# Idempotent: a second run with unchanged inputs returns in a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=.venv
+PY=${PYTHON:-python3}
+stamp_inputs=$(cat pyproject.toml scripts/constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)
+if [ -f "$VENV/.woqconv-setup" ] && [ "$(cat "$VENV/.woqconv-setup")" = "$stamp_inputs" ]; then
+  exit 0
+fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+# torch first and by exact version: the CPU build on this machine's disk. Left to a resolver,
+# a bare "torch" would pull a multi-GB CUDA build.
+"${PIP[@]}" torch==2.13.0
+"${PIP[@]}" -c scripts/constraints.txt -e ".[test]"
+# gptqmodel is the loader transformers uses for GPTQ and AWQ. Its metadata pins a newer (CUDA) torch,
+# so it goes in without dependencies, followed by its small pure-Python needs.
+"${PIP[@]}" --no-deps gptqmodel==7.7.0 optimum==2.3.0
+"${PIP[@]}" device-smi logbar tokenicer defuser pypcre threadpoolctl protobuf pillow
+"$VENV/bin/python" -c "import torch, woqconv; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+echo "$stamp_inputs" > "$VENV/.woqconv-setup"

@@ -1,0 +1,42 @@
+"""Shared fixtures: the real-library checkpoints in fixtures/ and their manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
+
+# Families woqconv reads as of this release (INC "default" .pt checkpoints come with the INC adapter).
+READABLE_FAMILIES = {"gptq-v1", "gptq-v2", "awq-gemm"}
+
+
+def fixture_names(**match) -> list[str]:
+    """Fixture directories whose manifest entry has every key=value given (value may be a tuple of choices)."""
+    names = []
+    for name, entry in sorted(MANIFEST.items()):
+        if entry.get("family") not in READABLE_FAMILIES:
+            continue
+        ok = True
+        for key, want in match.items():
+            have = entry.get(key)
+            if isinstance(want, tuple):
+                ok &= have in want
+            else:
+                ok &= have == want
+        if ok:
+            names.append(name)
+    return names
+
+
+@pytest.fixture(scope="session")
+def manifest() -> dict:
+    return MANIFEST
+
+
+def fixture_path(name: str) -> Path:
+    return FIXTURES / name

@@ -1,0 +1,134 @@
+"""Packing primitives: hand-computed words, the peers' own packers, and round-trip properties."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from woqconv import packing
+
+
+def u32(t: torch.Tensor) -> list[int]:
+    return [w & 0xFFFFFFFF for w in t.reshape(-1).tolist()]
+
+
+# -- hand-computed words (FORMATS.md 1.2, 1.3, 2.1) -------------------------------------------
+
+def test_gptq_codes_1_to_8_along_in_features():
+    codes_in_x_out = torch.arange(1, 9, dtype=torch.uint8).view(8, 1)  # in-channels 0..7 of out 0
+    assert u32(packing.pack(codes_in_x_out, 4, dim=0)) == [0x87654321]
+
+
+def test_awq_interleave_of_codes_1_to_8():
+    row = torch.arange(1, 9, dtype=torch.uint8).view(1, 8)  # out-channels 0..7 of in 0
+    assert u32(packing.pack(packing.awq_interleave(row), 4, dim=1)) == [0x86427531]
+    back = packing.awq_deinterleave(packing.unpack(torch.tensor([[0x86427531 - 2**32]], dtype=torch.int32), 4, dim=1))
+    assert back.tolist() == [[1, 2, 3, 4, 5, 6, 7, 8]]
+
+
+def test_three_bit_stream_words():
+    codes = (torch.arange(32) % 8).to(torch.uint8).view(32, 1)
+    assert u32(packing.pack(codes, 3, dim=0)) == [0x88FAC688, 0xC688FAC6, 0xFAC688FA]
+
+
+@pytest.mark.parametrize(
+    "bits,v1_words,v2_words",
+    [
+        (2, [0x55555555], [0xAAAAAAAA]),
+        (3, [0xDB6DB6DB, 0xB6DB6DB6, 0x6DB6DB6D], [0x24924924, 0x49249249, 0x92492492]),
+        (4, [0x77777777], [0x88888888]),
+        (8, [0x7F7F7F7F], [0x80808080]),
+    ],
+)
+def test_symmetric_zero_point_constants(bits, v1_words, v2_words):
+    z = torch.full((1, 32), 1 << (bits - 1), dtype=torch.uint8)  # one group, 32 out-channels
+    assert u32(packing.pack(packing.v1_encode_zeros(z, bits), bits, dim=1)) == v1_words * (32 * bits // 32 // len(v1_words))
+    assert u32(packing.pack(z, bits, dim=1)) == v2_words * (32 * bits // 32 // len(v2_words))
+
+
+def test_v1_zero_point_zero_is_modular_per_field():
+    # true z = [0,5,3,15,1,8,0,7]: INC's modular v1 word is 0x6f70e24f (FORMATS.md 1.4)
+    z = torch.tensor([[0, 5, 3, 15, 1, 8, 0, 7]], dtype=torch.uint8)
+    word = packing.pack(packing.v1_encode_zeros(z, 4), 4, dim=1)
+    assert u32(word) == [0x6F70E24F]
+    assert packing.v1_decode_zeros(packing.unpack(word, 4, dim=1), 4).tolist() == z.tolist()
+
+
+def test_gptqmodel_word_dialect_decodes_exactly():
+    # GPTQModel writes v1 as word(z) - 0x11111111 with borrows: 0x5f70e23f for the same z.
+    word = torch.tensor([[0x5F70E23F]], dtype=torch.int32)
+    z = packing.unpack(packing.v1_word_decode(word, 4), 4, dim=1)
+    assert z.tolist() == [[0, 5, 3, 15, 1, 8, 0, 7]]
+    # Read modularly it gives the wrong answer FORMATS.md predicts; the dialect matters.
+    assert packing.v1_decode_zeros(packing.unpack(word, 4, dim=1), 4).tolist() == [[0, 4, 3, 15, 1, 8, 0, 6]]
+
+
+# -- the peers' own packers -------------------------------------------------------------------
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8])
+def test_matches_auto_round_bitstream_packer(bits):
+    from auto_round.utils.bit_packing import pack_bitstream, unpack_bitstream
+
+    g = torch.Generator().manual_seed(bits)
+    values = torch.randint(0, 1 << bits, (64, 96), generator=g, dtype=torch.int32)
+    for dim in (0, 1):
+        theirs = pack_bitstream(values, bits, dim=dim)
+        ours = packing.pack(values.to(torch.uint8), bits, dim=dim)
+        assert ours.dtype == torch.int32 and torch.equal(ours, theirs.to(torch.int32))
+        assert torch.equal(packing.unpack(theirs.to(torch.int32), bits, dim=dim).to(torch.int32), unpack_bitstream(theirs, bits, dim=dim).to(torch.int32))
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_matches_inc_optimum_packer(bits):
+    from neural_compressor.torch.algorithms.weight_only.modules import INCWeightOnlyLinear
+
+    in_f, out_f, gs = 64, 32, 32
+    g = torch.Generator().manual_seed(bits)
+    q = torch.randint(0, 1 << bits, (out_f, in_f), generator=g, dtype=torch.uint8)
+    z = torch.randint(1, 1 << bits, (out_f, in_f // gs), generator=g, dtype=torch.uint8)
+    s = torch.rand(out_f, in_f // gs, generator=g)
+    m = INCWeightOnlyLinear(in_f, out_f, bits=bits, group_size=gs, zp=True, use_optimum_format=True, device="cpu")
+    m.pack(q.clone().to(torch.int32), s, z.clone().to(torch.int32), None)
+    assert torch.equal(m.qweight, packing.pack(q.T, bits, dim=0))
+    assert torch.equal(m.qzeros, packing.pack(packing.v1_encode_zeros(z, bits).T, bits, dim=1))
+
+
+def test_awq_order_matches_auto_round():
+    from auto_round.utils.bit_packing import AWQ_PACK_ORDER, AWQ_REVERSE_ORDER
+
+    assert tuple(AWQ_PACK_ORDER) == packing.AWQ_ORDER
+    assert tuple(AWQ_REVERSE_ORDER) == packing.AWQ_REVERSE_ORDER
+
+
+# -- properties -------------------------------------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(bits=st.sampled_from([2, 3, 4, 8]), runs=st.integers(1, 3), width=st.integers(1, 5), dim=st.sampled_from([0, 1]), seed=st.integers(0, 2**31))
+def test_unpack_inverts_pack(bits, runs, width, dim, seed):
+    g = torch.Generator().manual_seed(seed)
+    shape = [32 * runs, width] if dim == 0 else [width, 32 * runs]
+    x = torch.randint(0, 1 << bits, shape, generator=g, dtype=torch.uint8)
+    words = packing.pack(x, bits, dim=dim)
+    assert words.shape[dim] == runs * bits
+    assert torch.equal(packing.unpack(words, bits, dim=dim), x)
+
+
+@settings(max_examples=40, deadline=None)
+@given(bits=st.sampled_from([2, 3, 4, 8]), seed=st.integers(0, 2**31))
+def test_v1_zero_offset_round_trips_every_value(bits, seed):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randint(0, 1 << bits, (3, 32), generator=g, dtype=torch.uint8)
+    assert torch.equal(packing.v1_decode_zeros(packing.v1_encode_zeros(z, bits), bits), z)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31), rows=st.integers(1, 4), blocks=st.integers(1, 4))
+def test_awq_interleave_round_trips(seed, rows, blocks):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 16, (rows, 8 * blocks), generator=g, dtype=torch.uint8)
+    assert torch.equal(packing.awq_deinterleave(packing.awq_interleave(x)), x)
+
+
+def test_pack_refuses_partial_words():
+    with pytest.raises(ValueError):
+        packing.pack(torch.zeros(7, 1, dtype=torch.uint8), 4, dim=0)

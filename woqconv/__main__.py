@@ -1,0 +1,5 @@
+"""``python -m woqconv`` runs the command line."""
+
+from .cli import main
+
+main()
