@@ -1,0 +1,55 @@
+"""Load checkpoints with their real loaders and save fp32 logits of a fixed prompt.
+
+Run as a subprocess by the tests (a bad checkpoint can abort gptqmodel's interpreter):
+
+    python tests/load_logits.py OUT_DIR LOADER:CHECKPOINT_DIR [...]
+
+LOADER is ``transformers`` (quant_method dispatch: gptq/awq -> gptqmodel, auto-round -> auto-round)
+or ``inc`` (neural_compressor.torch.quantization.load, huggingface format). Prints one JSON line per
+checkpoint: {"path", "loader", "module", "file"} or {"path", "error"}.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+
+PROMPT = [[1, 5, 9, 33, 100, 200, 7, 8, 9, 10, 11, 12, 250, 3, 64, 128]]
+
+
+def load(loader: str, path: str):
+    if loader == "transformers":
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(path, device_map="cpu", dtype=torch.float32)
+    if loader == "inc":
+        from neural_compressor.torch.quantization import load as inc_load
+
+        return inc_load(path, format="huggingface", device="cpu", torch_dtype=torch.float32)
+    raise ValueError(f"unknown loader {loader}")
+
+
+def main() -> int:
+    out_dir = Path(sys.argv[1])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, spec in enumerate(sys.argv[2:]):
+        loader, path = spec.split(":", 1)
+        try:
+            model = load(loader, path)
+            with torch.no_grad():
+                logits = model(torch.tensor(PROMPT)).logits.float()
+            module = type(model.model.layers[0].self_attn.q_proj).__name__
+            file = out_dir / f"{i}.pt"
+            torch.save(logits, file)
+            print(json.dumps({"path": path, "loader": loader, "module": module, "file": str(file)}), flush=True)
+        except Exception as e:  # reported to the test, which decides
+            print(json.dumps({"path": path, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-2000:]}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
