@@ -132,3 +132,13 @@ def test_awq_interleave_round_trips(seed, rows, blocks):
 def test_pack_refuses_partial_words():
     with pytest.raises(ValueError):
         packing.pack(torch.zeros(7, 1, dtype=torch.uint8), 4, dim=0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31), rows=st.integers(1, 4), blocks=st.integers(1, 4))
+def test_awq_slot_order_equals_interleave_then_pack(seed, rows, blocks):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 16, (rows, 8 * blocks), generator=g, dtype=torch.uint8)
+    words = packing.pack(x, 4, dim=1, slot_order=packing.AWQ_ORDER)
+    assert torch.equal(words, packing.pack(packing.awq_interleave(x), 4, dim=1))
+    assert torch.equal(packing.unpack(words, 4, dim=1, slot_order=packing.AWQ_ORDER), x)

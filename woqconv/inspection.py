@@ -36,7 +36,7 @@ class InspectReport:
     sym_declared: bool | None
     zero_point_convention: str  # v1 (stored z-1) or v2 (stored z), as read
     zero_point_convention_declared: str
-    zero_point_convention_source: str  # "data", "config" or "user"
+    zero_point_convention_source: str  # "data", "config", "format" (the layout defines it) or "user"
     g_idx: str  # none / trivial / block-uniform / scattered (the least regular layer)
     desc_act_declared: bool | None
     quantized_modules: int

@@ -41,11 +41,13 @@ def _move_to_front(t: torch.Tensor, dim: int) -> tuple[torch.Tensor, int]:
     return (t if dim == 0 else t.movedim(dim, 0)), dim
 
 
-def pack(values: torch.Tensor, bits: int, dim: int = 0) -> torch.Tensor:
+def pack(values: torch.Tensor, bits: int, dim: int = 0, slot_order: tuple[int, ...] | None = None) -> torch.Tensor:
     """Pack unsigned ``bits``-bit fields along ``dim`` into int32 words, LSB-first.
 
     ``values`` holds integers in ``[0, 2**bits)`` (any integer dtype); the size of ``dim`` times
     ``bits`` must be a multiple of 32. Returns int32 with ``dim`` shrunk by ``32 / bits``.
+    ``slot_order`` (bits dividing 32 only) puts value ``slot_order[k]`` of each run into field ``k``,
+    which is how AWQ interleaves channels without a separate copy.
     """
     if not 1 <= bits <= 8:
         raise ValueError(f"bits must be in 1..8, got {bits}")
@@ -53,24 +55,31 @@ def pack(values: torch.Tensor, bits: int, dim: int = 0) -> torch.Tensor:
     n = v.shape[0]
     rest = tuple(v.shape[1:])
     nwords = words_for(n, bits)
-    v = v.to(torch.int64)
     if _WORD % bits == 0:
         per_word = _WORD // bits
-        shifts = (torch.arange(per_word, dtype=torch.int64) * bits).view(1, per_word, *([1] * len(rest)))
-        words = (v.reshape(nwords, per_word, *rest) << shifts).sum(dim=1)
+        order = slot_order or tuple(range(per_word))
+        runs = v.reshape(nwords, per_word, *rest)
+        # One vectorized step per field slot keeps temporaries at int32 x one slot, not x the layer.
+        # torch shifts signed ints as unsigned, so the top field wraps into the sign bit as intended.
+        words = runs[:, order[0]].to(torch.int32)
+        for k in range(1, per_word):
+            words |= runs[:, order[k]].to(torch.int32) << (k * bits)
+        out = words
     else:
+        if slot_order is not None:
+            raise ValueError("slot_order needs fields that do not straddle words")
         # Fields straddle words: expand to single bits, regroup the stream into 32-bit words.
+        v = v.to(torch.int64)
         runs = n // _WORD
         bit_pos = torch.arange(bits, dtype=torch.int64).view(1, 1, bits, *([1] * len(rest)))
         stream = (v.reshape(runs, _WORD, 1, *rest) >> bit_pos) & 1          # [runs, 32, bits, ...]
         stream = stream.reshape(runs, bits, _WORD, *rest)                    # same bits, read as words
         weights = (torch.ones(1, dtype=torch.int64) << torch.arange(_WORD)).view(1, 1, _WORD, *([1] * len(rest)))
-        words = (stream * weights).sum(dim=2).reshape(nwords, *rest)
-    out = _to_int32(words)
+        out = _to_int32((stream * weights).sum(dim=2).reshape(nwords, *rest))
     return out if d == 0 else out.movedim(0, d).contiguous()
 
 
-def unpack(words: torch.Tensor, bits: int, dim: int = 0) -> torch.Tensor:
+def unpack(words: torch.Tensor, bits: int, dim: int = 0, slot_order: tuple[int, ...] | None = None) -> torch.Tensor:
     """Inverse of :func:`pack`: int32 words along ``dim`` to uint8 fields (``dim`` grows by 32/bits)."""
     if not 1 <= bits <= 8:
         raise ValueError(f"bits must be in 1..8, got {bits}")
@@ -82,11 +91,15 @@ def unpack(words: torch.Tensor, bits: int, dim: int = 0) -> torch.Tensor:
     mask = (1 << bits) - 1
     if _WORD % bits == 0:
         per_word = _WORD // bits
-        shifts = (torch.arange(per_word, dtype=torch.int32) * bits).view(1, per_word, *([1] * len(rest)))
-        # Arithmetic shift of a negative int32 drags sign bits in from the left; the mask drops them.
-        fields = (w.unsqueeze(1) >> shifts) & mask
-        out = fields.reshape(nwords * per_word, *rest).to(torch.uint8)
+        order = slot_order or tuple(range(per_word))
+        out = torch.empty((nwords, per_word, *rest), dtype=torch.uint8)
+        for k in range(per_word):
+            # Arithmetic shift of a negative int32 drags sign bits in from the left; the mask drops them.
+            out[:, order[k]] = (w >> (k * bits)) & mask
+        out = out.reshape(nwords * per_word, *rest)
     else:
+        if slot_order is not None:
+            raise ValueError("slot_order needs fields that do not straddle words")
         if nwords % bits:
             raise ValueError(f"{nwords} words cannot hold whole runs of 32 {bits}-bit fields")
         runs = nwords // bits
@@ -95,7 +108,6 @@ def unpack(words: torch.Tensor, bits: int, dim: int = 0) -> torch.Tensor:
         stream = stream.reshape(runs, _WORD, bits, *rest)                      # same bits, read as fields
         weights = (1 << torch.arange(bits, dtype=torch.int32)).view(1, 1, bits, *([1] * len(rest)))
         out = (stream * weights).sum(dim=2).reshape(runs * _WORD, *rest).to(torch.uint8)
-    del mask
     return out if d == 0 else out.movedim(0, d).contiguous()
 
 

@@ -34,7 +34,7 @@ class QuantizedCheckpoint:
     format: SourceFormat  # zero_point_convention here is the one actually used to read
     layers: list[QuantLinear]  # IR without codes, in name order
     declared_convention: str
-    convention_source: str  # "data" when the zero points decide it, "config" when they cannot
+    convention_source: str  # "data" (zero points decide), "config" (they cannot), "format" (layout defines it), "user"
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -135,7 +135,8 @@ def _scan(ckpt: Checkpoint, requested: str) -> QuantizedCheckpoint:
                 f"{next(iter(stored_values))}, which is symmetric {data_says} data: reading as {data_says}"
             )
     else:
-        used, source = declared, "config"
+        # AWQ and AutoRound's raw packings define their convention; GPTQ asym data cannot prove either.
+        used, source = declared, ("format" if fmt.family == "awq" else "config")
 
     fmt = replace(fmt, zero_point_convention=used, name=("gptq-v2" if used == ZP_V2 else "gptq") if fmt.family == "gptq" else fmt.name)
 

@@ -58,12 +58,12 @@ class AwqGemmFamily(LayerFamily, key="awq"):
     @classmethod
     def stored_zero_fields(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> torch.Tensor:
         cls._geometry(ckpt, prefix, fmt)
-        return packing.awq_deinterleave(packing.unpack(ckpt.read(f"{prefix}.qzeros"), BITS, dim=1))
+        return packing.unpack(ckpt.read(f"{prefix}.qzeros"), BITS, dim=1, slot_order=packing.AWQ_ORDER)
 
     @classmethod
     def read(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat, *, codes: bool = True) -> QuantLinear:
         in_features, out, gs = cls._geometry(ckpt, prefix, fmt)
-        zeros = packing.awq_deinterleave(packing.unpack(ckpt.read(f"{prefix}.qzeros"), BITS, dim=1))
+        zeros = packing.unpack(ckpt.read(f"{prefix}.qzeros"), BITS, dim=1, slot_order=packing.AWQ_ORDER)
         layer = QuantLinear(
             name=prefix,
             in_features=in_features,
@@ -75,7 +75,7 @@ class AwqGemmFamily(LayerFamily, key="awq"):
             bias=ckpt.read(f"{prefix}.bias") if ckpt.has(f"{prefix}.bias") else None,
         )
         if codes:
-            layer.codes = packing.awq_deinterleave(packing.unpack(ckpt.read(f"{prefix}.qweight"), BITS, dim=1)).T.contiguous()
+            layer.codes = packing.unpack(ckpt.read(f"{prefix}.qweight"), BITS, dim=1, slot_order=packing.AWQ_ORDER).T.contiguous()
         problem = layer.validate()
         if problem:
             raise layer_error(ckpt, prefix, "qweight", problem)
@@ -109,8 +109,8 @@ class AwqGemmFamily(LayerFamily, key="awq"):
             raise ValueError(f"{layer.name}: AWQ cannot store g_idx; relabel groups before encoding")
         p = layer.name
         tensors = {
-            f"{p}.qweight": packing.pack(packing.awq_interleave(layer.codes.T), BITS, dim=1),
-            f"{p}.qzeros": packing.pack(packing.awq_interleave(layer.zeros.T), BITS, dim=1),
+            f"{p}.qweight": packing.pack(layer.codes.T, BITS, dim=1, slot_order=packing.AWQ_ORDER),
+            f"{p}.qzeros": packing.pack(layer.zeros.T, BITS, dim=1, slot_order=packing.AWQ_ORDER),
             f"{p}.scales": layer.scales.T.contiguous(),
         }
         if layer.bias is not None:
