@@ -11,8 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
 
-# Families woqconv reads as of this release (INC "default" .pt checkpoints come with the INC adapter).
-READABLE_FAMILIES = {"gptq-v1", "gptq-v2", "awq-gemm"}
+# Families woqconv reads.
+READABLE_FAMILIES = {"gptq-v1", "gptq-v2", "awq-gemm", "inc-default"}
 
 
 def fixture_names(**match) -> list[str]:

@@ -4,8 +4,9 @@ Run as a subprocess by the tests (a bad checkpoint can abort gptqmodel's interpr
 
     python tests/load_logits.py OUT_DIR LOADER:CHECKPOINT_DIR [...]
 
-LOADER is ``transformers`` (quant_method dispatch: gptq/awq -> gptqmodel, auto-round -> auto-round)
-or ``inc`` (neural_compressor.torch.quantization.load, huggingface format). Prints one JSON line per
+LOADER is ``transformers`` (quant_method dispatch: gptq/awq -> gptqmodel, auto-round -> auto-round),
+``inc`` (neural_compressor.torch.quantization.load, huggingface format) or ``inc-default`` (INC's
+default format, with the base model built from the checkpoint's config.json). Prints one JSON line per
 checkpoint: {"path", "loader", "module", "file"} or {"path", "error"}.
 """
 
@@ -30,6 +31,15 @@ def load(loader: str, path: str):
         from neural_compressor.torch.quantization import load as inc_load
 
         return inc_load(path, format="huggingface", device="cpu", torch_dtype=torch.float32)
+    if loader == "inc-default":
+        # INC's default format needs the base architecture; woqconv's inc output carries its config.json.
+        from neural_compressor.torch.quantization import load as inc_load
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)
+        # INC assigns the checkpoint's own unquantized tensors (bf16 when AutoRound wrote them) into the
+        # fp32 base; cast the loaded model to fp32, as a CPU user would, for fp32 logits.
+        return inc_load(path, format="default", original_model=base, device="cpu").float()
     raise ValueError(f"unknown loader {loader}")
 
 

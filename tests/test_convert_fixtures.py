@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -11,7 +13,10 @@ from woqconv.errors import RefusedConversion
 
 from conftest import MANIFEST, fixture_names, fixture_path
 
-TARGETS = ("gptq", "gptq-v2", "awq")
+TARGETS = ("gptq", "gptq-v2", "awq", "inc", "inc-hf", "hpu")
+# What woqconv reads an output back as (inc-hf and hpu primary weights are the GPTQ v1 layout).
+READ_BACK_AS = {"gptq": "gptq", "gptq-v2": "gptq-v2", "awq": "awq", "inc": "inc", "inc-hf": "gptq", "hpu": "gptq"}
+NO_G_IDX = ("awq", "hpu")
 FIXTURES = fixture_names()
 
 
@@ -22,13 +27,49 @@ def _ir(path):
 
 def _expected_refusal(name: str, target: str, src_layers) -> str | None:
     entry = MANIFEST[name]
-    if target == "awq" and entry["bits"] != 4:
+    if target != "inc" and any(n.endswith(".linear") for n in src_layers):
+        return "MulLinear"
+    if target in NO_G_IDX and entry["bits"] != 4:
         return "4-bit"
-    if target == "awq" and entry["g_idx"] == "scattered":
+    if target in ("inc", "inc-hf") and entry["bits"] == 3:
+        return "INC packs 3-bit codes 10 to a word"
+    if target in ("inc", "inc-hf") and entry["bits"] == 8 and not entry["sym"]:
+        return "int8"
+    if target in NO_G_IDX and entry["g_idx"] == "scattered":
         return "scattered"
     if target == "gptq" and any(bool((layer.zeros == 0).any()) for layer in src_layers.values()):
         return "zero point 0"
     return None
+
+
+def _tensors(path):
+    """Every weight tensor of a checkpoint directory, whatever its container."""
+    if (path / "quantized_weight.pt").exists():
+        return torch.load(path / "quantized_weight.pt", weights_only=True)
+    merged = {}
+    for f in sorted(path.glob("*.safetensors")):
+        if f.name != "hpu_model.safetensors":
+            merged.update(load_file(f))
+    return merged
+
+
+def _check_hpu_cache(out, src_layers, report):
+    """The Gaudi cache holds the same integers, scales cast to bf16, and the loss is reported."""
+    cache = out / "cache-only"
+    cache.mkdir()
+    shutil.copy(out / "hpu_model.safetensors", cache)
+    shutil.copy(out / "config.json", cache)
+    cache_layers, fmt = _ir(cache)
+    assert fmt == "hpu"
+    for lname, a in src_layers.items():
+        a, b = a.with_contiguous_groups(), cache_layers[lname]
+        assert torch.equal(a.codes, b.codes) and torch.equal(a.zeros, b.zeros), lname
+        assert b.scales.dtype == torch.bfloat16 and torch.equal(a.scales.to(torch.bfloat16), b.scales), lname
+        changed = int((a.scales.to(torch.bfloat16).float() != a.scales.float()).sum())
+        assert report.lossy_layers.get(lname, {}).get("scales_changed", 0) == changed, lname
+    for p in cache.iterdir():
+        p.unlink()
+    cache.rmdir()
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -44,14 +85,22 @@ def test_lossless_or_refused(name, target, tmp_path):
         assert not any(tmp_path.iterdir()), "a refused conversion must write nothing"
         return
 
-    report = woqconv.convert(src, tmp_path / "out", to=target)
-    assert report.lossless and report.layers_converted == len(src_layers)
+    bf16_changes = any(bool((layer.scales.to(torch.bfloat16).float() != layer.scales.float()).any()) for layer in src_layers.values())
+    if target == "hpu" and bf16_changes:
+        with pytest.raises(RefusedConversion, match="--allow-bf16"):
+            woqconv.convert(src, tmp_path / "out", to=target)
+        assert not any(tmp_path.iterdir())
+    report = woqconv.convert(src, tmp_path / "out", to=target, allow_bf16=True)
+    assert report.layers_converted == len(src_layers)
+    assert report.lossless == (target != "hpu" or not report.lossy_layers and not report.cast_tensors)
     out_layers, out_format = _ir(tmp_path / "out")
-    assert out_format == target
+    assert out_format == READ_BACK_AS[target]
     assert sorted(out_layers) == sorted(src_layers)
+    if target == "hpu":
+        _check_hpu_cache(tmp_path / "out", src_layers, report)
     for lname, a in src_layers.items():
         b = out_layers[lname]
-        if target == "awq":
+        if target in NO_G_IDX:
             a = a.with_contiguous_groups()  # what the target can hold; proven equal below
         assert torch.equal(a.codes, b.codes), lname
         assert torch.equal(a.zeros, b.zeros), lname
@@ -60,12 +109,12 @@ def test_lossless_or_refused(name, target, tmp_path):
         assert torch.equal(src_layers[lname].dequantize(), b.dequantize()), lname
 
     # Unquantized tensors are carried byte for byte.
-    src_t, out_t = load_file(src / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    src_t, out_t = _tensors(src), _tensors(tmp_path / "out")
     with woqconv.open_checkpoint(src) as ckpt:
         owned = ckpt.owned_tensors()
     for t, v in src_t.items():
         if t not in owned:
-            assert torch.equal(out_t[t], v), t
+            assert out_t[t].dtype == v.dtype and torch.equal(out_t[t], v), t
 
     # And back: A -> B -> A gives byte-identical qweight/qzeros/scales. A v1 source that holds
     # z = 0 (INC writes it modularly) cannot be written back as v1: woqconv refuses instead.
@@ -74,7 +123,7 @@ def test_lossless_or_refused(name, target, tmp_path):
             woqconv.convert(tmp_path / "out", tmp_path / "back", to=src_format)
         return
     woqconv.convert(tmp_path / "out", tmp_path / "back", to=src_format)
-    back_t = load_file(tmp_path / "back" / "model.safetensors")
+    back_t = _tensors(tmp_path / "back")
     for t, v in src_t.items():
         if t.endswith((".qweight", ".qzeros", ".scales")):
             assert v.dtype == back_t[t].dtype and torch.equal(v, back_t[t]), t

@@ -8,8 +8,6 @@ Each group of loads runs in one subprocess (gptqmodel can abort the interpreter 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,11 +15,10 @@ import torch
 
 import woqconv
 
-from conftest import MANIFEST, ROOT, fixture_path
+from conftest import MANIFEST, fixture_path
+from loading import TOL, read_by_auto_round_kernel, run_loads, source_loader, twin_auto_gptq
 
 pytestmark = pytest.mark.loaders
-
-TOL = 1e-4
 
 # (source fixture, target) pairs; every source is loaded by its own real loader too.
 CASES = {
@@ -38,31 +35,6 @@ CASES = {
 }
 
 
-def _loader_for(name: str) -> str:
-    return "inc" if name.startswith("inc-hf") else "transformers"
-
-
-def _run_loads(specs: list[tuple[str, Path]], out: Path) -> dict[str, dict]:
-    args = [f"{loader}:{path}" for loader, path in specs]
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "load_logits.py"), str(out), *args],
-        capture_output=True, text=True, timeout=1500,
-    )
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert len(rows) == len(specs), f"loader subprocess died (exit {proc.returncode}): {proc.stderr[-3000:]}"
-    return {row["path"]: row for row in rows}
-
-
-def _twin_auto_gptq(name: str) -> str:
-    """AutoRound's own auto_gptq export of the same quantization run (identical integers)."""
-    run = MANIFEST[name]["run"]
-    return next(n for n, e in MANIFEST.items() if e.get("run") == run and e.get("export") == "auto_gptq")
-
-
-def _read_by_auto_round_kernel(module: str) -> bool:
-    return module.startswith("QuantLinear")
-
-
 @pytest.mark.parametrize("group", sorted(CASES))
 def test_outputs_load_and_match_source_logits(group, tmp_path, record_property):
     cases = CASES[group]
@@ -71,9 +43,9 @@ def test_outputs_load_and_match_source_logits(group, tmp_path, record_property):
         out = tmp_path / f"{src}--{target}"
         woqconv.convert(fixture_path(src), out, to=target)
         outputs.append((src, target, out))
-    sources = sorted({src for src, _ in cases} | {_twin_auto_gptq(src) for src, _ in cases if MANIFEST[src]["producer"].startswith("auto-round")})
-    specs = [(_loader_for(s), fixture_path(s)) for s in sources] + [("transformers", o) for _, _, o in outputs]
-    rows = _run_loads(specs, tmp_path / "logits")
+    sources = sorted({src for src, _ in cases} | {twin_auto_gptq(src) for src, _ in cases if MANIFEST[src]["producer"].startswith("auto-round")})
+    specs = [(source_loader(s), fixture_path(s)) for s in sources] + [("transformers", o) for _, _, o in outputs]
+    rows = run_loads(specs, tmp_path / "logits")
     errors = {p: r["error"] for p, r in rows.items() if "error" in r}
     assert not errors, errors
 
@@ -85,11 +57,11 @@ def test_outputs_load_and_match_source_logits(group, tmp_path, record_property):
         src_module = rows[str(fixture_path(src))]["module"]
         vs_source = float((logits(fixture_path(src)) - logits(out)).abs().max())
         entry = {"vs_source": vs_source, "source_loader": src_module, "output_loader": rows[str(out)]["module"]}
-        if _read_by_auto_round_kernel(src_module):
+        if read_by_auto_round_kernel(src_module):
             # auto-round's kernels compute asym dequant in another order than gptqmodel's (up to 6e-4 at
             # this scale on identical integers), so the tight check uses AutoRound's own GPTQ export of
             # the same run, read by gptqmodel like our output.
-            twin = fixture_path(_twin_auto_gptq(src))
+            twin = fixture_path(twin_auto_gptq(src))
             entry["vs_autoround_auto_gptq_export"] = float((logits(twin) - logits(out)).abs().max())
             assert entry["vs_autoround_auto_gptq_export"] <= TOL, (src, target, entry)
             assert vs_source <= 1e-3, (src, target, entry)

@@ -14,13 +14,20 @@ import torch
 
 from .errors import FormatError
 from .safetensors_io import SafetensorsFile, TensorInfo
+from .torch_file import TorchFile
 
 CONFIG_NAME = "config.json"
 SINGLE_WEIGHTS = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 # Files that only describe quantization; a target writes its own and drops the others.
-QUANT_CONFIG_FILES = ("quantize_config.json", "quantization_config.json")
+QUANT_CONFIG_FILES = ("quantize_config.json", "quantization_config.json", "qconfig.json")
 PICKLE_WEIGHTS_SUFFIXES = (".bin", ".pt", ".pth")
+# INC's "default" format: torch.save'd state dict (+ qconfig.json), or safetensors shards + this index.
+INC_WEIGHTS = "quantized_weight.pt"
+INC_SHARD_INDEX = "model_bin_index.json"
+# Caches INC writes beside the weights on a Gaudi load (FORMATS.md 3.5). Derived from the primary
+# weights; a conversion never carries a stale one across.
+HPU_CACHES = ("hpu_model.safetensors", "quantized_hpu_weight.safetensors", "quantized_hpu_weight.pt")
 
 
 def read_json(path: Path) -> dict:
@@ -54,6 +61,7 @@ class Checkpoint:
     locations: dict[str, str]  # tensor name -> shard file name
     index: dict | None  # parsed model.safetensors.index.json, if sharded
     other_files: list[str] = field(default_factory=list)  # relative paths copied as they are
+    container: str = "safetensors"  # "safetensors", "inc-pt" (quantized_weight.pt) or "hpu-cache"
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Checkpoint":
@@ -63,31 +71,13 @@ class Checkpoint:
         if not root.is_dir():
             raise FormatError("expected a checkpoint directory", file=root)
         config = read_json(root / CONFIG_NAME) if (root / CONFIG_NAME).exists() else {}
-        index = None
-        if (root / INDEX_NAME).exists():
-            index = read_json(root / INDEX_NAME)
-            weight_map = index.get("weight_map")
-            if not isinstance(weight_map, dict) or not weight_map:
-                raise FormatError("index has no weight_map", file=root / INDEX_NAME)
-            shard_names = sorted(set(weight_map.values()))
-        elif (root / SINGLE_WEIGHTS).exists():
-            shard_names = [SINGLE_WEIGHTS]
-            weight_map = None
-        else:
-            found = sorted(p.name for p in root.iterdir() if p.suffix == ".safetensors")
-            pickles = sorted(p.name for p in root.iterdir() if p.suffix in PICKLE_WEIGHTS_SUFFIXES)
-            if len(found) == 1:
-                shard_names, weight_map = found, None
-            elif pickles:
-                raise FormatError(f"only pickle weights ({', '.join(pickles)}); this format needs safetensors", file=root)
-            else:
-                raise FormatError("no model.safetensors or model.safetensors.index.json", file=root)
-        shards: dict[str, SafetensorsFile] = {}
+        shard_names, weight_map, index, container = _weight_files(root)
+        shards: dict[str, SafetensorsFile | TorchFile] = {}
         locations: dict[str, str] = {}
         try:
             for name in shard_names:
-                shard_path = _inside(root, name, INDEX_NAME)
-                shards[name] = SafetensorsFile(shard_path)
+                shard_path = _inside(root, name, INDEX_NAME if weight_map is not None else name)
+                shards[name] = TorchFile(shard_path) if name.endswith(PICKLE_WEIGHTS_SUFFIXES) else SafetensorsFile(shard_path)
                 for tensor in shards[name].tensors:
                     if tensor in locations:
                         raise FormatError(f"tensor appears in two shards ({locations[tensor]}, {name})", file=root, tensor=tensor)
@@ -103,14 +93,14 @@ class Checkpoint:
             for f in shards.values():
                 f.close()
             raise
-        weight_files = set(shard_names) | {INDEX_NAME}
+        weight_files = set(shard_names) | {INDEX_NAME, INC_SHARD_INDEX}
         others = []
         for p in sorted(root.rglob("*")):
             rel = p.relative_to(root).as_posix()
             if rel in weight_files or not p.is_file() or rel.startswith("."):
                 continue
             others.append(rel)
-        return cls(root, config, shards, locations, index, others)
+        return cls(root, config, shards, locations, index, others, container)
 
     # -- tensors -----------------------------------------------------------------------------
 
@@ -147,6 +137,36 @@ class Checkpoint:
         self.close()
 
 
+def _weight_files(root: Path) -> tuple[list[str], dict | None, dict | None, str]:
+    """Which files hold the weights: (file names, weight map, parsed index, container kind)."""
+    if (root / INDEX_NAME).exists():
+        index = read_json(root / INDEX_NAME)
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
+            raise FormatError("index has no valid weight_map", file=root / INDEX_NAME)
+        return sorted(set(weight_map.values())), weight_map, index, "safetensors"
+    if (root / SINGLE_WEIGHTS).exists():
+        return [SINGLE_WEIGHTS], None, None, "safetensors"
+    if (root / INC_WEIGHTS).exists():
+        return [INC_WEIGHTS], None, None, "inc-pt"
+    if (root / INC_SHARD_INDEX).exists():
+        # INC's sharded default format loads every .safetensors file in the directory.
+        shards = sorted(p.name for p in root.iterdir() if p.suffix == ".safetensors" and p.name not in HPU_CACHES)
+        if not shards:
+            raise FormatError("INC shard index but no .safetensors shards", file=root / INC_SHARD_INDEX)
+        return shards, None, None, "safetensors"
+    caches = [c for c in HPU_CACHES if (root / c).exists()]
+    if caches:
+        return [caches[0]], None, None, "hpu-cache"
+    found = sorted(p.name for p in root.iterdir() if p.suffix == ".safetensors")
+    if len(found) == 1:
+        return found, None, None, "safetensors"
+    pickles = sorted(p.name for p in root.iterdir() if p.suffix in PICKLE_WEIGHTS_SUFFIXES)
+    if pickles:
+        raise FormatError(f"only pickle weights ({', '.join(pickles)}) and no INC qconfig.json; this format needs safetensors", file=root)
+    raise FormatError("no model.safetensors, model.safetensors.index.json or INC quantized_weight.pt", file=root)
+
+
 def _inside(root: Path, rel: str, referrer: str) -> Path:
     """Resolve a file name taken from the checkpoint's own metadata, refusing escapes."""
     candidate = Path(rel)
@@ -157,5 +177,5 @@ def _inside(root: Path, rel: str, referrer: str) -> Path:
         raise FormatError(f"names a missing shard: {rel!r}", file=root / referrer)
     real_root = root.resolve()
     if real_root not in path.resolve().parents:
-        raise FormatError(f"{rel!r} resolves outside the checkpoint (symlink?)", file=root / referrer)
+        raise FormatError(f"{rel!r} is a symlink that resolves outside the checkpoint", file=root / referrer)
     return path

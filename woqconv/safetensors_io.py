@@ -40,6 +40,10 @@ DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 _OPAQUE_SIZES = {"U16": 2, "U32": 4, "U64": 8}
 ITEMSIZE: dict[str, int] = {**{k: torch.empty(0, dtype=v).element_size() for k, v in DTYPES.items()}, **_OPAQUE_SIZES}
 
+# The order of safetensors' own serializer (its Rust Dtype enum, descending): data sorted by this rank,
+# then by name. Writing the same order makes our files byte-identical to ``save_file`` output.
+_SERIALIZE_RANK = ["BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64", "U64"]
+
 # A header larger than this is not a model header; refusing it avoids a giant allocation.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 _COPY_CHUNK = 64 * 1024 * 1024
@@ -214,8 +218,9 @@ class TensorSpec:
 class SafetensorsWriter:
     """Write a safetensors file whose tensors are all declared up front and then filled in any order.
 
-    The layout is deterministic: data sorted by (item size descending, name) so every tensor is
-    aligned to its element size, header keys sorted, header padded with spaces to 8 bytes.
+    The layout is deterministic and the one safetensors' ``save_file`` produces: data sorted by dtype
+    rank (wider first, so every tensor is aligned to its element size) then name, header keys in data
+    order after ``__metadata__``, header padded with spaces to 8 bytes.
     """
 
     def __init__(self, path: str | os.PathLike, specs: Iterable[TensorSpec], metadata: Mapping[str, str] | None = None):
@@ -224,7 +229,7 @@ class SafetensorsWriter:
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise ValueError("duplicate tensor names in writer specs")
-        ordered = sorted(specs, key=lambda s: (-ITEMSIZE[s.dtype], s.name))
+        ordered = sorted(specs, key=lambda s: (-_SERIALIZE_RANK.index(s.dtype), s.name))
         header: dict[str, object] = {}
         if metadata:
             header["__metadata__"] = dict(sorted(metadata.items()))
@@ -235,7 +240,7 @@ class SafetensorsWriter:
             entries[s.name] = {"dtype": s.dtype, "shape": list(s.shape), "data_offsets": [pos, pos + s.nbytes]}
             self._slots[s.name] = (s, pos)
             pos += s.nbytes
-        header.update(dict(sorted(entries.items())))
+        header.update(entries)
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-len(raw) % 8)
         self.data_start = 8 + len(raw)

@@ -138,7 +138,8 @@ def _scan(ckpt: Checkpoint, requested: str) -> QuantizedCheckpoint:
         # AWQ and AutoRound's raw packings define their convention; GPTQ asym data cannot prove either.
         used, source = declared, ("format" if fmt.family == "awq" else "config")
 
-    fmt = replace(fmt, zero_point_convention=used, name=("gptq-v2" if used == ZP_V2 else "gptq") if fmt.family == "gptq" else fmt.name)
+    renamed = {"gptq": "gptq-v2", "gptq-v2": "gptq-v2"} if used == ZP_V2 else {"gptq": "gptq", "gptq-v2": "gptq"}
+    fmt = replace(fmt, zero_point_convention=used, name=renamed.get(fmt.name, fmt.name))
 
     layers = []
     for p in prefixes:

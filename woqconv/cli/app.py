@@ -89,6 +89,9 @@ def convert(
     to: Annotated[str, typer.Option("--to", help=f"Target format: {', '.join(TARGETS)}.", show_default=False)],
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output directory.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan and check everything, write nothing.")] = False,
+    allow_bf16: Annotated[
+        bool, typer.Option("--allow-bf16", help="hpu only: accept casting fp16/fp32 scales and unquantized tensors to bf16 (reported per layer).")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     fmt: FormatOpt = OutputFormat.text,
     zp_convention: ConventionOpt = "auto",
@@ -104,7 +107,7 @@ def convert(
     try:
         with mapped_errors():
             report = convert_checkpoint(
-                src, output, to=to, overwrite=overwrite, dry_run=dry_run,
+                src, output, to=to, overwrite=overwrite, dry_run=dry_run, allow_bf16=allow_bf16,
                 zero_point_convention=_check_convention(zp_convention), progress=bar.update if bar else None,
             )
     finally:

@@ -67,13 +67,20 @@ def convert_report(console: Console, r: ConvertReport) -> None:
     t = Table(title=f"woqconv {verb} {r.source} ({r.source_format}) -> {r.output} ({r.target})", show_header=False, title_justify="left")
     t.add_column("field", style="bold")
     t.add_column("value")
-    t.add_row("layers", f"{r.layers_converted} quantized layers, " + ("[green]lossless[/green]" if r.lossless else "[red]lossy[/red]"))
+    t.add_row("layers", f"{r.layers_converted} quantized layers, " + ("[green]lossless[/green]" if r.lossless else "[yellow]lossy (accepted)[/yellow]"))
     changed = {}
     for changes in r.layer_changes.values():
         for c in changes:
             changed[c] = changed.get(c, 0) + 1
     for c, n in sorted(changed.items()):
         t.add_row("", f"{n} layers: {c}")
+    if r.lossy_layers:
+        changed = sum(v["scales_changed"] for v in r.lossy_layers.values())
+        total = sum(v["scales_total"] for v in r.lossy_layers.values())
+        worst = max(v["max_rel_change"] for v in r.lossy_layers.values())
+        t.add_row("[yellow]lossy[/yellow]", f"bf16 scales: {changed} of {total} changed in {len(r.lossy_layers)} layers, largest relative change {worst:.3g}")
+    if r.cast_tensors:
+        t.add_row("[yellow]lossy[/yellow]", f"{len(r.cast_tensors)} unquantized tensors cast to bf16 in the Gaudi cache")
     t.add_row("tensors copied", f"{r.tensors_copied} unquantized tensors, byte for byte")
     t.add_row("files", f"copied {len(r.files_copied)}; rewrote {', '.join(r.files_rewritten) or 'none'}; dropped {', '.join(r.files_dropped) or 'none'}")
     t.add_row("bytes", f"{_size(r.bytes_in)} in" + ("" if r.dry_run else f", {_size(r.bytes_out)} out"))

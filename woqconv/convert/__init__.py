@@ -34,6 +34,10 @@ class ConvertReport:
     seconds: float
     dry_run: bool = False
     warnings: list[str] = field(default_factory=list)
+    # Lossy steps the user accepted (only with allow_bf16): per layer {"scales_changed", "scales_total",
+    # "max_rel_change"}, and unquantized tensors cast to bf16 (name -> source dtype).
+    lossy_layers: dict[str, dict] = field(default_factory=dict)
+    cast_tensors: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,15 +46,17 @@ class ConvertReport:
 def _report(plan: ConversionPlan, out: Path, bytes_in: int, bytes_out: int, seconds: float, dry_run: bool, warnings: list[str]) -> ConvertReport:
     rewritten = ["config.json"] if plan.config is not None else []
     rewritten += sorted(plan.extra_json)
-    if plan.sharded:
+    if plan.sharded and plan.target.container == "safetensors":
         rewritten.append("model.safetensors.index.json")
+    if plan.target.companion:
+        rewritten.append(plan.target.companion.file)
     return ConvertReport(
         source=str(plan.source.root),
         output=str(out),
         source_format=plan.source.format.name,
         target=plan.target.name,
         layers_converted=len(plan.prepared),
-        lossless=True,
+        lossless=not (plan.lossy_layers or plan.companion_casts),
         layer_changes=plan.layer_changes,
         tensors_copied=sum(len(s.passthrough) for s in plan.shards),
         files_copied=list(plan.copied_files),
@@ -61,6 +67,8 @@ def _report(plan: ConversionPlan, out: Path, bytes_in: int, bytes_out: int, seco
         seconds=round(seconds, 3),
         dry_run=dry_run,
         warnings=warnings,
+        lossy_layers=plan.lossy_layers,
+        cast_tensors=dict(plan.companion_casts),
     )
 
 
@@ -71,13 +79,16 @@ def convert(
     to: str,
     overwrite: bool = False,
     dry_run: bool = False,
+    allow_bf16: bool = False,
     zero_point_convention: str = "auto",
     progress: Callable[[int, int], None] | None = None,
 ) -> ConvertReport:
     """Convert the checkpoint at ``src`` into format ``to`` at ``out``.
 
     Every layer is checked before anything is written; a conversion that cannot be lossless raises
-    :class:`woqconv.errors.RefusedConversion`. ``out`` appears only when complete (it is built in a
+    :class:`woqconv.errors.RefusedConversion`, except the one loss a user may accept explicitly:
+    ``allow_bf16=True`` lets the ``hpu`` target cast scales and unquantized tensors to bf16 (Gaudi's
+    dtype), reported per layer in ``lossy_layers``. ``out`` appears only when complete (it is built in a
     hidden sibling directory and renamed). ``progress(done, total)`` receives source bytes.
 
     Example::
@@ -88,7 +99,7 @@ def convert(
     start = time.perf_counter()
     src_path, out_path = Path(src), Path(out)
     with open_checkpoint(src_path, zero_point_convention=zero_point_convention) as source:
-        plan = plan_conversion(source, to)
+        plan = plan_conversion(source, to, allow_bf16=allow_bf16)
         check_output(src_path, out_path, overwrite=overwrite)
         total = total_source_bytes(plan)
         warnings = list(source.warnings)

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..checkpoint import CONFIG_NAME, QUANT_CONFIG_FILES
+from ..checkpoint import CONFIG_NAME, HPU_CACHES, QUANT_CONFIG_FILES
 from ..errors import RefusedConversion
 from ..formats import TARGETS, Target
 from ..formats.base import ZP_V1
+from ..formats.inc import mul_linear_modules
 from ..formats.targets import ModelQuantSummary, Prepared
 from ..ir import GIdxKind
 from ..safetensors_io import TensorSpec
 from ..source import QuantizedCheckpoint
+
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 
 @dataclass
@@ -36,10 +39,17 @@ class ConversionPlan:
     prepared: dict[str, Prepared]
     owned: dict[str, str]  # source tensor -> quantized layer that consumes it
     config: dict | None  # new config.json, None when the source had none
-    quantization_config: dict
+    quantization_config: dict | None
     extra_json: dict[str, dict]
     copied_files: list[str]
     dropped_files: list[str]
+    companion_specs: list[TensorSpec] = field(default_factory=list)
+    companion_casts: dict[str, str] = field(default_factory=dict)  # unquantized tensor -> its source dtype, when cast
+    companion_passthrough: set[str] = field(default_factory=set)  # source tensors the companion also holds
+
+    @property
+    def lossy_layers(self) -> dict[str, dict]:
+        return {name: p.lossy for name, p in self.prepared.items() if p.lossy}
 
     @property
     def layer_changes(self) -> dict[str, list[str]]:
@@ -47,7 +57,7 @@ class ConversionPlan:
 
     @property
     def sharded(self) -> bool:
-        return self.source.ckpt.index is not None
+        return len(self.shards) > 1
 
 
 def _refusal_message(target: Target, refused: dict[str, Prepared]) -> str:
@@ -62,7 +72,7 @@ def _refusal_message(target: Target, refused: dict[str, Prepared]) -> str:
         )
     first = names[0]
     more = f" (and {len(names) - 1} more layers)" if len(names) > 1 else ""
-    return f"cannot convert to {target.name} without loss: {first}: {refused[first].refusal}{more}"
+    return f"cannot convert to {target.name}: {first}: {refused[first].refusal}{more}"
 
 
 def _unquantized_linears(src: QuantizedCheckpoint, owned: dict[str, str]) -> list[str]:
@@ -77,7 +87,34 @@ def _unquantized_linears(src: QuantizedCheckpoint, owned: dict[str, str]) -> lis
     return sorted(set(names))
 
 
-def plan_conversion(src: QuantizedCheckpoint, to: str) -> ConversionPlan:
+def _lossy_message(target: Target, lossy: dict[str, dict], casts: dict[str, str]) -> str:
+    parts = []
+    if lossy:
+        changed = sum(v["scales_changed"] for v in lossy.values())
+        total = sum(v["scales_total"] for v in lossy.values())
+        worst = max(v["max_rel_change"] for v in lossy.values())
+        parts.append(f"changes {changed} of {total} scales in {len(lossy)} layers (largest relative change {worst:.3g})")
+    if casts:
+        parts.append(f"casts {len(casts)} unquantized tensors ({', '.join(sorted(set(casts.values())))}) to bf16")
+    return (
+        f"{target.name} holds bf16 for Gaudi, which {' and '.join(parts)}; codes and zero points stay exact. "
+        "Pass --allow-bf16 to accept this loss"
+    )
+
+
+def _output_shard_names(src: QuantizedCheckpoint) -> dict[str, str]:
+    """Output weight files keep the source's shard names when those are ordinary safetensors shards;
+    a torch.save file (INC default) or an HPU cache becomes model.safetensors."""
+    names = sorted(src.ckpt.shards)
+    if src.ckpt.container == "safetensors" and all(n.endswith(".safetensors") for n in names):
+        return {n: n for n in names}
+    if len(names) == 1:
+        return {names[0]: "model.safetensors"}
+    width = len(str(len(names)))
+    return {n: f"model-{i + 1:0{width}d}-of-{len(names):0{width}d}.safetensors" for i, n in enumerate(names)}
+
+
+def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = False) -> ConversionPlan:
     if to not in TARGETS:
         raise RefusedConversion(f"unknown target {to!r} (choose from {', '.join(TARGETS)})")
     target = TARGETS[to]
@@ -85,15 +122,23 @@ def plan_conversion(src: QuantizedCheckpoint, to: str) -> ConversionPlan:
     if len(bits) > 1:
         raise RefusedConversion(f"layers mix {sorted(bits)} bits; mixed precision is not supported yet", file=src.root)
 
+    ckpt = src.ckpt
+    wrapped = mul_linear_modules(ckpt)
+    if wrapped and not target.holds_mul_linear:
+        raise RefusedConversion(
+            f"{len(wrapped)} modules are INC MulLinear wrappers whose input_scale ({wrapped[0]}.input_scale, ...) "
+            f"{to} cannot hold: folding it into the previous layer is a model rewrite woqconv does not do; convert to inc",
+            file=src.root,
+        )
     prepared = {layer.name: target.prepare(layer) for layer in src.layers}
     refused = {n: p for n, p in prepared.items() if p.refusal}
     if refused:
         raise RefusedConversion(_refusal_message(target, refused), file=src.root)
 
     owned = src.owned_tensors()
-    ckpt = src.ckpt
+    out_names = _output_shard_names(src)
     shards: dict[str, ShardPlan] = {
-        name: ShardPlan(name, dict(f.metadata) or {"format": "pt"}) for name, f in sorted(ckpt.shards.items())
+        name: ShardPlan(out_names[name], dict(f.metadata) or {"format": "pt"}) for name, f in sorted(ckpt.shards.items())
     }
     for t in ckpt.tensor_names:
         if t not in owned:
@@ -110,6 +155,16 @@ def plan_conversion(src: QuantizedCheckpoint, to: str) -> ConversionPlan:
         dup = sorted({n for n in out_names if out_names.count(n) > 1})[0]
         raise RefusedConversion(f"output tensor {dup} would be written twice (a passthrough tensor collides with a converted one)", file=src.root)
 
+    companion_specs: list[TensorSpec] = []
+    casts: dict[str, str] = {}
+    companion_passthrough: set[str] = set()
+    if target.companion:
+        companion_specs, casts, companion_passthrough = _companion_specs(src, target, prepared, owned)
+
+    lossy = {n: p.lossy for n, p in prepared.items() if p.lossy}
+    if (lossy or casts) and not allow_bf16:
+        raise RefusedConversion(_lossy_message(target, lossy, casts), file=src.root)
+
     kinds = {p.layer.g_idx_kind for p in prepared.values()}
     summary = ModelQuantSummary(
         bits=next(iter(bits)),
@@ -118,14 +173,45 @@ def plan_conversion(src: QuantizedCheckpoint, to: str) -> ConversionPlan:
         desc_act=bool(kinds & {GIdxKind.BLOCK_UNIFORM, GIdxKind.SCATTERED}),
         declared=src.format.declared_config,
         unquantized_linears=_unquantized_linears(src, owned),
+        layers=[p.layer for p in prepared.values()],
+        wrapped_modules=wrapped,
     )
     qc = target.quantization_config(summary)
     config = None
     if (ckpt.root / CONFIG_NAME).exists():
         config = dict(ckpt.config)
-        config["quantization_config"] = qc
-    extra = target.config_files(qc)
-    replaced = {CONFIG_NAME, *QUANT_CONFIG_FILES, *extra}
+        if qc is None:
+            config.pop("quantization_config", None)  # INC default: config.json describes the base model
+        else:
+            config["quantization_config"] = qc
+    extra = target.config_files(qc, summary)
+    replaced = {CONFIG_NAME, *QUANT_CONFIG_FILES, *HPU_CACHES, *extra}
     copied = [f for f in ckpt.other_files if f not in replaced]
-    dropped = [f for f in ckpt.other_files if f in QUANT_CONFIG_FILES and f not in extra]
-    return ConversionPlan(src, target, list(shards.values()), prepared, owned, config, qc, extra, copied, dropped)
+    dropped = [f for f in ckpt.other_files if f in replaced and f not in extra and f != CONFIG_NAME]
+    return ConversionPlan(
+        src, target, list(shards.values()), prepared, owned, config, qc, extra, copied, dropped, companion_specs, casts,
+        companion_passthrough,
+    )
+
+
+def _companion_specs(src: QuantizedCheckpoint, target: Target, prepared: dict[str, Prepared], owned: dict[str, str]):
+    """The companion file (INC's hpu_model.safetensors) holds the whole state dict as INC's Gaudi loader
+    saves it: quantized layers in the companion family, every other float tensor cast to its dtype."""
+    ckpt, comp = src.ckpt, target.companion
+    specs: list[TensorSpec] = []
+    casts: dict[str, str] = {}
+    tied = bool(ckpt.config.get("tie_word_embeddings", False))
+    layer_specs = [spec for p in prepared.values() for spec in comp.family.specs(p.layer)]
+    from_layers = {spec.name for spec in layer_specs}
+    for t in ckpt.tensor_names:
+        # Tensors the companion layout generates per layer (INC's scale_bf16_to_fp8) come from the layer;
+        # INC drops tied weights from its cache.
+        if t in owned or t in from_layers or (tied and t == "lm_head.weight"):
+            continue
+        info = ckpt.info(t)
+        dtype = info.dtype
+        if dtype in FLOAT_DTYPES and dtype != comp.float_dtype:
+            casts[t] = dtype
+            dtype = comp.float_dtype
+        specs.append(TensorSpec(t, dtype, info.shape))
+    return specs + layer_specs, casts, {s.name for s in specs}

@@ -6,9 +6,10 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from ..checkpoint import CONFIG_NAME, INDEX_NAME, dump_json
+from ..checkpoint import CONFIG_NAME, INC_WEIGHTS, INDEX_NAME, dump_json
 from ..errors import FormatError
-from ..safetensors_io import SafetensorsWriter
+from ..safetensors_io import DTYPES, SafetensorsWriter
+from .inc_container import safetensors_to_torch_save
 from .plan import ConversionPlan
 
 Progress = Callable[[int], None]  # called with bytes of source data consumed since the last call
@@ -18,56 +19,73 @@ def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = Non
     """Write every planned file into the (empty) directory ``into``; return bytes written."""
     src = plan.source
     ckpt = src.ckpt
-    family = plan.target.family
+    target = plan.target
     tick = progress or (lambda n: None)
-    written = 0
     weight_map: dict[str, str] = {}
-    for shard in plan.shards:
-        writer = SafetensorsWriter(into / shard.name, shard.specs, shard.metadata)
-        try:
-            for t in shard.passthrough:
-                writer.copy_from(t, ckpt.shards[ckpt.locations[t]])
-                weight_map[t] = shard.name
-                tick(ckpt.info(t).nbytes)
-            for name in shard.layers:
-                layer = src.read_layer(name)
-                prepared = plan.target.prepare(layer)
-                if prepared.refusal:  # the data changed between planning and writing
-                    raise FormatError(f"layer changed since planning: {prepared.refusal}", file=ckpt.root, tensor=name)
-                for tname, tensor in family.encode(prepared.layer, plan.target.zero_point_convention).items():
-                    writer.write(tname, tensor)
-                    weight_map[tname] = shard.name
-                del layer, prepared
-                tick(sum(ckpt.info(t).nbytes for t in family.owned_tensors(ckpt, name)))
-            writer.close()
-        except BaseException:
-            writer.abort()
-            raise
-        written += writer.size
-    if plan.sharded:
+    comp = target.companion
+    companion = SafetensorsWriter(into / comp.file, plan.companion_specs, {"format": "pt"}) if comp else None
+    written_files: list[Path] = []
+    try:
+        for shard in plan.shards:
+            writer = SafetensorsWriter(into / shard.name, shard.specs, shard.metadata)
+            try:
+                for t in shard.passthrough:
+                    source_file = ckpt.shards[ckpt.locations[t]]
+                    writer.copy_from(t, source_file)
+                    weight_map[t] = shard.name
+                    if companion and t in plan.companion_passthrough:
+                        if t in plan.companion_casts:
+                            companion.write(t, source_file.read(t).to(DTYPES[comp.float_dtype]))
+                        else:
+                            companion.copy_from(t, source_file)
+                    tick(ckpt.info(t).nbytes)
+                for name in shard.layers:
+                    layer = src.read_layer(name)
+                    prepared = target.prepare(layer)
+                    if prepared.refusal:  # the data changed between planning and writing
+                        raise FormatError(f"layer changed since planning: {prepared.refusal}", file=ckpt.root, tensor=name)
+                    for tname, tensor in target.family.encode(prepared.layer, target.zero_point_convention).items():
+                        writer.write(tname, tensor)
+                        weight_map[tname] = shard.name
+                    if companion:
+                        for tname, tensor in comp.family.encode(prepared.layer, comp.zero_point_convention).items():
+                            companion.write(tname, tensor)
+                    del layer, prepared
+                    tick(sum(ckpt.info(t).nbytes for t in target.family.owned_tensors(ckpt, name) if t in plan.owned))
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+            written_files.append(into / shard.name)
+        if companion:
+            companion.close()
+            written_files.append(into / comp.file)
+    except BaseException:
+        if companion:
+            companion.abort()
+        raise
+    if plan.sharded and target.container == "safetensors":
         index = {
             "metadata": {"total_size": sum(s.nbytes for sh in plan.shards for s in sh.specs)},
             "weight_map": dict(sorted(weight_map.items())),
         }
-        written += _write_text(into / INDEX_NAME, dump_json(index))
+        (into / INDEX_NAME).write_text(dump_json(index), encoding="utf-8")
+    if target.container == "inc-pt":
+        # INC's default format is one torch.save'd state dict; build it from the streamed shards.
+        shards = [into / s.name for s in plan.shards]
+        safetensors_to_torch_save(shards, into / INC_WEIGHTS)
+        for f in shards:
+            f.unlink()
     if plan.config is not None:
-        written += _write_text(into / CONFIG_NAME, dump_json(plan.config))
+        (into / CONFIG_NAME).write_text(dump_json(plan.config), encoding="utf-8")
     for name, data in plan.extra_json.items():
-        written += _write_text(into / name, dump_json(data))
+        (into / name).write_text(dump_json(data), encoding="utf-8")
     for rel in plan.copied_files:
         dst = into / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ckpt.root / rel, dst)
-        size = dst.stat().st_size
-        written += size
-        tick(size)
-    return written
-
-
-def _write_text(path: Path, text: str) -> int:
-    data = text.encode("utf-8")
-    path.write_bytes(data)
-    return len(data)
+        tick(dst.stat().st_size)
+    return sum(p.stat().st_size for p in into.rglob("*") if p.is_file())
 
 
 def total_source_bytes(plan: ConversionPlan) -> int:
@@ -75,4 +93,3 @@ def total_source_bytes(plan: ConversionPlan) -> int:
     tensors = sum(ckpt.info(t).nbytes for t in ckpt.locations)
     files = sum((ckpt.root / f).stat().st_size for f in plan.copied_files)
     return tensors + files
-

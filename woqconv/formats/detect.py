@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from ..checkpoint import QUANT_CONFIG_FILES, Checkpoint, read_json
+from dataclasses import replace
+
+from ..checkpoint import Checkpoint, read_json
 from ..errors import FormatError
-from . import autoround
+from . import autoround, inc
 from .base import ZP_V1, ZP_V1_WORD, ZP_V2, LayerFamily, SourceFormat
 
 GPTQ_CHECKPOINT_FORMATS = {"gptq": ZP_V1, "gptq_v2": ZP_V2}
@@ -15,7 +17,7 @@ def quantization_config(ckpt: Checkpoint) -> tuple[dict, str]:
     qc = ckpt.config.get("quantization_config")
     if isinstance(qc, dict) and qc:
         return qc, "config.json"
-    for name in QUANT_CONFIG_FILES:
+    for name in ("quantize_config.json", "quantization_config.json"):
         path = ckpt.root / name
         if path.exists():
             return read_json(path), name
@@ -50,6 +52,22 @@ def _int(qc: dict, key: str, file: str, ckpt: Checkpoint, default=None) -> int:
 
 def detect(ckpt: Checkpoint) -> SourceFormat:
     """Identify the checkpoint's format from its config; raise FormatError naming the problem."""
+    if ckpt.container == "inc-pt" or (
+        (ckpt.root / inc.QCONFIG).exists() and not isinstance(ckpt.config.get("quantization_config"), dict)
+    ):
+        fmt = inc.detect_default(ckpt)
+        _check_layout(ckpt, fmt)
+        return fmt
+    fmt = _detect_from_config(ckpt)
+    if ckpt.container == "hpu-cache":
+        # Only INC's Gaudi cache is here: its config describes the checkpoint it was made from.
+        fmt = replace(fmt, name="hpu", family="hpu", zero_point_convention=ZP_V2, producer=inc.PRODUCER)
+        return fmt
+    _check_layout(ckpt, fmt)
+    return fmt
+
+
+def _detect_from_config(ckpt: Checkpoint) -> SourceFormat:
     qc, file = quantization_config(ckpt)
     where = ckpt.root / file
     method = str(qc.get("quant_method", "gptq" if file == "quantize_config.json" else "")).lower()
@@ -109,7 +127,6 @@ def detect(ckpt: Checkpoint) -> SourceFormat:
         declared_config=qc,
         config_file=file,
     )
-    _check_layout(ckpt, fmt)
     return fmt
 
 

@@ -1,18 +1,22 @@
 """Conversion targets: a layout family, a zero-point convention, and the config its loaders accept.
 
 ``prepare`` turns a source IR layer into what the target can hold without loss, or says why it
-cannot (a refusal, never a silent approximation). ``quantization_config`` writes the config that
-the target's real loaders (transformers + gptqmodel, AutoGPTQ, AutoAWQ) accept.
+cannot (a refusal, never a silent approximation), or what it would lose (``lossy``, which the
+converter refuses unless the user accepted that specific loss). ``quantization_config`` writes the
+config that the target's real loaders accept.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from ..ir import GIdxKind, QuantLinear
 from .awq import AwqGemmFamily
 from .base import ZP_V1, ZP_V2, LayerFamily
 from .gptq import GptqFamily
+from .inc import HpuFamily
 
 
 @dataclass
@@ -25,6 +29,8 @@ class ModelQuantSummary:
     desc_act: bool  # some layer keeps a non-trivial g_idx
     declared: dict  # the source's quantization_config
     unquantized_linears: list[str] = field(default_factory=list)
+    layers: list[QuantLinear] = field(default_factory=list)  # prepared layers (no codes)
+    wrapped_modules: list[str] = field(default_factory=list)  # INC MulLinear modules (layer = module + ".linear")
 
 
 @dataclass
@@ -33,6 +39,31 @@ class Prepared:
     changes: list[str]  # what was done to the layer, e.g. "g_idx relabelled"
     refusal: str | None = None  # why the layer cannot be written; the converter aggregates these
     zero_point_zero_groups: int = 0
+    lossy: dict | None = None  # what a lossy cast would change, e.g. {"scales_changed": 10, ...}
+
+
+@dataclass(frozen=True)
+class Companion:
+    """A second weights file written in the same pass (INC's Gaudi cache beside the HF weights)."""
+
+    file: str
+    family: type[LayerFamily]
+    zero_point_convention: str
+    float_dtype: str  # safetensors dtype every unquantized float tensor is cast to
+
+
+def bf16_scale_loss(scales: torch.Tensor) -> dict | None:
+    """How casting scales to bf16 changes them: None when exact (bf16 sources, lucky fp16 values)."""
+    if scales.dtype == torch.bfloat16:
+        return None
+    s = scales.to(torch.float32)
+    cast = scales.to(torch.bfloat16).to(torch.float32)
+    changed = cast != s
+    n = int(changed.sum())
+    if not n:
+        return None
+    rel = ((cast - s).abs() / s.abs().clamp_min(torch.finfo(torch.float32).tiny))[changed]
+    return {"scales_changed": n, "scales_total": s.numel(), "max_rel_change": float(rel.max())}
 
 
 class Target:
@@ -41,9 +72,21 @@ class Target:
     zero_point_convention: str
     description: str
     keeps_g_idx: bool
+    container: str = "safetensors"  # or "inc-pt": INC's torch.save'd state dict
+    companion: Companion | None = None
+    holds_mul_linear: bool = False  # INC default can rebuild MulLinear wrappers; others cannot
+    # v1 writers that store z = 0 as an all-ones field (INC's modular dialect) instead of refusing.
+    v1_zero_point_zero: str = "refuse"
+
+    def check_bits(self, layer: QuantLinear) -> str | None:
+        return None
 
     def prepare(self, layer: QuantLinear) -> Prepared:
-        problem = self.family.check_writable(layer)
+        for family in (*([self.companion.family] if self.companion else []), self.family):
+            problem = family.check_writable(layer)
+            if problem:
+                return Prepared(layer, [], problem)
+        problem = self.check_bits(layer)
         if problem:
             return Prepared(layer, [], problem)
         changes = []
@@ -53,20 +96,22 @@ class Target:
                 return Prepared(
                     layer, [],
                     f"scattered act-order g_idx cannot be expressed in {self.name} (no g_idx); only requantization could, "
-                    "or convert to gptq / gptq-v2, which keep g_idx",
+                    "or convert to gptq / gptq-v2 / inc / inc-hf, which keep g_idx",
                 )
             layer = layer.with_contiguous_groups()
             changes.append("trivial g_idx dropped" if kind is GIdxKind.TRIVIAL else "block-uniform g_idx relabelled (group rows permuted)")
-        if self.zero_point_convention == ZP_V1:
-            zero = int((layer.zeros == 0).sum())
-            if zero:
+        zero = int((layer.zeros == 0).sum())
+        if self.zero_point_convention == ZP_V1 and zero:
+            if self.v1_zero_point_zero == "refuse":
                 return Prepared(layer, [], f"{zero} groups have zero point 0", zero_point_zero_groups=zero)
-        return Prepared(layer, changes)
+            changes.append(f"{zero} zero points of 0 stored as all-ones fields (INC's modular v1)")
+        lossy = bf16_scale_loss(layer.scales) if self.companion and self.companion.float_dtype == "BF16" else None
+        return Prepared(layer, changes, zero_point_zero_groups=zero, lossy=lossy)
 
-    def quantization_config(self, summary: ModelQuantSummary) -> dict:
+    def quantization_config(self, summary: ModelQuantSummary) -> dict | None:
         raise TypeError(f"target {self.name} does not define a config")
 
-    def config_files(self, qc: dict) -> dict[str, dict]:
+    def config_files(self, qc: dict | None, summary: ModelQuantSummary) -> dict[str, dict]:
         """Extra JSON files (beside config.json) that this target's tools read."""
         return {}
 
@@ -87,7 +132,7 @@ class _GptqTarget(Target):
 
     def quantization_config(self, summary: ModelQuantSummary) -> dict:
         d = summary.declared
-        qc = {
+        return {
             "quant_method": "gptq",
             "bits": summary.bits,
             "group_size": summary.group_size,
@@ -102,9 +147,8 @@ class _GptqTarget(Target):
             "pack_dtype": "int32",
             "model_file_base_name": "model",
         }
-        return qc
 
-    def config_files(self, qc: dict) -> dict[str, dict]:
+    def config_files(self, qc, summary):
         # AutoGPTQ and GPTQModel read quantize_config.json when config.json lacks the section.
         return {"quantize_config.json": qc}
 
@@ -144,4 +188,98 @@ class AwqGemmTarget(Target):
         }
 
 
-TARGETS: dict[str, Target] = {t.name: t for t in (GptqV1Target(), GptqV2Target(), AwqGemmTarget())}
+def _inc_bits(layer: QuantLinear) -> str | None:
+    # INC's packer puts floor(32/b) fields in a word: 2/4/8 bits match GPTQ's stream, 3 bits do not.
+    if layer.bits not in (2, 4, 8):
+        return f"INC packs {layer.bits}-bit codes {32 // layer.bits} to a word, not as GPTQ's bit stream; INC targets take 2, 4 or 8 bits"
+    # INC's dequant casts (q - z) to int8 (modules.py, INCWeightOnlyLinear.recover): at 8 bits that
+    # wraps unless z = 128, where q - z spans exactly [-128, 127].
+    if layer.bits == 8 and not layer.is_symmetric:
+        return "INC computes 8-bit weights as int8(q - z), which wraps for asymmetric zero points; use gptq or gptq-v2"
+    return None
+
+
+class IncHfTarget(Target):
+    name = "inc-hf"
+    family = GptqFamily
+    zero_point_convention = ZP_V1
+    keeps_g_idx = True
+    v1_zero_point_zero = "modular"
+    description = "INC huggingface format: GPTQ v1 safetensors that INC's load() and transformers read"
+
+    def check_bits(self, layer):
+        return _inc_bits(layer)
+
+    def quantization_config(self, summary: ModelQuantSummary) -> dict:
+        # INC's change_config_to_hf_format keys, with a damp_percent transformers accepts.
+        return {
+            "quant_method": "gptq",
+            "bits": summary.bits,
+            "group_size": summary.group_size,
+            "damp_percent": _valid_damp(summary.declared),
+            "desc_act": summary.desc_act,
+            "sym": summary.sym,
+            "true_sequential": bool(summary.declared.get("true_sequential", False)),
+            "model_name_or_path": None,
+            "model_file_base_name": "model",
+            "checkpoint_format": "gptq",
+        }
+
+    def config_files(self, qc, summary):
+        return {"quantize_config.json": qc}
+
+
+class HpuTarget(IncHfTarget):
+    name = "hpu"
+    keeps_g_idx = False  # INC drops ordered g_idx, and older SynapseAI ignores any g_idx
+    companion = Companion("hpu_model.safetensors", HpuFamily, ZP_V2, "BF16")
+    description = "inc-hf plus the hpu_model.safetensors cache INC's Gaudi loader reads without repacking"
+
+
+class IncDefaultTarget(Target):
+    name = "inc"
+    family = GptqFamily
+    zero_point_convention = ZP_V1
+    keeps_g_idx = True
+    v1_zero_point_zero = "modular"
+    container = "inc-pt"
+    holds_mul_linear = True
+    description = "INC default format: qconfig.json + quantized_weight.pt for load(..., original_model=...)"
+
+    def check_bits(self, layer):
+        return _inc_bits(layer)
+
+    def quantization_config(self, summary: ModelQuantSummary) -> None:
+        return None  # the default format has per-module entries in qconfig.json, not a model-level config
+
+    def config_files(self, qc, summary):
+        wrapped = set(summary.wrapped_modules)
+        entries = {}
+        for layer in summary.layers:
+            module = layer.name[: -len(".linear")] if layer.name.endswith(".linear") and layer.name[: -len(".linear")] in wrapped else layer.name
+            # INC's loader builds each module from dtype/bits/group_size and keeps g_idx only when the
+            # entry says desc_act (its own GPTQ entries say act_order and lose it). It takes the
+            # checkpoint's unquantized tensors (norms AWQ rescaled, embeddings) only when the first
+            # entry's algorithm is awq or teq; woqconv's checkpoint carries them all, so every entry
+            # is labelled awq, the label under which INC uses what the file holds.
+            entries[str((module, "Linear"))] = {
+                "awq": {
+                    "dtype": "int",
+                    "bits": layer.bits,
+                    "use_sym": layer.is_symmetric,
+                    "group_size": summary.group_size,
+                    "group_dim": 1,
+                    "use_full_range": False,
+                    "use_mse_search": False,
+                    "use_layer_wise": False,
+                    "use_double_quant": False,
+                    "desc_act": layer.g_idx_kind in (GIdxKind.BLOCK_UNIFORM, GIdxKind.SCATTERED),
+                    "folding": False,
+                }
+            }
+        return {"qconfig.json": entries}
+
+
+TARGETS: dict[str, Target] = {
+    t.name: t for t in (GptqV1Target(), GptqV2Target(), AwqGemmTarget(), IncDefaultTarget(), IncHfTarget(), HpuTarget())
+}

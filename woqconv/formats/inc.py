@@ -1,0 +1,202 @@
+"""Intel Neural Compressor (INC 3.x, torch): the "default" and "huggingface" formats and the HPU layout.
+
+INC's optimum-format modules store the GPTQ v1 layout (FORMATS.md 3.1), so reading and writing the
+tensors reuses the GPTQ family; INC reads v1 zero points modularly, so z = 0 is stored as an
+all-ones field and read back as 0. What is INC's own:
+
+* "default" format: ``qconfig.json`` (one entry per module: ``"('name', 'Linear')": {algo: {...}}``)
+  and ``quantized_weight.pt`` (``torch.save`` of the whole state dict).
+* "huggingface" format: GPTQ v1 safetensors with ``quant_method: gptq`` (read by the GPTQ family).
+* HPU layout (``HPUWeightOnlyLinear``, FORMATS.md 3.5), the cache INC writes on a Gaudi load:
+  qweight int32 [in, out/8] with 8 sequential nibbles along out, qzeros int32 [G, out/8] raw zero
+  points packed the same way, scales bf16 [G, out], scale_bf16_to_fp8 bf16 [1], optional g_idx.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+
+import torch
+
+from .. import packing
+from ..checkpoint import Checkpoint, read_json
+from ..errors import FormatError
+from ..ir import QuantLinear
+from ..safetensors_io import TensorSpec
+from .base import ZP_V1, ZP_V2, LayerFamily, SourceFormat, expect_dtype, layer_error, require, spec_of
+from .gptq import effective_group_size
+
+QCONFIG = "qconfig.json"
+PRODUCER = "neural-compressor"
+_KEY = re.compile(r"^\('(?P<name>[^']+)', '(?P<type>[^']+)'\)$")
+# What INC's loader reads from a per-module entry (save_load.py _replace_woqlinear_modules).
+INT_DTYPES = ("int", "int4", "int8", "uint4")
+
+
+def parse_qconfig(ckpt: Checkpoint) -> dict[str, tuple[str, dict]]:
+    """qconfig.json -> {module name: (algorithm, entry)} for every module INC quantized to integers."""
+    path = ckpt.root / QCONFIG
+    raw = read_json(path)
+    modules: dict[str, tuple[str, dict]] = {}
+    for key, value in raw.items():
+        m = _KEY.match(key)
+        if not m:
+            try:
+                name, _type = ast.literal_eval(key)  # tolerate other quoting of the same tuple
+            except (ValueError, SyntaxError, TypeError):
+                raise FormatError(f"entry key {key!r} is not a (module name, module type) pair", file=path) from None
+        else:
+            name = m["name"]
+        if not isinstance(value, dict) or len(value) != 1 or not isinstance(next(iter(value.values())), dict):
+            raise FormatError(f"entry for {name!r} must map one algorithm name to its config", file=path)
+        algo, entry = next(iter(value.items()))
+        if str(entry.get("dtype", "int")) in INT_DTYPES:
+            modules[name] = (algo, entry)
+    return modules
+
+
+def _layer_prefix(ckpt: Checkpoint, module: str) -> str | None:
+    """INC stores a plain module as ``name.qweight`` and a MulLinear-wrapped one as ``name.linear.qweight``."""
+    for prefix in (module, f"{module}.linear"):
+        if ckpt.has(f"{prefix}.qweight"):
+            return prefix
+    return None
+
+
+def detect_default(ckpt: Checkpoint) -> SourceFormat:
+    """An INC "default" checkpoint: the per-module qconfig.json decides bits, groups and symmetry."""
+    modules = parse_qconfig(ckpt)
+    path = ckpt.root / QCONFIG
+    if not modules:
+        raise FormatError("names no integer-quantized module", file=path)
+    for module in modules:
+        if _layer_prefix(ckpt, module) is None:
+            raise FormatError(f"names module {module!r}, but the weights have no {module}.qweight", file=path)
+    settings = {(e.get("bits", 4), e.get("group_size", 32), bool(e.get("use_sym", True))) for _, e in modules.values()}
+    bits_gs = {(b, g) for b, g, _ in settings}
+    if len(bits_gs) > 1:
+        raise FormatError(f"modules use different bits/group sizes {sorted(bits_gs)}; mixed precision is not supported yet", file=path)
+    bits, group_size = next(iter(bits_gs))
+    algos = sorted({a for a, _ in modules.values()})
+    first_algo = next(iter(modules.values()))[0]
+    act_order = any(bool(e.get("act_order") or e.get("desc_act")) for _, e in modules.values())
+    return SourceFormat(
+        name="inc",
+        family="gptq",
+        bits=int(bits),
+        group_size=int(group_size),
+        sym=all(s for _, _, s in settings),
+        zero_point_convention=ZP_V1,
+        quant_method="inc-" + "+".join(algos),
+        producer=PRODUCER,
+        desc_act=act_order,
+        declared_config={"qconfig": {m: {a: e} for m, (a, e) in modules.items()}, "first_algorithm": first_algo},
+        config_file=QCONFIG,
+    )
+
+
+def mul_linear_modules(ckpt: Checkpoint) -> list[str]:
+    """Modules INC wrapped in MulLinear (AWQ/TEQ scales it could not fold): they carry ``input_scale``."""
+    return sorted(n[: -len(".input_scale")] for n in ckpt.locations if n.endswith(".input_scale"))
+
+
+class HpuFamily(LayerFamily, key="hpu"):
+    """INC's HPUWeightOnlyLinear layout, the one Gaudi's ``convert_from_uint4`` reads."""
+
+    suffixes = ("qweight", "qzeros", "scales", "g_idx", "bias", "scale_bf16_to_fp8")
+
+    @classmethod
+    def _geometry(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> tuple[int, int, int]:
+        for suffix in ("qweight", "qzeros", "scales"):
+            require(ckpt, f"{prefix}.{suffix}", suffix)
+        expect_dtype(ckpt, f"{prefix}.qweight", ("I32",))
+        expect_dtype(ckpt, f"{prefix}.qzeros", ("I32",))
+        expect_dtype(ckpt, f"{prefix}.scales", ("BF16", "F16", "F32"))
+        if fmt.bits != 4:
+            raise layer_error(ckpt, prefix, "qweight", f"the HPU layout holds 4-bit codes, config says {fmt.bits} bits")
+        qw, qz, sc = (ckpt.info(f"{prefix}.{s}").shape for s in ("qweight", "qzeros", "scales"))
+        if len(qw) != 2 or len(qz) != 2 or len(sc) != 2:
+            raise layer_error(ckpt, prefix, "qweight", f"expected 2-D qweight/qzeros/scales, got {list(qw)}, {list(qz)}, {list(sc)}")
+        groups, out = sc
+        in_features = qw[0]
+        if qw[1] * 8 != out or qz != (groups, out // 8):
+            raise layer_error(ckpt, prefix, "qweight", f"shapes {list(qw)}, {list(qz)} disagree with scales {list(sc)} in the HPU layout")
+        gs = effective_group_size(fmt.group_size, in_features)
+        if -(-in_features // gs) != groups:
+            raise layer_error(ckpt, prefix, "scales", f"{groups} groups, but in_features {in_features} with group_size {fmt.group_size} gives {-(-in_features // gs)}")
+        return in_features, out, gs
+
+    @classmethod
+    def stored_zero_fields(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> torch.Tensor:
+        cls._geometry(ckpt, prefix, fmt)
+        return packing.unpack(ckpt.read(f"{prefix}.qzeros"), 4, dim=1)
+
+    @classmethod
+    def read(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat, *, codes: bool = True) -> QuantLinear:
+        in_features, out, gs = cls._geometry(ckpt, prefix, fmt)
+        layer = QuantLinear(
+            name=prefix,
+            in_features=in_features,
+            out_features=out,
+            bits=4,
+            group_size=gs,
+            zeros=packing.unpack(ckpt.read(f"{prefix}.qzeros"), 4, dim=1).T.contiguous(),
+            scales=ckpt.read(f"{prefix}.scales").T.contiguous(),
+            g_idx=ckpt.read(f"{prefix}.g_idx").to(torch.int32) if ckpt.has(f"{prefix}.g_idx") else None,
+            bias=ckpt.read(f"{prefix}.bias") if ckpt.has(f"{prefix}.bias") else None,
+        )
+        if codes:
+            layer.codes = packing.unpack(ckpt.read(f"{prefix}.qweight"), 4, dim=1).T.contiguous()
+        problem = layer.validate()
+        if problem:
+            raise layer_error(ckpt, prefix, "qweight", problem)
+        return layer
+
+    @classmethod
+    def check_writable(cls, layer: QuantLinear) -> str | None:
+        if layer.bits != 4:
+            return f"Gaudi's convert_from_uint4 takes 4-bit codes only, this layer has {layer.bits} bits"
+        if layer.out_features % 32:
+            return f"INC's HPU layout needs out_features divisible by 32, got {layer.out_features}"
+        return None
+
+    @classmethod
+    def specs(cls, layer: QuantLinear) -> list[TensorSpec]:
+        p, g, out = layer.name, layer.num_groups, layer.out_features
+        specs = [
+            TensorSpec(f"{p}.qweight", "I32", (layer.in_features, out // 8)),
+            TensorSpec(f"{p}.qzeros", "I32", (g, out // 8)),
+            TensorSpec(f"{p}.scales", "BF16", (g, out)),
+            TensorSpec(f"{p}.scale_bf16_to_fp8", "BF16", (1,)),
+        ]
+        if _real_bias(layer):
+            specs.append(TensorSpec(f"{p}.bias", "BF16", (out,)))
+        if layer.g_idx is not None:
+            specs.append(spec_of(f"{p}.g_idx", layer.g_idx))
+        return specs
+
+    @classmethod
+    def encode(cls, layer: QuantLinear, zero_point_convention: str) -> dict[str, torch.Tensor]:
+        if zero_point_convention != ZP_V2:
+            raise ValueError("the HPU layout stores raw zero points")
+        p = layer.name
+        tensors = {
+            f"{p}.qweight": packing.pack(layer.codes.T, 4, dim=1),
+            f"{p}.qzeros": packing.pack(layer.zeros.T, 4, dim=1),
+            # HPUWeightOnlyLinear.pack casts to bf16: the one lossy step of the Gaudi route.
+            f"{p}.scales": layer.scales.T.to(torch.bfloat16).contiguous(),
+            f"{p}.scale_bf16_to_fp8": torch.zeros(1, dtype=torch.bfloat16),
+        }
+        if _real_bias(layer):
+            tensors[f"{p}.bias"] = layer.bias.to(torch.bfloat16)
+        if layer.g_idx is not None:
+            tensors[f"{p}.g_idx"] = layer.g_idx.to(torch.int32)
+        return tensors
+
+
+def _real_bias(layer: QuantLinear) -> bool:
+    """INC's huggingface format stores an all-zero bias on every layer, even for bias-free
+    architectures; its HPU loader keeps a bias only where the architecture has one. An all-zero bias
+    adds nothing, so the HPU layout carries a bias only when it holds a non-zero value."""
+    return layer.bias is not None and bool(layer.bias.any())
