@@ -160,3 +160,82 @@ def test_leftover_partial_directory_is_cleaned_and_reported(tmp_path):
     assert r.returncode == 0
     assert any("interrupted run" in w for w in json.loads(r.stdout)["warnings"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# -- INC inputs (issue 3) ---------------------------------------------------------------------
+
+class _NotATensor:
+    """Any class: torch's weights_only unpickler must refuse to build it."""
+
+
+def _unsafe_pickle(ckpt: Path) -> None:
+    state = torch.load(ckpt / "quantized_weight.pt", weights_only=True)
+    state["payload"] = _NotATensor()
+    torch.save(state, ckpt / "quantized_weight.pt")
+
+
+def _code_running_pickle(ckpt: Path) -> None:
+    """A classic hostile pickle: unpickling it would create a marker file through os.system."""
+    import io
+    import pickle
+    import zipfile
+
+    marker = ckpt.parent / "PWNED"
+
+    class Exploit:
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {marker}",))
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps(Exploit(), protocol=2))
+        z.writestr("archive/version", "3\n")
+    (ckpt / "quantized_weight.pt").write_bytes(buf.getvalue())
+
+
+def _hpu_cache_only(ckpt: Path) -> None:
+    """An HPU cache alone, whose config claims group size 64 while the cache holds groups of 32."""
+    import woqconv
+
+    woqconv.convert(fixture_path("inc-hf-rtn-g32-asym"), ckpt.parent / "hpu", to="hpu", allow_bf16=True)
+    for p in list(ckpt.iterdir()):
+        p.unlink()
+    shutil.copy(ckpt.parent / "hpu" / "hpu_model.safetensors", ckpt)
+    cfg = json.loads((ckpt.parent / "hpu" / "config.json").read_text())
+    cfg["quantization_config"]["group_size"] = 64
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    shutil.rmtree(ckpt.parent / "hpu")
+
+
+INC_BAD_INPUTS = {
+    "unsafe pickle": ("inc-default-rtn-g32-asym", _unsafe_pickle, ["quantized_weight.pt", "refused to unpickle"]),
+    "code-running pickle": ("inc-default-rtn-g32-asym", _code_running_pickle, ["quantized_weight.pt", "refused to unpickle"]),
+    "qconfig names a missing module": (
+        "inc-default-rtn-g32-asym",
+        lambda c: (c / "qconfig.json").write_text(
+            (c / "qconfig.json").read_text().replace("model.layers.1.mlp.down_proj", "model.layers.9.mlp.down_proj")
+        ),
+        ["qconfig.json", "names module 'model.layers.9.mlp.down_proj'", "no model.layers.9.mlp.down_proj.qweight"],
+    ),
+    "HPU cache disagrees with config": ("inc-hf-rtn-g32-asym", _hpu_cache_only, ["hpu_model.safetensors", "groups, but in_features"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INC_BAD_INPUTS))
+def test_inc_bad_input_gives_one_line_and_exit_2(case, tmp_path):
+    name, damage, expected = INC_BAD_INPUTS[case]
+    src = copy_fixture(tmp_path, name)
+    damage(src)
+    before = digest(src)
+    for args in (["inspect", src], ["convert", src, "-o", tmp_path / "out", "--to", "inc-hf"]):
+        r = run_cli(*args)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+        for fragment in expected:
+            assert fragment in lines[0], (fragment, lines[0])
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "PWNED").exists(), "unpickling ran code"
+    assert digest(src) == before

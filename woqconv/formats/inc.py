@@ -81,17 +81,30 @@ def detect_default(ckpt: Checkpoint) -> SourceFormat:
     algos = sorted({a for a, _ in modules.values()})
     first_algo = next(iter(modules.values()))[0]
     act_order = any(bool(e.get("act_order") or e.get("desc_act")) for _, e in modules.values())
+    declared = {"qconfig": {m: {a: e} for m, (a, e) in modules.items()}, "first_algorithm": first_algo}
+    # qconfig.json does not say which of INC's layouts the tensors use (use_optimum_format is not
+    # recorded): the shapes and dtypes of the quantized layers decide. The optimum layout (GPTQ v1,
+    # INC's default) is read unless some layer is unmistakably in the use_optimum_format=False layout
+    # (qweight not int32, or scales [out, G]); a checkpoint mixing the two is refused.
+    name, family, convention = "inc", "gptq", ZP_V1
+    nonopt = LayerFamily.registry.get("inc-nonopt")
+    if nonopt is not None:
+        prefixes = nonopt.layer_prefixes(ckpt)
+        layouts = nonopt.classify(ckpt, prefixes, int(bits), int(group_size))
+        if layouts is not None:
+            name, family, convention = "inc-nonopt", "inc-nonopt", ZP_V2
+            declared["inc_nonoptimum_layouts"] = {p: lay.describe() for p, lay in layouts.items()}
     return SourceFormat(
-        name="inc",
-        family="gptq",
+        name=name,
+        family=family,
         bits=int(bits),
         group_size=int(group_size),
         sym=all(s for _, _, s in settings),
-        zero_point_convention=ZP_V1,
+        zero_point_convention=convention,
         quant_method="inc-" + "+".join(algos),
         producer=PRODUCER,
         desc_act=act_order,
-        declared_config={"qconfig": {m: {a: e} for m, (a, e) in modules.items()}, "first_algorithm": first_algo},
+        declared_config=declared,
         config_file=QCONFIG,
     )
 

@@ -1,0 +1,112 @@
+"""Load an ``hpu`` output through INC's own Gaudi path and show that INC repacked nothing.
+
+On a Gaudi host this is INC's real ``load(..., device="hpu")``; elsewhere it runs the same INC code
+under :func:`woqconv.runtime.hpu_emulation.emulated_hpu` and says so. The logits are compared with
+INC's CPU load of the same checkpoint's primary (fp16-scale) weights.
+
+    python -m woqconv.runtime.inc_hpu OUT [--format json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..checkpoint import HPU_CACHES
+from ..errors import WoqconvError
+
+PROMPT = [[1, 5, 9, 33, 100, 200, 7, 8, 9, 10, 11, 12, 250, 3, 64, 128]]
+
+
+@dataclass
+class HpuLoadReport:
+    path: str
+    device: str  # "hpu" or "hpu (emulated on CPU)"
+    cache: str  # the cache file INC read
+    hpu_modules: int  # layers INC built as HPUWeightOnlyLinear
+    layers_repacked: int  # layers INC had to unpack and repack (0 when the cache was used)
+    max_abs_diff_vs_cpu_fp32: float  # vs INC's CPU load of the fp16-scale weights
+    top1_agreement: float
+
+
+def load_through_inc_hpu(path: str | Path) -> HpuLoadReport:
+    import torch
+    from neural_compressor.torch.algorithms.weight_only import modules
+    from neural_compressor.torch.quantization import load
+
+    from .hpu_emulation import emulated_hpu
+
+    path = Path(path)
+    cache = next((c for c in HPU_CACHES if (path / c).exists()), None)
+    if cache is None:
+        raise WoqconvError("no hpu_model.safetensors here: convert with --to hpu first", file=path)
+    repacked = 0
+    original_unpack = modules.INCWeightOnlyLinear.unpack
+
+    def counting_unpack(self, *a, **k):
+        nonlocal repacked
+        repacked += 1
+        return original_unpack(self, *a, **k)
+
+    modules.INCWeightOnlyLinear.unpack = counting_unpack
+    try:
+        with emulated_hpu() as label:
+            model = load(str(path), format="huggingface", device="hpu", torch_dtype=torch.bfloat16)
+            with torch.no_grad():
+                hpu_logits = model(torch.tensor(PROMPT)).logits.float().cpu()
+        hpu_modules = sum(type(m).__name__ == "HPUWeightOnlyLinear" for m in model.modules())
+    finally:
+        modules.INCWeightOnlyLinear.unpack = original_unpack
+    cpu = load(str(path), format="huggingface", device="cpu", torch_dtype=torch.float32)
+    with torch.no_grad():
+        cpu_logits = cpu(torch.tensor(PROMPT)).logits.float()
+    return HpuLoadReport(
+        path=str(path),
+        device=label,
+        cache=cache,
+        hpu_modules=hpu_modules,
+        layers_repacked=repacked,
+        max_abs_diff_vs_cpu_fp32=float((hpu_logits - cpu_logits).abs().max()),
+        top1_agreement=float((hpu_logits.argmax(-1) == cpu_logits.argmax(-1)).float().mean()),
+    )
+
+
+def _quiet_libraries() -> None:
+    """INC and transformers log every load step at INFO; the report says what matters."""
+    import logging
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("LOGLEVEL", "ERROR")  # INC reads its log level from this when its logger starts
+    for name in ("neural_compressor", "transformers", "torchao"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m woqconv.runtime.inc_hpu", description=__doc__.splitlines()[0])
+    parser.add_argument("path")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    try:
+        report = load_through_inc_hpu(args.path)
+    except WoqconvError as e:
+        print(f"woqconv: error: {e.one_line()}", file=sys.stderr)
+        return e.exit_code
+    if args.format == "json":
+        print(json.dumps(asdict(report), indent=2, sort_keys=True))
+    else:
+        print(
+            f"INC loaded {report.path} on {report.device} from {report.cache}: "
+            f"{report.hpu_modules} HPUWeightOnlyLinear layers, {report.layers_repacked} repacked; "
+            f"logits vs INC's CPU fp32 load: max |diff| {report.max_abs_diff_vs_cpu_fp32:.3g} (bf16), "
+            f"top-1 agreement {report.top1_agreement:.0%}"
+        )
+    return 0 if report.layers_repacked == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
