@@ -15,7 +15,6 @@ import traceback
 from pathlib import Path
 
 import torch
-
 from load_logits import PROMPT
 
 

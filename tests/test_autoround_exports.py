@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import fixture_path
 from safetensors.torch import load_file
 
 import woqconv
 from woqconv import packing
 from woqconv.errors import RefusedConversion
-
-from conftest import fixture_path
 
 RUNS_4BIT = ["g32-sym", "g32-asym", "g128-sym", "g128-asym"]
 PACKED = (".qweight", ".qzeros", ".scales")

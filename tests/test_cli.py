@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from conftest import fixture_path
+from safetensors.torch import load_file, save_file
 
 BASE = "ar-g32-asym-auto_gptq"
 LAYER = "model.layers.0.self_attn.q_proj"

@@ -13,11 +13,10 @@ import struct
 import pytest
 import safetensors.torch
 import torch
+from conftest import fixture_path
 from safetensors.torch import load_file
 
 from woqconv.runtime import hpu_emulation as hpu
-
-from conftest import fixture_path
 
 pytestmark = pytest.mark.skipif(hpu.hpu_is_real(), reason="habana_frameworks present: nothing to emulate")
 
@@ -67,7 +66,9 @@ def test_op_hand_computed():
 @pytest.mark.parametrize("seed, n_in, n_out, group_size, scattered", [(0, 64, 32, 32, False), (1, 96, 64, 32, False),
                                                                       (2, 128, 32, 64, False), (3, 64, 32, 16, True)])
 def test_op_matches_plain_dequant(seed, n_in, n_out, group_size, scattered):
-    from neural_compressor.torch.algorithms.weight_only.modules import HPUWeightOnlyLinear
+    from neural_compressor.torch.algorithms.weight_only.modules import (
+        HPUWeightOnlyLinear,
+    )
 
     hpu.register_convert_from_uint4()
     gen = torch.Generator().manual_seed(seed)
@@ -104,7 +105,10 @@ def _inc_load(path, device, dtype):
 
 
 def _forbid_repacking(monkeypatch) -> None:
-    from neural_compressor.torch.algorithms.weight_only.modules import HPUWeightOnlyLinear, INCWeightOnlyLinear
+    from neural_compressor.torch.algorithms.weight_only.modules import (
+        HPUWeightOnlyLinear,
+        INCWeightOnlyLinear,
+    )
 
     def no_repack(*args, **kwargs):
         raise AssertionError("INC unpacked/repacked instead of reading its HPU cache")
@@ -120,7 +124,9 @@ def _logits(model) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", ["inc-hf-rtn-g32-asym", "inc-hf-rtn-g128-sym"])
 def test_inc_hpu_load_writes_cache_then_reads_it(name, tmp_path, monkeypatch, record_property):
-    from neural_compressor.torch.algorithms.weight_only.modules import HPUWeightOnlyLinear
+    from neural_compressor.torch.algorithms.weight_only.modules import (
+        HPUWeightOnlyLinear,
+    )
 
     ckpt = tmp_path / name
     shutil.copytree(fixture_path(name), ckpt)

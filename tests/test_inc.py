@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import MANIFEST, fixture_path
+from loading import (
+    TOL,
+    read_by_auto_round_kernel,
+    run_loads,
+    source_loader,
+    twin_auto_gptq,
+)
 from safetensors.torch import load_file
 
 import woqconv
-
-from conftest import MANIFEST, fixture_path
-from loading import TOL, read_by_auto_round_kernel, run_loads, source_loader, twin_auto_gptq
 
 pytestmark = pytest.mark.loaders
 

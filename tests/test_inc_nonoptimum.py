@@ -8,12 +8,11 @@ import shutil
 
 import pytest
 import torch
+from conftest import MANIFEST, fixture_path
 
 import woqconv
 from woqconv.errors import FormatError
 from woqconv.formats.inc_nonoptimum import signed_to_unsigned, unpack_words
-
-from conftest import MANIFEST, fixture_path
 
 INC = pytest.importorskip("neural_compressor.torch.algorithms.weight_only.modules")
 

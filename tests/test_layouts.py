@@ -8,13 +8,12 @@ import shutil
 
 import pytest
 import torch
+from conftest import fixture_path
 from safetensors.torch import load_file, save_file
 
 import woqconv
 from woqconv.errors import WoqconvError
 from woqconv.runtime import select_device
-
-from conftest import fixture_path
 
 
 def _shard(src, dst):

@@ -12,11 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import MANIFEST, fixture_path
+from loading import (
+    TOL,
+    read_by_auto_round_kernel,
+    run_loads,
+    source_loader,
+    twin_auto_gptq,
+)
 
 import woqconv
-
-from conftest import MANIFEST, fixture_path
-from loading import TOL, read_by_auto_round_kernel, run_loads, source_loader, twin_auto_gptq
 
 pytestmark = pytest.mark.loaders
 

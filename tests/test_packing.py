@@ -80,7 +80,9 @@ def test_matches_auto_round_bitstream_packer(bits):
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_matches_inc_optimum_packer(bits):
-    from neural_compressor.torch.algorithms.weight_only.modules import INCWeightOnlyLinear
+    from neural_compressor.torch.algorithms.weight_only.modules import (
+        INCWeightOnlyLinear,
+    )
 
     in_f, out_f, gs = 64, 32, 32
     g = torch.Generator().manual_seed(bits)

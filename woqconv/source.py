@@ -20,6 +20,8 @@ from .formats.detect import detect
 from .ir import GIdxKind, QuantLinear
 
 CONVENTION_CHOICES = ("auto", ZP_V1, ZP_V2, ZP_V1_WORD)
+# Layouts whose zero points are raw by definition: the format, not the config, says so.
+RAW_ZERO_FAMILIES = ("awq", "hpu", "inc-nonopt")
 _G_IDX_SEVERITY = [GIdxKind.NONE, GIdxKind.TRIVIAL, GIdxKind.BLOCK_UNIFORM, GIdxKind.SCATTERED]
 
 
@@ -136,7 +138,7 @@ def _scan(ckpt: Checkpoint, requested: str) -> QuantizedCheckpoint:
             )
     else:
         # AWQ and AutoRound's raw packings define their convention; GPTQ asym data cannot prove either.
-        used, source = declared, ("format" if fmt.family == "awq" else "config")
+        used, source = declared, ("format" if fmt.family in RAW_ZERO_FAMILIES else "config")
 
     renamed = {"gptq": "gptq-v2", "gptq-v2": "gptq-v2"} if used == ZP_V2 else {"gptq": "gptq", "gptq-v2": "gptq"}
     fmt = replace(fmt, zero_point_convention=used, name=renamed.get(fmt.name, fmt.name))

@@ -102,7 +102,7 @@ def convert(
         plan = plan_conversion(source, to, allow_bf16=allow_bf16)
         check_output(src_path, out_path, overwrite=overwrite)
         total = total_source_bytes(plan)
-        warnings = list(source.warnings)
+        warnings = list(source.warnings) + plan.warnings
         if dry_run:
             return _report(plan, out_path, total, 0, time.perf_counter() - start, True, warnings)
         partial, cleaned = start_partial(out_path)

@@ -14,7 +14,7 @@ from ..errors import RefusedConversion
 from ..formats import TARGETS, Target
 from ..formats.base import ZP_V1
 from ..formats.inc import mul_linear_modules
-from ..formats.targets import ModelQuantSummary, Prepared
+from ..formats.targets import ModelQuantSummary, Prepared, scale_cast_loss
 from ..ir import GIdxKind
 from ..safetensors_io import TensorSpec
 from ..source import QuantizedCheckpoint
@@ -46,6 +46,7 @@ class ConversionPlan:
     companion_specs: list[TensorSpec] = field(default_factory=list)
     companion_casts: dict[str, str] = field(default_factory=dict)  # unquantized tensor -> its source dtype, when cast
     companion_passthrough: set[str] = field(default_factory=set)  # source tensors the companion also holds
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def lossy_layers(self) -> dict[str, dict]:
@@ -165,6 +166,7 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
     if (lossy or casts) and not allow_bf16:
         raise RefusedConversion(_lossy_message(target, lossy, casts), file=src.root)
 
+    warnings = _loader_cast_warnings(target, prepared)
     kinds = {p.layer.g_idx_kind for p in prepared.values()}
     summary = ModelQuantSummary(
         bits=next(iter(bits)),
@@ -190,8 +192,25 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
     dropped = [f for f in ckpt.other_files if f in replaced and f not in extra and f != CONFIG_NAME]
     return ConversionPlan(
         src, target, list(shards.values()), prepared, owned, config, qc, extra, copied, dropped, companion_specs, casts,
-        companion_passthrough,
+        companion_passthrough, warnings,
     )
+
+
+def _loader_cast_warnings(target: Target, prepared: dict[str, Prepared]) -> list[str]:
+    if target.loader_scale_dtype is None:
+        return []
+    losses = {n: scale_cast_loss(p.layer.scales, target.loader_scale_dtype) for n, p in prepared.items()}
+    losses = {n: v for n, v in losses.items() if v}
+    if not losses:
+        return []
+    changed = sum(v["scales_changed"] for v in losses.values())
+    total = sum(v["scales_total"] for v in losses.values())
+    worst = max(v["max_rel_change"] for v in losses.values())
+    dtype = str(target.loader_scale_dtype).replace("torch.", "")
+    return [
+        f"the file keeps the scales exactly, but INC's loader casts them to {dtype}: {changed} of {total} scales in "
+        f"{len(losses)} layers change when loaded (largest relative change {worst:.3g})"
+    ]
 
 
 def _companion_specs(src: QuantizedCheckpoint, target: Target, prepared: dict[str, Prepared], owned: dict[str, str]):

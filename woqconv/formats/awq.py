@@ -16,7 +16,15 @@ from .. import packing
 from ..checkpoint import Checkpoint
 from ..ir import QuantLinear
 from ..safetensors_io import TensorSpec
-from .base import LayerFamily, SourceFormat, expect_dtype, layer_error, require, spec_of
+from .base import (
+    LayerFamily,
+    SourceFormat,
+    expect_dtype,
+    layer_error,
+    require,
+    spec_of,
+    validated,
+)
 from .gptq import SCALE_DTYPES, effective_group_size
 
 BITS = 4
@@ -76,10 +84,7 @@ class AwqGemmFamily(LayerFamily, key="awq"):
         )
         if codes:
             layer.codes = packing.unpack(ckpt.read(f"{prefix}.qweight"), BITS, dim=1, slot_order=packing.AWQ_ORDER).T.contiguous()
-        problem = layer.validate()
-        if problem:
-            raise layer_error(ckpt, prefix, "qweight", problem)
-        return layer
+        return validated(ckpt, prefix, layer)
 
     @classmethod
     def check_writable(cls, layer: QuantLinear) -> str | None:

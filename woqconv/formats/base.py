@@ -86,6 +86,14 @@ def spec_of(name: str, t: torch.Tensor) -> TensorSpec:
     return TensorSpec(name, DTYPE_NAMES[t.dtype], tuple(t.shape))
 
 
+def validated(ckpt: Checkpoint, prefix: str, layer: QuantLinear) -> QuantLinear:
+    """Every reader's last step: the IR's own consistency check, as an error naming the layer."""
+    problem = layer.validate()
+    if problem:
+        raise layer_error(ckpt, prefix, "qweight", problem)
+    return layer
+
+
 def layer_error(ckpt: Checkpoint, prefix: str, tensor_suffix: str, problem: str) -> FormatError:
     name = f"{prefix}.{tensor_suffix}"
     file = ckpt.file_of(name) if ckpt.has(name) else ckpt.root

@@ -16,7 +16,18 @@ from .. import packing
 from ..checkpoint import Checkpoint
 from ..ir import QuantLinear, default_g_idx
 from ..safetensors_io import TensorSpec
-from .base import ZP_V1, ZP_V1_WORD, ZP_V2, LayerFamily, SourceFormat, expect_dtype, layer_error, require, spec_of
+from .base import (
+    ZP_V1,
+    ZP_V1_WORD,
+    ZP_V2,
+    LayerFamily,
+    SourceFormat,
+    expect_dtype,
+    layer_error,
+    require,
+    spec_of,
+    validated,
+)
 
 SCALE_DTYPES = ("F16", "BF16", "F32")
 
@@ -91,10 +102,7 @@ class GptqFamily(LayerFamily, key="gptq"):
         )
         if codes:
             layer.codes = packing.unpack(ckpt.read(f"{prefix}.qweight"), b, dim=0).T.contiguous()
-        problem = layer.validate()
-        if problem:
-            raise layer_error(ckpt, prefix, "qweight", problem)
-        return layer
+        return validated(ckpt, prefix, layer)
 
     @classmethod
     def check_writable(cls, layer: QuantLinear) -> str | None:

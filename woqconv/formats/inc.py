@@ -24,7 +24,17 @@ from ..checkpoint import Checkpoint, read_json
 from ..errors import FormatError
 from ..ir import QuantLinear
 from ..safetensors_io import TensorSpec
-from .base import ZP_V1, ZP_V2, LayerFamily, SourceFormat, expect_dtype, layer_error, require, spec_of
+from .base import (
+    ZP_V1,
+    ZP_V2,
+    LayerFamily,
+    SourceFormat,
+    expect_dtype,
+    layer_error,
+    require,
+    spec_of,
+    validated,
+)
 from .gptq import effective_group_size
 
 QCONFIG = "qconfig.json"
@@ -161,10 +171,7 @@ class HpuFamily(LayerFamily, key="hpu"):
         )
         if codes:
             layer.codes = packing.unpack(ckpt.read(f"{prefix}.qweight"), 4, dim=1).T.contiguous()
-        problem = layer.validate()
-        if problem:
-            raise layer_error(ckpt, prefix, "qweight", problem)
-        return layer
+        return validated(ckpt, prefix, layer)
 
     @classmethod
     def check_writable(cls, layer: QuantLinear) -> str | None:

@@ -33,7 +33,14 @@ from ..checkpoint import Checkpoint
 from ..errors import FormatError
 from ..ir import QuantLinear
 from ..safetensors_io import TensorSpec
-from .base import LayerFamily, SourceFormat, expect_dtype, layer_error, require
+from .base import (
+    LayerFamily,
+    SourceFormat,
+    expect_dtype,
+    layer_error,
+    require,
+    validated,
+)
 from .gptq import SCALE_DTYPES, effective_group_size
 
 KEY = "inc-nonopt"
@@ -106,6 +113,10 @@ def _in_features_dim1(ckpt: Checkpoint, prefix: str, packed: int, per_word: int,
     packed width and the group count allow, the one without padding (``packed * pf``, what INC writes
     whenever pf divides in_features) is taken; if that one is excluded by the group count, a single
     remaining candidate is taken; anything else is ambiguous and refused.
+
+    Limitation: INC records in_features nowhere, so a layer whose in_features is not a multiple of pf
+    (and that has no g_idx) is read with ``packed * pf`` input channels when the group count allows
+    it: the padding fields become extra columns. compression_dim=0 layers have no such ambiguity.
     """
     lo, hi = (packed - 1) * per_word + 1, packed * per_word
     candidates = [n for n in range(lo, hi + 1) if _ceil(n, effective_group_size(declared_gs, n)) == groups]
@@ -152,7 +163,7 @@ def optimum_fits(ckpt: Checkpoint, prefix: str, bits: int, group_size: int) -> b
     """Could this layer be INC's optimum (GPTQ v1) layout: qweight int32 [ceil(in/pf), out],
     qzeros int32 [G, ceil(out/pf)], scales [G, out], bias [out], g_idx [in]? Shapes and dtypes only."""
     names = {s: f"{prefix}.{s}" for s in ("qweight", "qzeros", "scales", "bias", "g_idx")}
-    if not all(ckpt.has(names[s]) for s in ("qweight", "qzeros", "scales")):
+    if not 1 <= bits <= 32 or not all(ckpt.has(names[s]) for s in ("qweight", "qzeros", "scales")):
         return False
     qw, qz, sc = (ckpt.info(names[s]) for s in ("qweight", "qzeros", "scales"))
     if qw.dtype != "I32" or qz.dtype != "I32" or not (len(qw.shape) == len(qz.shape) == len(sc.shape) == 2):
@@ -335,10 +346,7 @@ class IncNonOptimumFamily(LayerFamily, key=KEY):
             else:
                 fields = unpack_words(qweight, b, dim=0, count=lay.out_features)
             layer.codes = fields if lay.has_zeros else signed_to_unsigned(fields, b)
-        problem = layer.validate()
-        if problem:
-            raise layer_error(ckpt, prefix, "qweight", problem)
-        return layer
+        return validated(ckpt, prefix, layer)
 
     # -- writing: not a target -------------------------------------------------------------
     @classmethod

@@ -54,10 +54,15 @@ class Companion:
 
 def bf16_scale_loss(scales: torch.Tensor) -> dict | None:
     """How casting scales to bf16 changes them: None when exact (bf16 sources, lucky fp16 values)."""
-    if scales.dtype == torch.bfloat16:
+    return scale_cast_loss(scales, torch.bfloat16)
+
+
+def scale_cast_loss(scales: torch.Tensor, dtype: torch.dtype) -> dict | None:
+    """How casting scales to ``dtype`` changes them: None when every value survives exactly."""
+    if scales.dtype == dtype:
         return None
     s = scales.to(torch.float32)
-    cast = scales.to(torch.bfloat16).to(torch.float32)
+    cast = scales.to(dtype).to(torch.float32)
     changed = cast != s
     n = int(changed.sum())
     if not n:
@@ -77,6 +82,9 @@ class Target:
     holds_mul_linear: bool = False  # INC default can rebuild MulLinear wrappers; others cannot
     # v1 writers that store z = 0 as an all-ones field (INC's modular dialect) instead of refusing.
     v1_zero_point_zero: str = "refuse"
+    # The dtype the target's loader casts scales to on load (INC's optimum modules hold fp16 buffers);
+    # the file keeps the scales exactly, but the user is told what the loader will do with them.
+    loader_scale_dtype: torch.dtype | None = None
 
     def check_bits(self, layer: QuantLinear) -> str | None:
         return None
@@ -205,6 +213,7 @@ class IncHfTarget(Target):
     zero_point_convention = ZP_V1
     keeps_g_idx = True
     v1_zero_point_zero = "modular"
+    loader_scale_dtype = torch.float16
     description = "INC huggingface format: GPTQ v1 safetensors that INC's load() and transformers read"
 
     def check_bits(self, layer):
@@ -244,6 +253,7 @@ class IncDefaultTarget(Target):
     v1_zero_point_zero = "modular"
     container = "inc-pt"
     holds_mul_linear = True
+    loader_scale_dtype = torch.float16
     description = "INC default format: qconfig.json + quantized_weight.pt for load(..., original_model=...)"
 
     def check_bits(self, layer):
