@@ -177,3 +177,34 @@ def test_a_stale_hpu_cache_never_travels(tmp_path):
     assert (tmp_path / "hpu" / "hpu_model.safetensors").read_bytes() != b"stale"
     with woqconv.open_checkpoint(tmp_path / "hpu") as ckpt:  # primary weights are read, not the cache
         assert ckpt.format.name == "gptq"
+
+
+def test_inc_default_format_hpu_cache_is_read(tmp_path):
+    """INC's own default-format Gaudi cache (quantized_hpu_weight.pt, written by INC under the
+    emulation) read alone gives the source's integers, with bf16 scales."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "inc-default"
+    shutil.copytree(fixture_path("inc-default-rtn-g32-asym"), src)
+    script = (
+        "import torch\n"
+        "from transformers import AutoConfig, AutoModelForCausalLM\n"
+        "from neural_compressor.torch.quantization import load\n"
+        "from woqconv.runtime.hpu_emulation import emulated_hpu\n"
+        f"p = {str(src)!r}\n"
+        "base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(p), dtype=torch.bfloat16)\n"
+        "with emulated_hpu():\n"
+        "    load(p, format='default', original_model=base, device='hpu')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cache_only = tmp_path / "cache-only"
+    cache_only.mkdir()
+    for f in ("quantized_hpu_weight.pt", "qconfig.json", "config.json"):
+        shutil.copy(src / f, cache_only / f)
+    with woqconv.open_checkpoint(cache_only) as cache, woqconv.open_checkpoint(fixture_path("inc-default-rtn-g32-asym")) as ref:
+        assert cache.format.name == "hpu" and cache.format.family == "hpu"
+        for a, b in zip(ref.iter_layers(), cache.iter_layers()):
+            assert a.name == b.name and torch.equal(a.codes, b.codes) and torch.equal(a.zeros, b.zeros)
+            assert b.scales.dtype == torch.bfloat16 and torch.equal(a.scales.to(torch.bfloat16), b.scales)

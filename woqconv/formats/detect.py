@@ -52,17 +52,15 @@ def _int(qc: dict, key: str, file: str, ckpt: Checkpoint, default=None) -> int:
 
 def detect(ckpt: Checkpoint) -> SourceFormat:
     """Identify the checkpoint's format from its config; raise FormatError naming the problem."""
-    if ckpt.container == "inc-pt" or (
+    inc_default = ckpt.container == "inc-pt" or (
         (ckpt.root / inc.QCONFIG).exists() and not isinstance(ckpt.config.get("quantization_config"), dict)
-    ):
-        fmt = inc.detect_default(ckpt)
-        _check_layout(ckpt, fmt)
-        return fmt
-    fmt = _detect_from_config(ckpt)
+    )
     if ckpt.container == "hpu-cache":
-        # Only INC's Gaudi cache is here: its config describes the checkpoint it was made from.
-        fmt = replace(fmt, name="hpu", family="hpu", zero_point_convention=ZP_V2, producer=inc.PRODUCER)
-        return fmt
+        # Only INC's Gaudi cache is here; the config it was made from (qconfig.json for INC's default
+        # format, config.json otherwise) still gives bits and groups, the layout is the HPU one.
+        fmt = inc.detect_default(ckpt, layout_check=False) if inc_default else _detect_from_config(ckpt)
+        return replace(fmt, name="hpu", family="hpu", zero_point_convention=ZP_V2, producer=inc.PRODUCER)
+    fmt = inc.detect_default(ckpt) if inc_default else _detect_from_config(ckpt)
     _check_layout(ckpt, fmt)
     return fmt
 

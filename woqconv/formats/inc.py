@@ -74,8 +74,11 @@ def _layer_prefix(ckpt: Checkpoint, module: str) -> str | None:
     return None
 
 
-def detect_default(ckpt: Checkpoint) -> SourceFormat:
-    """An INC "default" checkpoint: the per-module qconfig.json decides bits, groups and symmetry."""
+def detect_default(ckpt: Checkpoint, *, layout_check: bool = True) -> SourceFormat:
+    """An INC "default" checkpoint: the per-module qconfig.json decides bits, groups and symmetry.
+
+    ``layout_check=False`` skips telling INC's optimum from non-optimum layouts (an HPU cache is neither).
+    """
     modules = parse_qconfig(ckpt)
     path = ckpt.root / QCONFIG
     if not modules:
@@ -98,7 +101,7 @@ def detect_default(ckpt: Checkpoint) -> SourceFormat:
     # (qweight not int32, or scales [out, G]); a checkpoint mixing the two is refused.
     name, family, convention = "inc", "gptq", ZP_V1
     nonopt = LayerFamily.registry.get("inc-nonopt")
-    if nonopt is not None:
+    if nonopt is not None and layout_check:
         prefixes = nonopt.layer_prefixes(ckpt)
         layouts = nonopt.classify(ckpt, prefixes, int(bits), int(group_size))
         if layouts is not None:
