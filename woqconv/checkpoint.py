@@ -64,14 +64,15 @@ class Checkpoint:
     container: str = "safetensors"  # "safetensors", "inc-pt" (quantized_weight.pt) or "hpu-cache"
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "Checkpoint":
+    def open(cls, path: str | os.PathLike, *, hpu_cache: bool = False) -> "Checkpoint":
+        """Open a checkpoint directory; ``hpu_cache=True`` reads INC's Gaudi cache instead of the weights."""
         root = Path(path)
         if not root.exists():
             raise FormatError("no such file or directory", file=root)
         if not root.is_dir():
             raise FormatError("expected a checkpoint directory", file=root)
         config = read_json(root / CONFIG_NAME) if (root / CONFIG_NAME).exists() else {}
-        shard_names, weight_map, index, container = _weight_files(root)
+        shard_names, weight_map, index, container = _weight_files(root, hpu_cache=hpu_cache)
         shards: dict[str, SafetensorsFile | TorchFile] = {}
         locations: dict[str, str] = {}
         try:
@@ -137,8 +138,13 @@ class Checkpoint:
         self.close()
 
 
-def _weight_files(root: Path) -> tuple[list[str], dict | None, dict | None, str]:
+def _weight_files(root: Path, *, hpu_cache: bool = False) -> tuple[list[str], dict | None, dict | None, str]:
     """Which files hold the weights: (file names, weight map, parsed index, container kind)."""
+    if hpu_cache:
+        caches = [c for c in HPU_CACHES if (root / c).exists()]
+        if not caches:
+            raise FormatError("no INC Gaudi cache (hpu_model.safetensors, quantized_hpu_weight.*) here", file=root)
+        return [caches[0]], None, None, "hpu-cache"
     if (root / INDEX_NAME).exists():
         index = read_json(root / INDEX_NAME)
         weight_map = index.get("weight_map")

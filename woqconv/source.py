@@ -82,17 +82,18 @@ class QuantizedCheckpoint:
         self.close()
 
 
-def open_checkpoint(path: str | os.PathLike, *, zero_point_convention: str = "auto") -> QuantizedCheckpoint:
+def open_checkpoint(path: str | os.PathLike, *, zero_point_convention: str = "auto", hpu_cache: bool = False) -> QuantizedCheckpoint:
     """Open and scan a quantized checkpoint directory.
 
     Args:
         path: the checkpoint directory.
         zero_point_convention: ``"auto"`` decides from the data where it can (symmetric checkpoints)
             and from the config otherwise; ``"v1"`` / ``"v2"`` force a reading.
+        hpu_cache: read INC's Gaudi cache (``hpu_model.safetensors``) beside the weights instead of them.
     """
     if zero_point_convention not in CONVENTION_CHOICES:
         raise FormatError(f"zero-point convention must be one of {', '.join(CONVENTION_CHOICES)}, not {zero_point_convention!r}")
-    ckpt = Checkpoint.open(path)
+    ckpt = Checkpoint.open(path, hpu_cache=hpu_cache)
     try:
         return _scan(ckpt, zero_point_convention)
     except BaseException:

@@ -23,6 +23,7 @@ from .. import __version__
 from ..convert import convert as convert_checkpoint
 from ..formats import TARGETS
 from ..inspection import inspect as inspect_checkpoint
+from ..runtime.verify import verify as verify_checkpoint
 from ..source import CONVENTION_CHOICES
 from . import render
 from ._errors import mapped_errors
@@ -100,6 +101,7 @@ def convert(
         bool, typer.Option("--allow-bf16", help="hpu only: accept casting fp16/fp32 scales and unquantized tensors to bf16 (reported per layer).")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    then_verify: Annotated[bool, typer.Option("--verify", help="Run woqconv verify OUT --against SRC after converting.")] = False,
     fmt: FormatOpt = OutputFormat.text,
     zp_convention: ConventionOpt = "auto",
 ) -> None:
@@ -120,10 +122,21 @@ def convert(
     finally:
         if bar:
             bar.stop()
+    checked = None
+    if then_verify and not dry_run:
+        with mapped_errors():
+            checked = verify_checkpoint(output, against=src)
     if fmt is OutputFormat.json:
-        print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+        data = report.to_dict()
+        if checked is not None:
+            data["verify"] = checked.to_dict()
+        print(json.dumps(data, indent=2, sort_keys=True))
     else:
         render.convert_report(Console(), report)
+        if checked is not None:
+            render.verify_report(Console(), checked)
+    if checked is not None and not checked.passed:
+        raise typer.Exit(1)
 
 
 class _LazyProgress:
@@ -145,6 +158,28 @@ class _LazyProgress:
     def stop(self) -> None:
         if self._task is not None:
             self._progress.stop()
+
+
+@app.command()
+def verify(
+    path: Annotated[Path, typer.Argument(help="Converted checkpoint directory.", show_default=False)],
+    against: Annotated[Optional[Path], typer.Option("--against", help="The source it was converted from.", show_default=False)] = None,
+    device: Annotated[str, typer.Option("--device", help="auto (hpu, else cuda, else cpu), hpu, cuda or cpu.")] = "auto",
+    no_run: Annotated[bool, typer.Option("--no-run", help="Structure and weights only; load nothing.")] = False,
+    fmt: FormatOpt = OutputFormat.text,
+) -> None:
+    """Check OUT: structure, weights against --against SRC, and a run with its real loader.
+
+    Exit 0 when every check passes, 1 when one fails (the layer and check are named), 2 on bad input.
+    Example: woqconv verify ./Llama-2-7B-AWQ --against ./Llama-2-7B-GPTQ
+    """
+    with mapped_errors():
+        report = verify_checkpoint(path, against=against, device=device, run=not no_run)
+    if fmt is OutputFormat.json:
+        print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    else:
+        render.verify_report(Console(), report)
+    raise typer.Exit(0 if report.passed else 1)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ from rich.table import Table
 
 from ..convert import ConvertReport
 from ..inspection import InspectReport
+from ..runtime.verify import VerifyReport
 
 
 def _size(n: int) -> str:
@@ -88,3 +89,22 @@ def convert_report(console: Console, r: ConvertReport) -> None:
     console.print(t)
     for w in r.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
+
+
+def verify_report(console: Console, r: VerifyReport) -> None:
+    status = "[green]passed[/green]" if r.passed else f"[red]FAILED ({len(r.failures)} checks)[/red]"
+    where = f" on {r.device} with {r.loader}" if r.device else ""
+    t = Table(title=f"woqconv verify {r.path} ({r.format}){where}: {status}", title_justify="left")
+    for col in ("check", "layer", "result", "detail"):
+        t.add_column(col, overflow="fold")
+    failed = r.failures
+    shown = failed if failed else [c for c in r.checks if c.layer is None or c.check != "weights"]
+    for c in shown[:60]:
+        t.add_row(c.check, c.layer or "", "[green]ok[/green]" if c.passed else "[red]FAIL[/red]", c.detail)
+    if not failed:
+        n = sum(1 for c in r.checks if c.check == "weights")
+        if n:
+            t.add_row("weights", f"{n} layers", "[green]ok[/green]", "every layer as the source")
+    console.print(t)
+    if r.reference:
+        console.print(f"reference: {r.reference}; {r.seconds:.2f} s")

@@ -1,0 +1,144 @@
+"""woqconv verify: passes on real conversions, and catches every planted corruption by layer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import woqconv
+from woqconv import packing
+from woqconv.runtime.verify import verify
+
+from conftest import fixture_path
+
+LAYER = "model.layers.1.self_attn.q_proj"
+
+
+def run_cli(*args):
+    import os
+
+    env = {**os.environ, "COLUMNS": "200"}  # wide enough that rich does not fold layer names
+    return subprocess.run([sys.executable, "-m", "woqconv", *map(str, args)], capture_output=True, text=True, timeout=900, env=env)
+
+
+def _edit(out, fn):
+    t = load_file(out / "model.safetensors")
+    fn(t)
+    save_file(t, out / "model.safetensors", metadata={"format": "pt"})
+
+
+def _swap_awq_slots(t):
+    w = t[f"{LAYER}.qweight"].clone()
+    fields = packing.unpack(w, 4, dim=1)  # sequential nibbles as stored
+    fields[:, [0, 1]] = fields[:, [1, 0]]
+    t[f"{LAYER}.qweight"] = packing.pack(fields, 4, dim=1)
+
+
+def _change_one_zero(t):
+    z = packing.unpack(t[f"{LAYER}.qzeros"], 4, dim=1)
+    z[0, 5] = (int(z[0, 5]) + 3) % 16
+    t[f"{LAYER}.qzeros"] = packing.pack(z, 4, dim=1)
+
+
+def _drop_layer(t):
+    for k in [k for k in t if k.startswith(LAYER + ".")]:
+        del t[k]
+
+
+def _relabel_v1(out):
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["quantization_config"]["checkpoint_format"] = cfg["quantization_config"]["format"] = "gptq"
+    (out / "config.json").write_text(json.dumps(cfg))
+
+
+# (source fixture, target, corruption, layer named, check named)
+FAULTS = {
+    "v2 zeros under a v1 label": ("ar-g32-asym-auto_round_gptqmodel", "gptq-v2", _relabel_v1, LAYER, "zero points"),
+    "one zero point changed": ("ar-g32-asym-auto_gptq", "gptq-v2", lambda o: _edit(o, _change_one_zero), LAYER, "zero points"),
+    "two AWQ nibble slots swapped": ("ar-g32-asym-auto_gptq", "awq", lambda o: _edit(o, _swap_awq_slots), LAYER, "codes"),
+    "g_idx dropped from an act-order layer": (
+        "inc-hf-gptq-actorder-g32-asym", "gptq", lambda o: _edit(o, lambda t: t.pop(f"{LAYER}.g_idx")), LAYER, "zero points",
+    ),
+    "scales cast to bf16 in an fp16 target": (
+        "ar-g32-asym-auto_gptq", "awq", lambda o: _edit(o, lambda t: t.__setitem__(f"{LAYER}.scales", t[f"{LAYER}.scales"].to(torch.bfloat16))),
+        LAYER, "scales dtype",
+    ),
+    "a missing layer": ("ar-g32-asym-auto_gptq", "gptq", lambda o: _edit(o, _drop_layer), LAYER, "complete"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_planted_fault_fails_with_exit_1_naming_the_layer(fault, tmp_path):
+    src, target, corrupt, layer, check = FAULTS[fault]
+    out = tmp_path / "out"
+    woqconv.convert(fixture_path(src), out, to=target)
+    assert verify(out, against=fixture_path(src), run=False).passed  # clean before the fault
+    corrupt(out)
+    r = run_cli("verify", out, "--against", fixture_path(src), "--no-run", "--format", "json")
+    assert r.returncode == 1, (r.stdout[-1500:], r.stderr[-1500:])
+    report = json.loads(r.stdout)
+    failed = [(c["check"], c["layer"]) for c in report["checks"] if not c["passed"]]
+    assert (check, layer) in failed, failed
+    text = run_cli("verify", out, "--against", fixture_path(src), "--no-run")
+    assert text.returncode == 1 and layer in text.stdout and "FAIL" in text.stdout
+
+
+def test_mislabelled_output_also_fails_the_run(tmp_path):
+    """The label fault, run with the real loader: transformers follows the v1 label and misreads."""
+    src = fixture_path("ar-g32-asym-auto_round_gptqmodel")
+    woqconv.convert(src, tmp_path / "out", to="gptq-v2")
+    _relabel_v1(tmp_path / "out")
+    report = verify(tmp_path / "out", against=src)
+    failed = {c.check for c in report.failures}
+    assert "run: max |logit diff|" in failed and "zero points" in failed
+    assert report.metrics["max_abs_logit_diff"] > 0.05
+
+
+# A conversion per target, including INC's loaders and the HPU path (emulated here), with real runs.
+PASSING = [
+    ("ar-g32-asym-auto_gptq", "awq"),
+    ("ar-g128-sym-auto_awq", "gptq"),
+    ("ar-g32-asym-auto_awq", "gptq-v2"),
+    ("ar-g32-asym-auto_round", "inc"),
+    ("inc-hf-gptq-actorder-g32-asym", "inc-hf"),
+    ("ar-g32-asym-auto_gptq", "hpu"),
+    ("mislabelled-v2-as-v1-g32-sym", "gptq-v2"),
+]
+
+
+@pytest.mark.loaders
+@pytest.mark.parametrize("src,target", PASSING)
+def test_verify_passes_real_conversions(src, target, tmp_path, record_property):
+    out = tmp_path / "out"
+    woqconv.convert(fixture_path(src), out, to=target, allow_bf16=True)
+    report = verify(out, against=fixture_path(src))
+    assert report.passed, [(c.check, c.layer, c.detail) for c in report.failures]
+    assert report.device == "cpu" or "emulated" in report.device
+    record_property("verify", json.dumps({"seconds": report.seconds, **report.metrics}))
+
+
+def test_verify_without_source_uses_the_dense_reference(tmp_path):
+    woqconv.convert(fixture_path("ar-g32-sym-auto_gptq"), tmp_path / "out", to="awq")
+    report = verify(tmp_path / "out")
+    assert report.passed and report.reference.startswith("dense:")
+
+
+def test_absent_device_is_one_line_and_exit_2(tmp_path):
+    import importlib.util
+
+    woqconv.convert(fixture_path("ar-g32-sym-auto_gptq"), tmp_path / "out", to="awq")
+    if importlib.util.find_spec("habana_frameworks") is None:
+        r = run_cli("verify", tmp_path / "out", "--device", "hpu")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "hpu requested" in r.stderr
+
+
+def test_convert_then_verify(tmp_path):
+    r = run_cli("convert", fixture_path("ar-g32-sym-auto_awq"), "-o", tmp_path / "out", "--to", "gptq", "--verify", "--format", "json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.loads(r.stdout)
+    assert data["verify"]["passed"] and data["lossless"]

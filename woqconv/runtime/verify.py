@@ -1,0 +1,308 @@
+"""``woqconv verify``: is a converted checkpoint whole, the same weights as its source, and does it run?
+
+Three kinds of check, each reported per layer where it has a layer:
+
+1. structure: every quantized layer readable and complete (the architecture's linears all present),
+   the config accepted by the target loader's own config class, and the zero-point label agreeing
+   with the data (loaders follow the label, so OUT is read the way its loader reads it);
+2. weights (with ``against``): OUT's IR against SRC's: codes, zero points, scales (and their dtype)
+   bit for bit per channel, or, for the bf16 scales of an ``hpu`` cache, within the error thresholds;
+3. run: OUT loaded by its real loader on the chosen device, fp32 logits and perplexity against a
+   reference (SRC by its own loader, or woqconv's dequantization into the dense architecture).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import HPU_CACHES
+from ..errors import WoqconvError
+from ..ir import QuantLinear
+from ..source import QuantizedCheckpoint, open_checkpoint
+from .devices import select_device
+
+
+@dataclass
+class Thresholds:
+    """Pass limits. ``lossless`` for exact conversions run in fp32, ``bf16`` for Gaudi's bf16 path."""
+
+    max_abs_logit: float = 1e-3  # auto-round's own kernels differ from gptqmodel's by up to 6e-4 on equal integers
+    min_cosine: float = 0.99999
+    min_top1: float = 0.99
+    max_ppl_rel: float = 1e-3
+    bf16_max_abs_logit: float = 0.05
+    bf16_min_cosine: float = 0.999
+    bf16_min_top1: float = 0.95
+    bf16_max_ppl_rel: float = 0.02
+    bf16_max_weight_rel_fro: float = 5e-3  # bf16 has 8 mantissa bits: 2^-9 worst case per scale
+
+
+@dataclass
+class Check:
+    check: str
+    passed: bool
+    detail: str
+    layer: str | None = None
+
+
+@dataclass
+class VerifyReport:
+    path: str
+    against: str | None
+    format: str
+    device: str | None = None
+    loader: str | None = None
+    reference: str | None = None
+    checks: list[Check] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["passed"] = self.passed
+        return d
+
+
+# Which real loader reads a format, and in what precision it runs.
+LOADERS = {"gptq": "transformers", "gptq-v2": "transformers", "awq": "transformers", "inc": "inc-default", "hpu": "inc-hpu"}
+
+
+def _loader_for(ckpt: QuantizedCheckpoint) -> str:
+    fmt = ckpt.format
+    if fmt.name == "gptq" and fmt.producer == "neural-compressor":
+        return "inc"
+    if (ckpt.root / "hpu_model.safetensors").exists():
+        return "inc-hpu"
+    return LOADERS.get(fmt.name, "transformers")
+
+
+def _open_as_loader_reads(path: Path, report: VerifyReport) -> QuantizedCheckpoint | None:
+    """Open OUT reading zero points the way its loaders do: by the label, not by woqconv's data check."""
+    try:
+        ckpt = open_checkpoint(path)
+    except WoqconvError as e:
+        report.checks.append(Check("structure", False, e.one_line()))
+        return None
+    if ckpt.convention_source == "data" and ckpt.declared_convention != ckpt.format.zero_point_convention:
+        report.checks.append(
+            Check("zero-point label", False, f"config declares {ckpt.declared_convention}, data is {ckpt.format.zero_point_convention}: "
+                  "loaders follow the label and misread every zero point", layer=ckpt.layers[0].name if ckpt.layers else None)
+        )
+        ckpt.close()
+        ckpt = open_checkpoint(path, zero_point_convention=ckpt.declared_convention)
+    else:
+        report.checks.append(Check("zero-point label", True, f"{ckpt.format.zero_point_convention}, found by {ckpt.convention_source}"))
+    return ckpt
+
+
+def _config_class_check(ckpt: QuantizedCheckpoint) -> Check:
+    qc = ckpt.ckpt.config.get("quantization_config")
+    if not isinstance(qc, dict):
+        return Check("config", True, "no model-level quantization_config (INC default format: qconfig.json read above)")
+    try:
+        method = qc.get("quant_method")
+        if method == "gptq":
+            from transformers import GPTQConfig
+
+            GPTQConfig.from_dict(dict(qc))
+        elif method == "awq":
+            from transformers import AwqConfig
+
+            AwqConfig.from_dict(dict(qc))
+        else:
+            return Check("config", True, f"quant_method {method}: no transformers config class to ask")
+    except Exception as e:  # the loader's own verdict, whatever it raises
+        return Check("config", False, f"transformers rejects quantization_config: {type(e).__name__}: {e}")
+    return Check("config", True, f"transformers accepts the {qc.get('quant_method')} quantization_config")
+
+
+def _completeness_check(ckpt: QuantizedCheckpoint) -> list[Check]:
+    """Every linear of the architecture inside the decoder blocks must be quantized (like its siblings)."""
+    try:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(ckpt.root)
+        if hasattr(config, "quantization_config"):
+            delattr(config, "quantization_config")
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception as e:
+        return [Check("complete", True, f"architecture not instantiable here ({type(e).__name__}); completeness not checked")]
+    quantized = {layer.name[: -len(".linear")] if layer.name.endswith(".linear") else layer.name for layer in ckpt.layers}
+    suffixes = {name.rsplit(".", 1)[-1] for name in quantized}
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    expected = [n for n in linears if n.rsplit(".", 1)[-1] in suffixes]
+    missing = [n for n in expected if n not in quantized]
+    if missing:
+        return [Check("complete", False, "quantized layer missing (its siblings in other blocks are quantized)", layer=n) for n in missing]
+    return [Check("complete", True, f"{len(quantized)} quantized layers, none missing")]
+
+
+def _compare_layer(out: QuantLinear, src: QuantLinear, *, bf16_scales: bool, t: Thresholds) -> list[Check]:
+    name = out.name
+    if (out.in_features, out.out_features, out.bits) != (src.in_features, src.out_features, src.bits):
+        return [Check("weights", False, f"shape/bits {out.in_features}x{out.out_features}@{out.bits}, source {src.in_features}x{src.out_features}@{src.bits}", name)]
+    checks = []
+    diff = int((out.codes != src.codes).sum())
+    if diff:
+        checks.append(Check("codes", False, f"{diff} codes differ from the source", name))
+    go, gs = out.group_of_channel().long(), src.group_of_channel().long()
+    zdiff = int((out.zeros[:, go] != src.zeros[:, gs]).sum())
+    if zdiff:
+        checks.append(Check("zero points", False, f"{zdiff} (channel, input) zero points differ from the source", name))
+    if bf16_scales:
+        w_out, w_src = out.dequantize(), src.dequantize()
+        rel = float((w_out - w_src).norm() / w_src.norm().clamp_min(1e-30))
+        ok = rel <= t.bf16_max_weight_rel_fro and not diff and not zdiff
+        checks.append(Check("weights", ok, f"bf16 scales: relative Frobenius error {rel:.3g}, max abs {float((w_out - w_src).abs().max()):.3g}", name))
+        return checks
+    if out.scales.dtype != src.scales.dtype:
+        checks.append(Check("scales dtype", False, f"scales are {out.scales.dtype}, source has {src.scales.dtype}", name))
+    sdiff = int((out.scales[:, go].float() != src.scales[:, gs].float()).sum())
+    if sdiff:
+        checks.append(Check("scales", False, f"{sdiff} (channel, input) scales differ from the source", name))
+    if not checks:
+        exact = torch.equal(out.dequantize(), src.dequantize())
+        checks.append(Check("weights", exact, "bit-identical" if exact else "dequantized weights differ", name))
+    return checks
+
+
+def _weights_checks(out: QuantizedCheckpoint, src: QuantizedCheckpoint, t: Thresholds, report: VerifyReport) -> None:
+    out_names = {layer.name for layer in out.layers}
+    src_names = {layer.name for layer in src.layers}
+    for name in sorted(src_names - out_names):
+        report.checks.append(Check("weights", False, "layer of the source missing from the output", name))
+    for name in sorted(out_names - src_names):
+        report.checks.append(Check("weights", False, "layer not in the source", name))
+    bf16 = out.format.family == "hpu"
+    for layer in out.iter_layers():
+        if layer.name not in src_names:
+            continue
+        checks = _compare_layer(layer, src.read_layer(layer.name), bf16_scales=bf16, t=t)
+        report.checks.extend(checks)
+    report.metrics["layers_compared" if not bf16 else "hpu_cache_layers_compared"] = len(out_names & src_names)
+
+
+def _run_check(out: QuantizedCheckpoint, src_path: Path | None, src_loader: str | None, device: str, t: Thresholds, report: VerifyReport) -> None:
+    loader = _loader_for(out)
+    if loader == "inc-hpu" and device != "hpu" and "emulated" not in device:
+        loader_device = "hpu (emulated)"
+    else:
+        loader_device = device
+    report.loader = loader
+    ref_loader, ref_path = (src_loader, src_path.resolve()) if src_path is not None else ("dense", out.root.resolve())
+    report.reference = f"{ref_loader}:{ref_path}"
+    with tempfile.TemporaryDirectory(prefix="woqconv-verify-") as tmp:
+        proc = subprocess.run(
+            [sys.executable, "-m", "woqconv.runtime.worker", tmp, device, f"{loader}:{out.root.resolve()}", f"{ref_loader}:{ref_path}"],
+            capture_output=True, text=True, timeout=3600, cwd=tmp, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        if len(rows) != 2:
+            tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+            report.checks.append(Check("run", False, f"loader process died (exit {proc.returncode}): {tail[0][:300]}"))
+            return
+        got, ref = rows
+        for row, what in ((got, "output"), (ref, "reference")):
+            if "error" in row:
+                report.checks.append(Check("run", False, f"{what} did not load with {row['loader']}: {row['error']}"))
+        if "error" in got or "error" in ref:
+            return
+        a, b = torch.load(got["file"]), torch.load(ref["file"])
+    report.device = got["device"] if loader == "inc-hpu" else device
+    bf16 = loader == "inc-hpu"
+    max_abs = float((a - b).abs().max())
+    cos = float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+    top1 = float((a.argmax(-1) == b.argmax(-1)).float().mean())
+    ppl_rel = abs(got["ppl"] - ref["ppl"]) / ref["ppl"]
+    limits = (
+        (t.bf16_max_abs_logit, t.bf16_min_cosine, t.bf16_min_top1, t.bf16_max_ppl_rel) if bf16
+        else (t.max_abs_logit, t.min_cosine, t.min_top1, t.max_ppl_rel)
+    )
+    report.metrics.update(
+        {"max_abs_logit_diff": max_abs, "cosine": cos, "top1_agreement": top1, "ppl": got["ppl"], "ppl_reference": ref["ppl"],
+         "loader_module": got["module"], "reference_module": ref["module"], "precision": "bf16" if bf16 else "fp32"}
+    )
+    report.checks.append(Check("run: max |logit diff|", max_abs <= limits[0], f"{max_abs:.3g} (limit {limits[0]:g})"))
+    report.checks.append(Check("run: cosine", cos >= limits[1], f"{cos:.6f} (limit {limits[1]:g})"))
+    report.checks.append(Check("run: top-1 agreement", top1 >= limits[2], f"{top1:.1%} (limit {limits[2]:.0%})"))
+    report.checks.append(Check("run: perplexity", ppl_rel <= limits[3], f"{got['ppl']:.4g} vs {ref['ppl']:.4g} (relative {ppl_rel:.2g}, limit {limits[3]:g})"))
+
+
+def _source_loader(src: QuantizedCheckpoint) -> str:
+    fmt = src.format
+    if fmt.name in ("inc", "inc-nonopt"):
+        return "inc-default" if fmt.name == "inc" else "dense"
+    if fmt.name == "hpu":
+        return "dense"
+    if fmt.producer == "neural-compressor":
+        return "inc"
+    if src.convention_source == "data" and src.declared_convention != src.format.zero_point_convention:
+        return "dense"  # its own loader would follow the wrong label
+    return "transformers"
+
+
+def verify(
+    path: str | os.PathLike,
+    *,
+    against: str | os.PathLike | None = None,
+    device: str = "auto",
+    run: bool = True,
+    thresholds: Thresholds | None = None,
+) -> VerifyReport:
+    """Check a converted checkpoint: structure, weights against ``against`` (its source), and a real run.
+
+    Example::
+
+        report = woqconv.verify("llama-awq", against="llama-gptq")
+        assert report.passed, report.failures
+    """
+    start = time.perf_counter()
+    t = thresholds or Thresholds()
+    path = Path(path)
+    if not path.exists():
+        raise WoqconvError("no such file or directory", file=path)
+    dev = select_device(device).kind if run else None
+    report = VerifyReport(str(path), str(against) if against else None, format="?")
+    out = _open_as_loader_reads(path, report)
+    if out is None:
+        report.seconds = round(time.perf_counter() - start, 3)
+        return report
+    with out:
+        report.format = out.format.name
+        report.checks.append(Check("structure", True, f"{len(out.layers)} quantized layers read, shapes and ranges consistent"))
+        report.checks.append(_config_class_check(out))
+        report.checks.extend(_completeness_check(out))
+        src = None
+        if against is not None:
+            src = open_checkpoint(against)
+        try:
+            if src is not None:
+                _weights_checks(out, src, t, report)
+                if out.format.family != "hpu" and any((out.root / c).exists() for c in HPU_CACHES):
+                    with open_checkpoint(out.root, hpu_cache=True) as cache:
+                        _weights_checks(cache, src, t, report)
+            if run:
+                _run_check(out, Path(against) if src is not None else None, _source_loader(src) if src is not None else None, dev, t, report)
+        finally:
+            if src is not None:
+                src.close()
+    report.seconds = round(time.perf_counter() - start, 3)
+    return report

@@ -1,0 +1,136 @@
+"""Load checkpoints with their real loaders and record fp32 logits and perplexity, one process per call.
+
+Run as a subprocess (gptqmodel can abort the interpreter on a bad checkpoint, and INC patches
+globals): ``python -m woqconv.runtime.worker OUT_DIR DEVICE LOADER:PATH [...]``. Prints one JSON line
+per checkpoint: {"path", "loader", "module", "file", "ppl", "device"} or {"path", "error"}.
+
+Loaders:
+  transformers  AutoModelForCausalLM: quant_method dispatch (gptq/awq -> gptqmodel, auto-round -> auto-round)
+  inc           INC load(format="huggingface")
+  inc-default   INC load(format="default") with the base model built from the checkpoint's config.json
+  inc-hpu       INC load(format="huggingface", device="hpu"): real Gaudi, or emulated on CPU
+  dense         the checkpoint's IR dequantized by woqconv into the plain fp32 architecture
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+PROMPT = [[1, 5, 9, 33, 100, 200, 7, 8, 9, 10, 11, 12, 250, 3, 64, 128]]
+STREAM_LEN = 64
+STREAM_SEED = 1234
+
+
+def token_stream(vocab: int):
+    """The built-in token stream perplexity is measured on: fixed, seeded, inside every vocabulary."""
+    import torch
+
+    g = torch.Generator().manual_seed(STREAM_SEED)
+    return torch.randint(3, max(4, min(vocab, 32000)), (1, STREAM_LEN), generator=g)
+
+
+def _load(loader: str, path: str, device: str):
+    import torch
+
+    if loader == "transformers":
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(path, device_map=device, dtype=torch.float32), device
+    if loader == "inc":
+        from neural_compressor.torch.quantization import load
+
+        return load(path, format="huggingface", device="cpu", torch_dtype=torch.float32), "cpu"
+    if loader == "inc-default":
+        from neural_compressor.torch.quantization import load
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)
+        # INC assigns the checkpoint's own unquantized tensors (bf16 when AutoRound wrote them) into the
+        # fp32 base; cast the loaded model to fp32, as a CPU user would, for fp32 logits.
+        return load(path, format="default", original_model=base, device="cpu").float(), "cpu"
+    if loader == "inc-hpu":
+        from neural_compressor.torch.quantization import load
+
+        from .hpu_emulation import emulated_hpu
+
+        with emulated_hpu() as label:
+            return load(path, format="huggingface", device="hpu", torch_dtype=torch.bfloat16), label
+    if loader == "dense":
+        return _dense(path), "cpu"
+    raise ValueError(f"unknown loader {loader}")
+
+
+def _dense(path: str):
+    """woqconv's own reading, as a reference when no real loader of the source runs here."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..source import open_checkpoint
+
+    config = AutoConfig.from_pretrained(path)
+    config.quantization_config = None
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = {}
+    with open_checkpoint(path) as ckpt:
+        owned = ckpt.owned_tensors()
+        for name in ckpt.ckpt.tensor_names:
+            if name not in owned and not name.endswith(".scale_bf16_to_fp8"):
+                state[name] = ckpt.ckpt.read(name).to(torch.float32)
+        for layer in ckpt.iter_layers():
+            module = layer.name[: -len(".linear")] if layer.name.endswith(".linear") else layer.name
+            state[f"{module}.weight"] = layer.dequantize()
+            if layer.bias is not None and bool(layer.bias.any()):
+                state[f"{module}.bias"] = layer.bias.to(torch.float32)
+    missing, _unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing:
+        raise ValueError(f"dense reference is missing {missing[:3]}")
+    return model.eval()
+
+
+def _run(model, device_label: str):
+    import torch
+
+    vocab = model.config.vocab_size
+    dev = "cuda" if device_label == "cuda" else "cpu"
+    with torch.no_grad():
+        logits = model(torch.tensor(PROMPT, device=dev)).logits.float().cpu()
+        stream = token_stream(vocab).to(dev)
+        out = model(stream).logits.float().cpu()
+        nll = torch.nn.functional.cross_entropy(out[0, :-1], stream[0, 1:].cpu())
+    return logits, float(torch.exp(nll))
+
+
+def main(argv: list[str]) -> int:
+    os.environ.setdefault("LOGLEVEL", "ERROR")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import torch
+
+    out_dir, device = Path(argv[0]), argv[1]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, spec in enumerate(argv[2:]):
+        loader, path = spec.split(":", 1)
+        try:
+            model, label = _load(loader, path, device)
+            logits, ppl = _run(model, label)
+            file = out_dir / f"{i}.pt"
+            torch.save(logits, file)
+            try:
+                module = type(model.model.layers[0].self_attn.q_proj).__name__
+            except AttributeError:
+                module = type(model).__name__
+            row = {"path": path, "loader": loader, "module": module, "file": str(file), "ppl": ppl, "device": label}
+        except Exception as e:  # the caller decides what a failed load means
+            row = {"path": path, "loader": loader, "error": f"{type(e).__name__}: {e}".splitlines()[0][:500], "trace": traceback.format_exc()[-2000:]}
+        print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
