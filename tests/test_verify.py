@@ -142,3 +142,13 @@ def test_convert_then_verify(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     data = json.loads(r.stdout)
     assert data["verify"]["passed"] and data["lossless"]
+
+
+def test_thresholds_are_adjustable_from_the_cli(tmp_path):
+    woqconv.convert(fixture_path("ar-g32-asym-auto_gptq"), tmp_path / "out", to="hpu", allow_bf16=True)
+    strict = run_cli("verify", tmp_path / "out", "--against", fixture_path("ar-g32-asym-auto_gptq"), "--no-run", "--threshold", "bf16_max_weight_rel_fro=0")
+    loose = run_cli("verify", tmp_path / "out", "--against", fixture_path("ar-g32-asym-auto_gptq"), "--no-run")
+    bad = run_cli("verify", tmp_path / "out", "--no-run", "--threshold", "nonsense=1")
+    assert loose.returncode == 0, loose.stdout[-1500:]
+    assert strict.returncode == 1 and "bf16 scales" in strict.stdout
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1

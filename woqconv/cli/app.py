@@ -23,6 +23,7 @@ from .. import __version__
 from ..convert import convert as convert_checkpoint
 from ..formats import TARGETS
 from ..inspection import inspect as inspect_checkpoint
+from ..runtime.verify import parse_thresholds
 from ..runtime.verify import verify as verify_checkpoint
 from ..source import CONVENTION_CHOICES
 from . import render
@@ -166,6 +167,10 @@ def verify(
     against: Annotated[Optional[Path], typer.Option("--against", help="The source it was converted from.", show_default=False)] = None,
     device: Annotated[str, typer.Option("--device", help="auto (hpu, else cuda, else cpu), hpu, cuda or cpu.")] = "auto",
     no_run: Annotated[bool, typer.Option("--no-run", help="Structure and weights only; load nothing.")] = False,
+    threshold: Annotated[
+        Optional[list[str]],
+        typer.Option("--threshold", help="Override a pass limit, NAME=VALUE (e.g. max_abs_logit=2e-3); names as in the README table."),
+    ] = None,
     fmt: FormatOpt = OutputFormat.text,
 ) -> None:
     """Check OUT: structure, weights against --against SRC, and a run with its real loader.
@@ -174,7 +179,7 @@ def verify(
     Example: woqconv verify ./Llama-2-7B-AWQ --against ./Llama-2-7B-GPTQ
     """
     with mapped_errors():
-        report = verify_checkpoint(path, against=against, device=device, run=not no_run)
+        report = verify_checkpoint(path, against=against, device=device, run=not no_run, thresholds=parse_thresholds(threshold or []))
     if fmt is OutputFormat.json:
         print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:

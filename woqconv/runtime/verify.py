@@ -46,6 +46,20 @@ class Thresholds:
     bf16_max_weight_rel_fro: float = 5e-3  # bf16 has 8 mantissa bits: 2^-9 worst case per scale
 
 
+def parse_thresholds(pairs: list[str]) -> Thresholds:
+    """``["max_abs_logit=2e-3", ...]`` -> Thresholds with those limits changed."""
+    t = Thresholds()
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if not hasattr(t, name) or not value:
+            raise WoqconvError(f"--threshold {pair!r}: expected NAME=VALUE with NAME one of {', '.join(vars(t))}")
+        try:
+            setattr(t, name, float(value))
+        except ValueError:
+            raise WoqconvError(f"--threshold {pair!r}: {value!r} is not a number") from None
+    return t
+
+
 @dataclass
 class Check:
     check: str
