@@ -228,10 +228,6 @@ def _weights_checks(out: QuantizedCheckpoint, src: QuantizedCheckpoint, t: Thres
 
 def _run_check(out: QuantizedCheckpoint, src_path: Path | None, src_loader: str | None, device: str, t: Thresholds, report: VerifyReport) -> None:
     loader = _loader_for(out)
-    if loader == "inc-hpu" and device != "hpu" and "emulated" not in device:
-        loader_device = "hpu (emulated)"
-    else:
-        loader_device = device
     report.loader = loader
     ref_loader, ref_path = (src_loader, src_path.resolve()) if src_path is not None else ("dense", out.root.resolve())
     report.reference = f"{ref_loader}:{ref_path}"
