@@ -28,13 +28,16 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
     ap.add_argument("--no-run", action="store_true")
+    ap.add_argument("--targets", default=",".join(woqconv.TARGETS), help="comma-separated subset of targets")
+    ap.add_argument("--from-source", default="", help="start at this fixture (alphabetical), to resume a run")
     args = ap.parse_args()
     manifest = json.loads((ROOT / "fixtures" / "manifest.json").read_text())
-    names = sorted(n for n, e in manifest.items() if e.get("family") in READABLE)
+    names = sorted(n for n, e in manifest.items() if e.get("family") in READABLE and n >= args.from_source)
+    targets = [t for t in args.targets.split(",") if t]
     rows, start = [], time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            for target in woqconv.TARGETS:
+            for target in targets:
                 out = Path(tmp) / f"{name}--{target}"
                 try:
                     woqconv.convert(ROOT / "fixtures" / name, out, to=target, allow_bf16=True)
