@@ -30,9 +30,10 @@ def main() -> int:
     ap.add_argument("--no-run", action="store_true")
     ap.add_argument("--targets", default=",".join(woqconv.TARGETS), help="comma-separated subset of targets")
     ap.add_argument("--from-source", default="", help="start at this fixture (alphabetical), to resume a run")
+    ap.add_argument("--only", default="", help="only fixtures whose name starts with this")
     args = ap.parse_args()
     manifest = json.loads((ROOT / "fixtures" / "manifest.json").read_text())
-    names = sorted(n for n, e in manifest.items() if e.get("family") in READABLE and n >= args.from_source)
+    names = sorted(n for n, e in manifest.items() if e.get("family") in READABLE and n >= args.from_source and n.startswith(args.only))
     targets = [t for t in args.targets.split(",") if t]
     rows, start = [], time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

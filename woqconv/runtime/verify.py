@@ -278,7 +278,10 @@ def _run_check(out: QuantizedCheckpoint, src_path: Path | None, src_loader: str 
 def _source_loader(src: QuantizedCheckpoint) -> str:
     fmt = src.format
     if fmt.name in ("inc", "inc-nonopt"):
-        return "inc-default" if fmt.name == "inc" else "dense"
+        entries = [next(iter(e.values())) for e in fmt.declared_config.get("qconfig", {}).values()]
+        if fmt.name == "inc-nonopt" or (src.g_idx_kind.value in ("block-uniform", "scattered") and not any(e.get("desc_act") for e in entries)):
+            return "dense"  # INC cannot reload these (non-optimum) or drops their g_idx (act_order without desc_act)
+        return "inc-default"
     if fmt.name == "hpu":
         return "dense"
     if fmt.producer == "neural-compressor":

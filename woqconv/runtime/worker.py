@@ -49,8 +49,11 @@ def _load(loader: str, path: str, device: str):
         from transformers import AutoConfig, AutoModelForCausalLM
 
         base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)
-        # INC assigns the checkpoint's own unquantized tensors (bf16 when AutoRound wrote them) into the
-        # fp32 base; cast the loaded model to fp32, as a CPU user would, for fp32 logits.
+        # INC takes embeddings and norms from original_model unless the entries are awq/teq; a user
+        # passes the real base model, whose tensors INC's default format saved in the same state dict.
+        _fill_base(base, path)
+        # INC may assign the checkpoint's own tensors (bf16 when AutoRound wrote them) into the fp32
+        # base; cast the loaded model to fp32, as a CPU user would, for fp32 logits.
         return load(path, format="default", original_model=base, device="cpu").float(), "cpu"
     if loader == "inc-hpu":
         from neural_compressor.torch.quantization import load
@@ -62,6 +65,19 @@ def _load(loader: str, path: str, device: str):
     if loader == "dense":
         return _dense(path), "cpu"
     raise ValueError(f"unknown loader {loader}")
+
+
+def _fill_base(model, path: str) -> None:
+    """Put the checkpoint's unquantized tensors into a freshly built base model (the user's base)."""
+    import torch
+
+    from ..source import open_checkpoint
+
+    with open_checkpoint(path) as ckpt:
+        owned = ckpt.owned_tensors()
+        names = set(model.state_dict())
+        state = {n: ckpt.ckpt.read(n).to(torch.float32) for n in ckpt.ckpt.tensor_names if n not in owned and n in names}
+    model.load_state_dict(state, strict=False)
 
 
 def _dense(path: str):
