@@ -94,6 +94,8 @@ def test_lossless_or_refused(name, target, tmp_path):
     assert report.lossless == (target != "hpu" or not report.lossy_layers and not report.cast_tensors)
     out_layers, out_format = _ir(tmp_path / "out")
     assert out_format == READ_BACK_AS[target]
+    # The loaders' contract: model.safetensors, an index, or (INC default) quantized_weight.pt.
+    assert any((tmp_path / "out" / f).exists() for f in ("model.safetensors", "model.safetensors.index.json", "quantized_weight.pt"))
     assert sorted(out_layers) == sorted(src_layers)
     if target == "hpu":
         _check_hpu_cache(tmp_path / "out", src_layers, report)

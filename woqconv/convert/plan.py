@@ -104,10 +104,14 @@ def _lossy_message(target: Target, lossy: dict[str, dict], casts: dict[str, str]
 
 
 def _output_shard_names(src: QuantizedCheckpoint) -> dict[str, str]:
-    """Output weight files keep the source's shard names when those are ordinary safetensors shards;
-    a torch.save file (INC default) or an HPU cache becomes model.safetensors."""
+    """Output weight files keep the source's names for a standard Hugging Face layout; anything else
+    (INC's torch.save file, its model_shard-* files, an HPU cache) becomes model.safetensors or
+    model-0000k-of-0000n.safetensors with an index."""
     names = sorted(src.ckpt.shards)
-    if src.ckpt.container == "safetensors" and all(n.endswith(".safetensors") for n in names):
+    # Loaders look for model.safetensors or model.safetensors.index.json: keep the source's names only
+    # when it already has that layout (INC's sharded default format names its shards otherwise).
+    standard = names == ["model.safetensors"] or src.ckpt.index is not None
+    if src.ckpt.container == "safetensors" and standard:
         return {n: n for n in names}
     if len(names) == 1:
         return {names[0]: "model.safetensors"}
