@@ -152,3 +152,10 @@ def test_thresholds_are_adjustable_from_the_cli(tmp_path):
     assert loose.returncode == 0, loose.stdout[-1500:]
     assert strict.returncode == 1 and "bf16 scales" in strict.stdout
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+def test_hpu_output_of_an_inc_source_runs_on_the_hpu_path(tmp_path):
+    woqconv.convert(fixture_path("inc-hf-rtn-g32-asym"), tmp_path / "out", to="hpu", allow_bf16=True)
+    report = verify(tmp_path / "out", against=fixture_path("inc-hf-rtn-g32-asym"))
+    assert report.passed and report.loader == "inc-hpu" and report.metrics["precision"] == "bf16"
+    assert report.metrics["loader_module"] == "HPUWeightOnlyLinear" and report.metrics["max_abs_logit_diff"] > 0

@@ -100,10 +100,10 @@ LOADERS = {"gptq": "transformers", "gptq-v2": "transformers", "awq": "transforme
 
 def _loader_for(ckpt: QuantizedCheckpoint) -> str:
     fmt = ckpt.format
+    if (ckpt.root / "hpu_model.safetensors").exists():
+        return "inc-hpu"  # an hpu output is meant for INC's Gaudi path, whoever produced its source
     if fmt.name == "gptq" and fmt.producer == "neural-compressor":
         return "inc"
-    if (ckpt.root / "hpu_model.safetensors").exists():
-        return "inc-hpu"
     return LOADERS.get(fmt.name, "transformers")
 
 
