@@ -151,10 +151,16 @@ class QuantLinear:
 class CodebookLinear:
     """One codebook-quantized linear layer (bitsandbytes NF4/FP4, INC nf4/fp4).
 
-    ``idx`` holds a 4-bit index per weight over the row-major flattened ``[out, in]`` weight;
-    ``absmax`` one fp32 scale per block of ``blocksize`` consecutive flattened elements (double
-    quantization already undone); ``code`` the 16-entry table. Readers and writers for this variant
-    arrive with the bitsandbytes adapter.
+    * ``idx``    uint8 ``[out * in]``: a 4-bit index per weight over the row-major flattened
+      ``[out, in]`` weight (``None`` while planning: read lazily, like affine codes).
+    * ``code``   fp32 ``[16]``: the table the indices point into, exactly as stored (bnb's
+      ``quant_map``; for INC, its table laid out by INC's nibble values).
+    * ``absmax`` fp32 ``[ceil(out*in / blocksize)]``: one scale per block of ``blocksize``
+      consecutive flattened weights, double quantization already undone exactly as bnb does.
+    * ``dtype``  the dtype of the weight that was quantized: bnb's dequantization casts the fp32
+      products to it.
+
+    Two codebook layers hold "the same weights" when :meth:`dequantize` is bit-identical.
     """
 
     name: str
@@ -162,15 +168,73 @@ class CodebookLinear:
     out_features: int
     blocksize: int
     quant_type: str  # "nf4" or "fp4"
-    idx: torch.Tensor  # uint8 [out * in]
     code: torch.Tensor  # fp32 [16]
     absmax: torch.Tensor  # fp32 [ceil(out*in / blocksize)]
     dtype: torch.dtype  # dtype of the weight that was quantized
+    idx: torch.Tensor | None = None  # uint8 [out * in]; absent while planning
     bias: torch.Tensor | None = None
+    double_quant: bool = False  # the source stored absmax double-quantized (reported, not kept)
+    notes: list[str] = field(default_factory=list)
+
+    bits = 4
+    g_idx = None
+    g_idx_kind = GIdxKind.NONE
+    is_symmetric = True  # a codebook has no zero point: reported as symmetric
+
+    @property
+    def numel(self) -> int:
+        return self.out_features * self.in_features
+
+    @property
+    def num_blocks(self) -> int:
+        return -(-self.numel // self.blocksize)
+
+    @property
+    def group_size(self) -> int:
+        """Blocks are whole row segments when ``in % blocksize == 0``: then a per-row group size."""
+        return self.blocksize
+
+    @property
+    def scales(self) -> torch.Tensor:
+        return self.absmax
+
+    def validate(self) -> str | None:
+        if tuple(self.code.shape) != (16,):
+            return f"code table has shape {list(self.code.shape)}, expected [16]"
+        if tuple(self.absmax.shape) != (self.num_blocks,):
+            return f"absmax has {self.absmax.numel()} values, expected {self.num_blocks} blocks of {self.blocksize}"
+        if self.absmax.numel() and not bool(torch.isfinite(self.absmax).all()):
+            return f"{int((~torch.isfinite(self.absmax)).sum())} absmax values are NaN or infinite"
+        if not bool(torch.isfinite(self.code).all()):
+            return "code table holds NaN or infinite values"
+        if self.idx is not None:
+            if tuple(self.idx.shape) != (self.numel,):
+                return f"indices have shape {list(self.idx.shape)}, expected [{self.numel}]"
+            if self.idx.numel() and int(self.idx.max()) > 15:
+                return f"index {int(self.idx.max())} out of range for a 16-entry code table"
+        if self.bias is not None and tuple(self.bias.shape) != (self.out_features,):
+            return f"bias has shape {list(self.bias.shape)}, expected {[self.out_features]}"
+        return None
+
+    def used_codes(self) -> torch.Tensor:
+        """Which of the 16 table entries the indices use (bool [16])."""
+        if self.idx is None:
+            raise ValueError(f"{self.name}: indices not loaded")
+        return torch.bincount(self.idx.to(torch.int64), minlength=16)[:16] > 0
 
     def dequantize(self) -> torch.Tensor:
-        """``W.flat[j] = code[idx[j]] * absmax[j // blocksize]`` in fp32, shape ``[out, in]``."""
-        n = self.out_features * self.in_features
-        block = torch.arange(n) // self.blocksize
-        flat = self.code[self.idx[:n].to(torch.int64)] * self.absmax[block]
-        return flat.view(self.out_features, self.in_features)
+        """``W.flat[j] = code[idx[j]] * absmax[j // blocksize]`` in fp32, shape ``[out, in]``.
+
+        bitsandbytes computes exactly these fp32 products and then casts to :attr:`dtype`.
+        """
+        if self.idx is None:
+            raise ValueError(f"{self.name}: indices not loaded")
+        n = self.numel
+        vals = self.code[self.idx.to(torch.int64)]
+        # Broadcast each block's absmax over its block instead of materialising an index per weight.
+        full = n - n % self.blocksize
+        out = torch.empty(n, dtype=torch.float32)
+        out[:full] = (vals[:full].view(-1, self.blocksize) * self.absmax[: full // self.blocksize, None]).reshape(-1)
+        if full < n:
+            out[full:] = vals[full:] * self.absmax[-1]
+        return out.view(self.out_features, self.in_features)

@@ -153,3 +153,23 @@ def v1_word_decode(words: torch.Tensor, bits: int) -> torch.Tensor:
     ones = sum(1 << (k * bits) for k in range(_WORD // bits))
     w64 = (words.to(torch.int64) & 0xFFFFFFFF) + ones
     return _to_int32(w64 & 0xFFFFFFFF)
+
+
+def unpack_nibbles_high_first(raw: torch.Tensor, count: int) -> torch.Tensor:
+    """bitsandbytes' 4-bit layout: byte ``k`` holds element ``2k`` in its HIGH nibble and ``2k+1`` in
+    its low one (FORMATS.md 4.2). ``raw`` is uint8 of any shape; returns uint8 ``[count]``."""
+    flat = raw.reshape(-1)
+    if not (flat.numel() - 1) * 2 < count <= flat.numel() * 2:
+        raise ValueError(f"{flat.numel()} bytes cannot hold exactly {count} 4-bit indices")
+    out = torch.stack((flat >> 4, flat & 0xF), dim=1).reshape(-1)
+    return out[:count].contiguous()
+
+
+def pack_nibbles_high_first(idx: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`unpack_nibbles_high_first`: uint8 indices ``< 16`` -> ``ceil(n/2)`` bytes; an odd
+    count is padded with one zero index, as bitsandbytes pads."""
+    flat = idx.reshape(-1).to(torch.uint8)
+    if flat.numel() % 2:
+        flat = torch.cat((flat, flat.new_zeros(1)))
+    pairs = flat.view(-1, 2)
+    return ((pairs[:, 0] << 4) | pairs[:, 1]).contiguous()

@@ -17,7 +17,7 @@ from .errors import FormatError
 from .formats import LayerFamily
 from .formats.base import ZP_V1, ZP_V1_WORD, ZP_V2, SourceFormat
 from .formats.detect import detect
-from .ir import GIdxKind, QuantLinear
+from .ir import CodebookLinear, GIdxKind, QuantLinear
 
 CONVENTION_CHOICES = ("auto", ZP_V1, ZP_V2, ZP_V1_WORD)
 # Layouts whose zero points are raw by definition: the format, not the config, says so.
@@ -34,7 +34,7 @@ def _public(convention: str) -> str:
 class QuantizedCheckpoint:
     ckpt: Checkpoint
     format: SourceFormat  # zero_point_convention here is the one actually used to read
-    layers: list[QuantLinear]  # IR without codes, in name order
+    layers: list[QuantLinear | CodebookLinear]  # IR without codes, in name order
     declared_convention: str
     convention_source: str  # "data" (zero points decide), "config" (they cannot), "format" (layout defines it), "user"
     warnings: list[str] = field(default_factory=list)
@@ -67,6 +67,10 @@ class QuantizedCheckpoint:
     def g_idx_kind(self) -> GIdxKind:
         kinds = [layer.g_idx_kind for layer in self.layers]
         return max(kinds, key=_G_IDX_SEVERITY.index) if kinds else GIdxKind.NONE
+
+    @property
+    def is_codebook(self) -> bool:
+        return self.family.codebook
 
     @property
     def is_symmetric(self) -> bool:
@@ -106,6 +110,10 @@ def _scan(ckpt: Checkpoint, requested: str) -> QuantizedCheckpoint:
     family = LayerFamily.registry[fmt.family]
     prefixes = family.layer_prefixes(ckpt)
     warnings: list[str] = []
+    if family.codebook:
+        # No zero points, so no convention to settle: the layers' own quant state says everything.
+        layers = [family.read(ckpt, p, fmt, codes=False) for p in prefixes]
+        return QuantizedCheckpoint(ckpt, fmt, layers, fmt.zero_point_convention, "format", warnings)
     declared = fmt.zero_point_convention
 
     # What the stored zero points say. Only symmetric data decides it: every field equal to

@@ -11,7 +11,7 @@ from typing import Callable
 from ..source import open_checkpoint
 from .output import check_output, commit_partial, discard_partial, start_partial
 from .plan import ConversionPlan, plan_conversion
-from .stream import total_source_bytes, write_plan
+from .stream import measure_requantization, total_source_bytes, write_plan
 
 
 @dataclass
@@ -38,6 +38,9 @@ class ConvertReport:
     # "max_rel_change"}, and unquantized tensors cast to bf16 (name -> source dtype).
     lossy_layers: dict[str, dict] = field(default_factory=dict)
     cast_tensors: dict[str, str] = field(default_factory=dict)
+    # Per requantized layer (only with requantize): {"method", "rel_fro", "max_abs", "snr_db", and
+    # "minmax": the same figures for plain min-max rounding of the same weights}.
+    requantized: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,6 +72,7 @@ def _report(plan: ConversionPlan, out: Path, bytes_in: int, bytes_out: int, seco
         warnings=warnings,
         lossy_layers=plan.lossy_layers,
         cast_tensors=dict(plan.companion_casts),
+        requantized={n: plan.requant_stats[n] for n in sorted(plan.requant_stats)},
     )
 
 
@@ -80,6 +84,8 @@ def convert(
     overwrite: bool = False,
     dry_run: bool = False,
     allow_bf16: bool = False,
+    requantize: str | None = None,
+    double_quant: bool = False,
     zero_point_convention: str = "auto",
     progress: Callable[[int, int], None] | None = None,
 ) -> ConvertReport:
@@ -88,8 +94,12 @@ def convert(
     Every layer is checked before anything is written; a conversion that cannot be lossless raises
     :class:`woqconv.errors.RefusedConversion`, except the one loss a user may accept explicitly:
     ``allow_bf16=True`` lets the ``hpu`` target cast scales and unquantized tensors to bf16 (Gaudi's
-    dtype), reported per layer in ``lossy_layers``. ``out`` appears only when complete (it is built in a
-    hidden sibling directory and renamed). ``progress(done, total)`` receives source bytes.
+    dtype), reported per layer in ``lossy_layers``. ``requantize="search"`` (or ``"minmax"``) refits the
+    layers no lossless path reaches (NF4 <-> uint4, scattered act-order for targets without g_idx) and
+    reports each one's weight error in ``requantized``; a dry run computes those errors without writing.
+    ``double_quant=True`` stores bitsandbytes absmax double-quantized (nf4/fp4 targets; lossy, reported).
+    ``out`` appears only when complete (it is built in a hidden sibling directory and renamed).
+    ``progress(done, total)`` receives source bytes.
 
     Example::
 
@@ -99,11 +109,13 @@ def convert(
     start = time.perf_counter()
     src_path, out_path = Path(src), Path(out)
     with open_checkpoint(src_path, zero_point_convention=zero_point_convention) as source:
-        plan = plan_conversion(source, to, allow_bf16=allow_bf16)
+        plan = plan_conversion(source, to, allow_bf16=allow_bf16, requantize=requantize, double_quant=double_quant)
         check_output(src_path, out_path, overwrite=overwrite)
         total = total_source_bytes(plan)
         warnings = list(source.warnings) + plan.warnings
         if dry_run:
+            if plan.requantized_layers:
+                measure_requantization(plan)
             return _report(plan, out_path, total, 0, time.perf_counter() - start, True, warnings)
         partial, cleaned = start_partial(out_path)
         if cleaned:

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from ..checkpoint import CONFIG_NAME, HPU_CACHES, QUANT_CONFIG_FILES
 from ..errors import RefusedConversion
 from ..formats import TARGETS, Target
 from ..formats.base import ZP_V1
+from ..formats.bnb import CODES
 from ..formats.inc import mul_linear_modules
-from ..formats.targets import ModelQuantSummary, Prepared, scale_cast_loss
-from ..ir import GIdxKind
+from ..formats.targets import BnbTarget, ModelQuantSummary, Prepared, scale_cast_loss
+from ..ir import CodebookLinear, GIdxKind, QuantLinear
+from ..requant import METHODS, AffineRecipe, CodebookRecipe
 from ..safetensors_io import TensorSpec
 from ..source import QuantizedCheckpoint
 
@@ -47,6 +51,12 @@ class ConversionPlan:
     companion_casts: dict[str, str] = field(default_factory=dict)  # unquantized tensor -> its source dtype, when cast
     companion_passthrough: set[str] = field(default_factory=set)  # source tensors the companion also holds
     warnings: list[str] = field(default_factory=list)
+    # Per requantized layer: the method and its weight error (filled while writing, or by a dry run).
+    requant_stats: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def requantized_layers(self) -> list[str]:
+        return [name for name, p in self.prepared.items() if p.requant is not None]
 
     @property
     def lossy_layers(self) -> dict[str, dict]:
@@ -119,10 +129,66 @@ def _output_shard_names(src: QuantizedCheckpoint) -> dict[str, str]:
     return {n: f"model-{i + 1:0{width}d}-of-{len(names):0{width}d}.safetensors" for i, n in enumerate(names)}
 
 
-def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = False) -> ConversionPlan:
+# Requantized affine layers store fp16 scales (what GPTQ/AWQ kernels and INC's loader use); Gaudi
+# computes with bf16, so for hpu the fitted scales are also kept on the bf16 grid (exact in both files).
+REQUANT_SCALE_DTYPE = torch.float16
+REQUANT_BLOCKSIZE = 64  # bitsandbytes' blocksize under transformers
+
+
+def requant_recipe(target: Target, layer, method: str):
+    """How to requantize ``layer`` for ``target``: contiguous groups of the source's group size (the NF4
+    blocksize for a codebook source) at the source's bits, or bitsandbytes blocks of 64."""
+    if isinstance(target, BnbTarget):
+        dtype = layer.dtype if isinstance(layer, CodebookLinear) else layer.scales.dtype
+        return CodebookRecipe(target.quant_type, CODES[target.quant_type], REQUANT_BLOCKSIZE, dtype, method)
+    bits = 4 if isinstance(layer, CodebookLinear) else layer.bits
+    grid = torch.bfloat16 if target.companion and target.companion.float_dtype == "BF16" else None
+    zero_min = 1 if target.zero_point_convention == ZP_V1 and target.v1_zero_point_zero == "refuse" else 0
+    return AffineRecipe(bits, min(layer.group_size, layer.in_features), REQUANT_SCALE_DTYPE, grid, zero_min, method)
+
+
+def _skeleton(layer, recipe):
+    """The requantized layer's shapes and dtypes, for planning (its values arrive while writing)."""
+    if isinstance(recipe, CodebookRecipe):
+        blocks = -(-layer.out_features * layer.in_features // recipe.blocksize)
+        return CodebookLinear(layer.name, layer.in_features, layer.out_features, recipe.blocksize, recipe.quant_type,
+                              recipe.code.clone(), torch.ones(blocks), recipe.dtype, bias=layer.bias)
+    groups = -(-layer.in_features // recipe.group_size)
+    # Zero points of 1: an asymmetric fit, never the z = 0 a v1 target refuses.
+    return QuantLinear(layer.name, layer.in_features, layer.out_features, recipe.bits, recipe.group_size,
+                       zeros=torch.ones(layer.out_features, groups, dtype=torch.uint8),
+                       scales=torch.ones(layer.out_features, groups, dtype=recipe.scale_dtype), bias=layer.bias)
+
+
+def _prepare(target: Target, layer, requantize: str | None) -> Prepared:
+    p = target.prepare(layer)
+    if not (p.refusal and p.requantizable and requantize):
+        return p
+    recipe = requant_recipe(target, layer, requantize)
+    q = target.prepare(_skeleton(layer, recipe))
+    if q.refusal:
+        return q
+    what = f"{recipe.quant_type} blocks of {recipe.blocksize}" if isinstance(recipe, CodebookRecipe) else (
+        f"{recipe.bits}-bit groups of {recipe.group_size}")
+    q.changes = [f"requantized ({requantize}) to {what}: {p.refusal.split(':')[0].split(';')[0]}"] + q.changes
+    q.requant = recipe
+    q.lossy = {"kind": "requantize", "method": requantize}
+    return q
+
+
+def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = False, requantize: str | None = None,
+                    double_quant: bool = False) -> ConversionPlan:
+    """Plan ``src`` -> ``to``. ``requantize`` ("search" or "minmax") lets layers that no lossless path
+    reaches be refitted; ``double_quant`` stores bitsandbytes absmax double-quantized (nf4/fp4 only)."""
     if to not in TARGETS:
         raise RefusedConversion(f"unknown target {to!r} (choose from {', '.join(TARGETS)})")
+    if requantize is not None and requantize not in METHODS:
+        raise RefusedConversion(f"requantization method must be one of {', '.join(METHODS)}, not {requantize!r}")
     target = TARGETS[to]
+    if double_quant:
+        if not isinstance(target, BnbTarget):
+            raise RefusedConversion(f"double quantization is a bitsandbytes option; {to} has none (use --to nf4 or fp4)")
+        target = target.configured(double_quant=True)
     bits = {layer.bits for layer in src.layers}
     if len(bits) > 1:
         raise RefusedConversion(f"layers mix {sorted(bits)} bits; mixed precision is not supported yet", file=src.root)
@@ -135,7 +201,7 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
             f"{to} cannot hold: folding it into the previous layer is a model rewrite woqconv does not do; convert to inc",
             file=src.root,
         )
-    prepared = {layer.name: target.prepare(layer) for layer in src.layers}
+    prepared = {layer.name: _prepare(target, layer, requantize) for layer in src.layers}
     refused = {n: p for n, p in prepared.items() if p.refusal}
     if refused:
         raise RefusedConversion(_refusal_message(target, refused), file=src.root)
@@ -152,7 +218,7 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
             info = ckpt.info(t)
             shard.specs.append(TensorSpec(t, info.dtype, info.shape))
     for name, p in prepared.items():
-        shard = shards[ckpt.locations[f"{name}.qweight"]]
+        shard = shards[ckpt.locations[src.family.owned_tensors(ckpt, name)[0]]]
         shard.layers.append(name)
         shard.specs.extend(target.family.specs(p.layer))
     out_names = [s.name for sh in shards.values() for s in sh.specs]
@@ -166,16 +232,17 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
     if target.companion:
         companion_specs, casts, companion_passthrough = _companion_specs(src, target, prepared, owned)
 
-    lossy = {n: p.lossy for n, p in prepared.items() if p.lossy}
-    if (lossy or casts) and not allow_bf16:
-        raise RefusedConversion(_lossy_message(target, lossy, casts), file=src.root)
+    bf16 = {n: p.lossy for n, p in prepared.items() if p.lossy and p.lossy["kind"] == "bf16"}
+    if (bf16 or casts) and not allow_bf16:
+        raise RefusedConversion(_lossy_message(target, bf16, casts), file=src.root)
 
     warnings = _loader_cast_warnings(target, prepared)
     kinds = {p.layer.g_idx_kind for p in prepared.values()}
+    requant_groups = {p.requant.group_size for p in prepared.values() if isinstance(p.requant, AffineRecipe)}
     summary = ModelQuantSummary(
         bits=next(iter(bits)),
-        group_size=src.format.group_size,
-        sym=all(p.layer.is_symmetric for p in prepared.values()),
+        group_size=requant_groups.pop() if len(requant_groups) == 1 else src.format.group_size,
+        sym=all(p.layer.is_symmetric and p.requant is None for p in prepared.values()),
         desc_act=bool(kinds & {GIdxKind.BLOCK_UNIFORM, GIdxKind.SCATTERED}),
         declared=src.format.declared_config,
         unquantized_linears=_unquantized_linears(src, owned),

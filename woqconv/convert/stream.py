@@ -10,6 +10,7 @@ from ..checkpoint import CONFIG_NAME, INC_WEIGHTS, INDEX_NAME, dump_json
 from ..errors import FormatError
 from ..safetensors_io import DTYPES, SafetensorsWriter
 from .inc_container import safetensors_to_torch_save
+from ..requant import requantize
 from .plan import ConversionPlan
 
 Progress = Callable[[int], None]  # called with bytes of source data consumed since the last call
@@ -41,6 +42,9 @@ def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = Non
                     tick(ckpt.info(t).nbytes)
                 for name in shard.layers:
                     layer = src.read_layer(name)
+                    recipe = plan.prepared[name].requant
+                    if recipe is not None:
+                        layer, plan.requant_stats[name] = requantize(layer, recipe)
                     prepared = target.prepare(layer)
                     if prepared.refusal:  # the data changed between planning and writing
                         raise FormatError(f"layer changed since planning: {prepared.refusal}", file=ckpt.root, tensor=name)
@@ -51,7 +55,7 @@ def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = Non
                         for tname, tensor in comp.family.encode(prepared.layer, comp.zero_point_convention).items():
                             companion.write(tname, tensor)
                     del layer, prepared
-                    tick(sum(ckpt.info(t).nbytes for t in target.family.owned_tensors(ckpt, name) if t in plan.owned))
+                    tick(sum(ckpt.info(t).nbytes for t in src.family.owned_tensors(ckpt, name) if t in plan.owned))
                 writer.close()
             except BaseException:
                 writer.abort()
@@ -93,3 +97,12 @@ def total_source_bytes(plan: ConversionPlan) -> int:
     tensors = sum(ckpt.info(t).nbytes for t in ckpt.locations)
     files = sum((ckpt.root / f).stat().st_size for f in plan.copied_files)
     return tensors + files
+
+
+def measure_requantization(plan: ConversionPlan, progress: Progress | None = None) -> None:
+    """Requantize every planned layer without writing (a dry run's error report), into ``plan.requant_stats``."""
+    tick = progress or (lambda n: None)
+    src = plan.source
+    for name in plan.requantized_layers:
+        _, plan.requant_stats[name] = requantize(src.read_layer(name), plan.prepared[name].requant)
+        tick(sum(src.ckpt.info(t).nbytes for t in src.family.owned_tensors(src.ckpt, name)))

@@ -48,6 +48,8 @@ class LayerFamily:
     registry: ClassVar[dict[str, type["LayerFamily"]]] = {}
     # Tensor suffixes this family owns on each quantized module.
     suffixes: ClassVar[tuple[str, ...]]
+    # Codebook families (bitsandbytes, INC nf4/fp4) read into CodebookLinear and have no zero points.
+    codebook: ClassVar[bool] = False
 
     def __init_subclass__(cls, key: str | None = None, **kw):
         super().__init_subclass__(**kw)

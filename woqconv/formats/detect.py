@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from ..checkpoint import Checkpoint, read_json
 from ..errors import FormatError
-from . import autoround, inc
+from . import autoround, bnb, inc
 from .base import ZP_V1, ZP_V1_WORD, ZP_V2, LayerFamily, SourceFormat
 
 GPTQ_CHECKPOINT_FORMATS = {"gptq": ZP_V1, "gptq_v2": ZP_V2}
@@ -99,8 +99,10 @@ def _detect_from_config(ckpt: Checkpoint) -> SourceFormat:
         producer = _producer(qc, ckpt)
         if producer == "unknown":
             producer = "auto-round"
+    elif method == "bitsandbytes":
+        return _detect_bnb(ckpt, qc, file)
     else:
-        raise FormatError(f"quant_method {qc.get('quant_method')!r} is not a supported format (gptq, awq, auto-round)", file=where)
+        raise FormatError(f"quant_method {qc.get('quant_method')!r} is not a supported format (gptq, awq, auto-round, bitsandbytes)", file=where)
 
     bits = _int(qc, "bits", file, ckpt)
     group_size = _int(qc, "group_size", file, ckpt, default=-1)
@@ -128,8 +130,35 @@ def _detect_from_config(ckpt: Checkpoint) -> SourceFormat:
     return fmt
 
 
+def _detect_bnb(ckpt: Checkpoint, qc: dict, file: str) -> SourceFormat:
+    """bitsandbytes 4-bit: the config says 4-bit and the quant type; each layer's quant_state JSON holds the
+    blocksize and dtype, and the first one stands for the model in reports."""
+    where = ckpt.root / file
+    if qc.get("load_in_8bit") or qc.get("_load_in_8bit"):
+        raise FormatError("bitsandbytes 8-bit (LLM.int8) checkpoints are not supported; only 4-bit NF4/FP4", file=where)
+    if not (qc.get("load_in_4bit") or qc.get("_load_in_4bit")):
+        raise FormatError("bitsandbytes config has neither load_in_4bit nor load_in_8bit", file=where)
+    declared = str(qc.get("bnb_4bit_quant_type", "fp4"))
+    if declared not in bnb.QUANT_TYPES:
+        raise FormatError(f"bnb_4bit_quant_type {declared!r} is not one of {', '.join(bnb.QUANT_TYPES)}", file=where)
+    prefixes = bnb.BnbFamily.layer_prefixes(ckpt)
+    if not prefixes:
+        raise FormatError("config declares bitsandbytes 4-bit but no tensor holds a quant_state", file=ckpt.root)
+    first = bnb.parse_quant_state(ckpt, prefixes[0])
+    if first.quant_type != declared:
+        raise FormatError(f"config declares bnb_4bit_quant_type {declared!r}, but {prefixes[0]} is {first.quant_type}", file=where)
+    dq = first.nested_blocksize is not None
+    return SourceFormat(
+        name=f"bnb-{first.quant_type}", family=bnb.KEY, bits=4, group_size=first.blocksize, sym=None,
+        zero_point_convention="none", quant_method="bitsandbytes", producer="bitsandbytes",
+        declared_config={**qc, "double_quant_stored": dq}, config_file=file,
+    )
+
+
 def _check_layout(ckpt: Checkpoint, fmt: SourceFormat) -> None:
     """The config names a layout; the tensor shapes must agree with it."""
+    if getattr(LayerFamily.registry[fmt.family], "codebook", False):
+        return  # codebook readers check every layer's tensors against its own quant state
     prefixes = LayerFamily.registry[fmt.family].layer_prefixes(ckpt)
     if not prefixes:
         raise FormatError(f"config declares {fmt.name} but no tensor ends in .qweight", file=ckpt.root)

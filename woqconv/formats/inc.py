@@ -24,6 +24,7 @@ from ..checkpoint import Checkpoint, read_json
 from ..errors import FormatError
 from ..ir import QuantLinear
 from ..safetensors_io import TensorSpec
+from . import inc_codebook
 from .base import (
     ZP_V1,
     ZP_V2,
@@ -44,8 +45,9 @@ _KEY = re.compile(r"^\('(?P<name>[^']+)', '(?P<type>[^']+)'\)$")
 INT_DTYPES = ("int", "int4", "int8", "uint4")
 
 
-def parse_qconfig(ckpt: Checkpoint) -> dict[str, tuple[str, dict]]:
-    """qconfig.json -> {module name: (algorithm, entry)} for every module INC quantized to integers."""
+def parse_qconfig(ckpt: Checkpoint, dtypes: tuple[str, ...] = INT_DTYPES) -> dict[str, tuple[str, dict]]:
+    """qconfig.json -> {module name: (algorithm, entry)} for every module INC quantized to one of ``dtypes``
+    (integers by default; the codebook dtypes for nf4/fp4 checkpoints)."""
     path = ckpt.root / QCONFIG
     raw = read_json(path)
     modules: dict[str, tuple[str, dict]] = {}
@@ -61,7 +63,7 @@ def parse_qconfig(ckpt: Checkpoint) -> dict[str, tuple[str, dict]]:
         if not isinstance(value, dict) or len(value) != 1 or not isinstance(next(iter(value.values())), dict):
             raise FormatError(f"entry for {name!r} must map one algorithm name to its config", file=path)
         algo, entry = next(iter(value.items()))
-        if str(entry.get("dtype", "int")) in INT_DTYPES:
+        if str(entry.get("dtype", "int")) in dtypes:
             modules[name] = (algo, entry)
     return modules
 
@@ -81,6 +83,12 @@ def detect_default(ckpt: Checkpoint, *, layout_check: bool = True) -> SourceForm
     """
     modules = parse_qconfig(ckpt)
     path = ckpt.root / QCONFIG
+    codebook = parse_qconfig(ckpt, tuple(inc_codebook.TABLES))
+    if modules and codebook:
+        raise FormatError(f"mixes integer and {'/'.join(sorted({str(e.get('dtype')) for _, e in codebook.values()}))} modules; "
+                          "not supported", file=path)
+    if codebook:
+        return _detect_codebook(ckpt, codebook, path)
     if not modules:
         raise FormatError("names no integer-quantized module", file=path)
     for module in modules:
@@ -118,6 +126,26 @@ def detect_default(ckpt: Checkpoint, *, layout_check: bool = True) -> SourceForm
         producer=PRODUCER,
         desc_act=act_order,
         declared_config=declared,
+        config_file=QCONFIG,
+    )
+
+
+def _detect_codebook(ckpt: Checkpoint, modules: dict[str, tuple[str, dict]], path) -> SourceFormat:
+    for module in modules:
+        if _layer_prefix(ckpt, module) is None:
+            raise FormatError(f"names module {module!r}, but the weights have no {module}.qweight", file=path)
+    dtype = inc_codebook.codebook_dtype([e for _, e in modules.values()], path)
+    sizes = {e.get("group_size", 32) for _, e in modules.values()}
+    if len(sizes) > 1:
+        raise FormatError(f"modules use different group sizes {sorted(sizes)}; not supported", file=path)
+    gs = sizes.pop()
+    if not isinstance(gs, int) or isinstance(gs, bool) or gs == 0 or gs < -1:
+        raise FormatError(f"group_size {gs!r} is invalid (positive, or -1 for one group per row)", file=path)
+    algos = sorted({a for a, _ in modules.values()})
+    return SourceFormat(
+        name=f"inc-{inc_codebook.QUANT_TYPE[dtype]}", family=inc_codebook.KEY, bits=4, group_size=gs, sym=True,
+        zero_point_convention="none", quant_method="inc-" + "+".join(algos), producer=PRODUCER,
+        declared_config={"qconfig": {m: {a: e} for m, (a, e) in modules.items()}, "codebook_dtype": dtype},
         config_file=QCONFIG,
     )
 

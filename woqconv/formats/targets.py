@@ -8,13 +8,15 @@ config that the target's real loaders accept.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from ..ir import GIdxKind, QuantLinear
+from ..ir import CodebookLinear, GIdxKind, QuantLinear
 from .awq import AwqGemmFamily
 from .base import ZP_V1, ZP_V2, LayerFamily
+from .bnb import CODES, BnbFamily, double_quant, undo_double_quant, dynamic_map_signed, NESTED_BLOCKSIZE
 from .gptq import GptqFamily
 from .inc import HpuFamily
 
@@ -39,7 +41,13 @@ class Prepared:
     changes: list[str]  # what was done to the layer, e.g. "g_idx relabelled"
     refusal: str | None = None  # why the layer cannot be written; the converter aggregates these
     zero_point_zero_groups: int = 0
-    lossy: dict | None = None  # what a lossy cast would change, e.g. {"scales_changed": 10, ...}
+    # What a lossy step changes, with its "kind": "bf16" (scales cast for Gaudi; needs allow_bf16),
+    # "double-quant" (absmax re-quantized on request) or "requantize" (new integers fitted).
+    lossy: dict | None = None
+    # The refusal is one that requantization resolves (a codebook <-> affine change, another code
+    # table, scattered act-order groups for a target without g_idx).
+    requantizable: bool = False
+    requant: object | None = None  # the recipe (woqconv.requant) when the plan requantizes this layer
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,14 @@ class Target:
         return None
 
     def prepare(self, layer: QuantLinear) -> Prepared:
+        if isinstance(layer, CodebookLinear):
+            return Prepared(
+                layer, [],
+                f"{layer.quant_type} is a 16-value code table, and {self.name} stores evenly spaced integers: no "
+                f"{self.name} layer equals it (lossy); --requantize would fit {self.name} integers to the dequantized "
+                "weights and report the error per layer",
+                requantizable=True,
+            )
         for family in (*([self.companion.family] if self.companion else []), self.family):
             problem = family.check_writable(layer)
             if problem:
@@ -103,8 +119,10 @@ class Target:
             if kind is GIdxKind.SCATTERED:
                 return Prepared(
                     layer, [],
-                    f"scattered act-order g_idx cannot be expressed in {self.name} (no g_idx); only requantization could, "
-                    "or convert to gptq / gptq-v2 / inc / inc-hf, which keep g_idx",
+                    f"scattered act-order g_idx cannot be expressed in {self.name} (no g_idx); --requantize would refit "
+                    "contiguous groups (lossy, error reported per layer), or convert to gptq / gptq-v2 / inc / inc-hf, "
+                    "which keep g_idx",
+                    requantizable=True,
                 )
             layer = layer.with_contiguous_groups()
             changes.append("trivial g_idx dropped" if kind is GIdxKind.TRIVIAL else "block-uniform g_idx relabelled (group rows permuted)")
@@ -114,6 +132,8 @@ class Target:
                 return Prepared(layer, [], f"{zero} groups have zero point 0", zero_point_zero_groups=zero)
             changes.append(f"{zero} zero points of 0 stored as all-ones fields (INC's modular v1)")
         lossy = bf16_scale_loss(layer.scales) if self.companion and self.companion.float_dtype == "BF16" else None
+        if lossy:
+            lossy = {"kind": "bf16", **lossy}
         return Prepared(layer, changes, zero_point_zero_groups=zero, lossy=lossy)
 
     def quantization_config(self, summary: ModelQuantSummary) -> dict | None:
@@ -290,6 +310,111 @@ class IncDefaultTarget(Target):
         return {"qconfig.json": entries}
 
 
+def table_mapping(code: torch.Tensor, table: torch.Tensor) -> torch.Tensor | None:
+    """For each of the 16 entries of ``code``, the index of the bit-identical value in ``table``; None
+    if some entry has no exact twin (then only requantization can move the layer to ``table``)."""
+    src = code.to(torch.float32).contiguous().view(torch.int32)
+    dst = table.to(torch.float32).contiguous().view(torch.int32)
+    # +0.0 and -0.0 give the same products up to the sign of zero; compare them as one value.
+    src = torch.where(src == torch.tensor(-(2**31), dtype=torch.int32), torch.zeros_like(src), src)
+    dst = torch.where(dst == torch.tensor(-(2**31), dtype=torch.int32), torch.zeros_like(dst), dst)
+    hits = src[:, None] == dst[None, :]
+    if not bool(hits.any(dim=1).all()):
+        return None
+    first = hits.to(torch.int8).argmax(dim=1)
+    # An entry that already matches in place keeps its index (FP4 holds 0.0 twice: at 0 and 8).
+    return torch.where(hits.diagonal(), torch.arange(16), first)
+
+
+def double_quant_loss(absmax: torch.Tensor) -> dict:
+    """How storing ``absmax`` double-quantized (8-bit codes per 256-block) changes it."""
+    codes, nested, offset = double_quant(absmax)
+    back = undo_double_quant(codes, nested, dynamic_map_signed(), NESTED_BLOCKSIZE, offset)
+    changed = back != absmax
+    rel = ((back - absmax).abs() / absmax.abs().clamp_min(torch.finfo(torch.float32).tiny))
+    return {"kind": "double-quant", "absmax_changed": int(changed.sum()), "absmax_total": absmax.numel(),
+            "max_rel_change": float(rel.max()) if rel.numel() else 0.0}
+
+
+class BnbTarget(Target):
+    """bitsandbytes 4-bit, as transformers loads it: the code table is bitsandbytes' own."""
+
+    family = BnbFamily
+    zero_point_convention = None
+    keeps_g_idx = False
+    quant_type: str
+    double_quant = False  # store absmax double-quantized (lossy); set through configured()
+
+    def configured(self, *, double_quant: bool = False) -> "BnbTarget":
+        t = copy.copy(self)
+        t.double_quant = double_quant
+        return t
+
+    def prepare(self, layer) -> Prepared:
+        if not isinstance(layer, CodebookLinear):
+            return Prepared(
+                layer, [],
+                f"{layer.bits}-bit affine integers are not values of the {self.quant_type} code table: writing {self.name} "
+                f"means new indices for every weight (lossy); --requantize would fit {self.quant_type} blocks to the "
+                "dequantized weights and report the error per layer",
+                requantizable=True,
+            )
+        problem = self.family.check_writable(layer)
+        if problem:
+            return Prepared(layer, [], problem)
+        table = CODES[self.quant_type]
+        perm = table_mapping(layer.code, table)
+        if perm is None:
+            return Prepared(
+                layer, [],
+                f"its {layer.quant_type} table holds values bitsandbytes' {self.quant_type} table does not (the products "
+                "would change); --requantize would fit new indices and absmax and report the error per layer",
+                requantizable=True,
+            )
+        changes = []
+        if not torch.equal(perm, torch.arange(16)):
+            changes.append(f"indices renumbered to bitsandbytes' {self.quant_type} table order")
+        if layer.double_quant and not self.double_quant:
+            changes.append("double quantization undone: absmax stored as the exact fp32 values")
+        idx = perm.to(torch.uint8)[layer.idx.to(torch.int64)] if layer.idx is not None else None
+        new = replace(layer, code=table.clone(), quant_type=self.quant_type, idx=idx, double_quant=self.double_quant)
+        lossy = double_quant_loss(layer.absmax) if self.double_quant else None
+        return Prepared(new, changes, lossy=lossy)
+
+    def quantization_config(self, summary: ModelQuantSummary) -> dict:
+        dtypes = {str(layer.dtype).replace("torch.", "") for layer in summary.layers}
+        compute = dtypes.pop() if len(dtypes) == 1 else "float32"
+        skip = sorted(summary.unquantized_linears)
+        return {
+            "_load_in_4bit": True,
+            "_load_in_8bit": False,
+            "bnb_4bit_compute_dtype": compute,
+            "bnb_4bit_quant_storage": "uint8",
+            "bnb_4bit_quant_type": self.quant_type,
+            "bnb_4bit_use_double_quant": self.double_quant,
+            "llm_int8_enable_fp32_cpu_offload": False,
+            "llm_int8_has_fp16_weight": False,
+            "llm_int8_skip_modules": skip or None,
+            "llm_int8_threshold": 6.0,
+            "load_in_4bit": True,
+            "load_in_8bit": False,
+            "quant_method": "bitsandbytes",
+        }
+
+
+class Nf4Target(BnbTarget):
+    name = "nf4"
+    quant_type = "nf4"
+    description = "bitsandbytes NF4 (transformers + bitsandbytes), blocks of 64 by default"
+
+
+class Fp4Target(BnbTarget):
+    name = "fp4"
+    quant_type = "fp4"
+    description = "bitsandbytes FP4 (transformers + bitsandbytes)"
+
+
 TARGETS: dict[str, Target] = {
-    t.name: t for t in (GptqV1Target(), GptqV2Target(), AwqGemmTarget(), IncDefaultTarget(), IncHfTarget(), HpuTarget())
+    t.name: t
+    for t in (GptqV1Target(), GptqV2Target(), AwqGemmTarget(), IncDefaultTarget(), IncHfTarget(), HpuTarget(), Nf4Target(), Fp4Target())
 }
