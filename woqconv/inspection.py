@@ -48,6 +48,9 @@ class InspectReport:
     shards: int
     layers: list[LayerInfo] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Codebook checkpoints (bitsandbytes, INC nf4/fp4): {"quant_type", "blocksizes", "double_quant",
+    # "weight_dtypes"}; None for affine ones. There, "sym" is true and the convention "none": no zero points.
+    codebook: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,6 +86,14 @@ def report_for(src: QuantizedCheckpoint) -> InspectReport:
     if fmt.desc_act is False and g_kind in ("block-uniform", "scattered"):
         warnings.append(f"config says desc_act = false, but {kind_counts[g_kind]} layers have a {g_kind} g_idx: kernels that ignore g_idx would compute wrong weights")
     total_bytes = ckpt.weight_bytes + sum((ckpt.root / f).stat().st_size for f in ckpt.other_files)
+    codebook = None
+    if src.is_codebook:
+        codebook = {
+            "quant_type": sorted({layer.quant_type for layer in src.layers}),
+            "blocksizes": sorted({layer.blocksize for layer in src.layers}),
+            "double_quant": any(layer.double_quant for layer in src.layers),
+            "weight_dtypes": sorted({str(layer.dtype).replace("torch.", "") for layer in src.layers}),
+        }
     return InspectReport(
         path=str(ckpt.root),
         format=fmt.name,
@@ -107,13 +118,15 @@ def report_for(src: QuantizedCheckpoint) -> InspectReport:
         shards=len(ckpt.shards),
         layers=layers,
         warnings=warnings,
+        codebook=codebook,
     )
 
 
 def inspect(path: str | os.PathLike, *, zero_point_convention: str = "auto") -> InspectReport:
     """Describe a quantized checkpoint: format, conventions found in the data, layers, warnings.
 
-    Reads the safetensors headers and only the small tensors (qzeros, scales, g_idx); never the codes.
+    Reads the safetensors headers and only the small tensors (qzeros, scales, g_idx, bitsandbytes absmax and
+    quant state); never the codes.
 
     Example::
 

@@ -23,6 +23,7 @@ from .. import __version__
 from ..convert import convert as convert_checkpoint
 from ..formats import TARGETS
 from ..inspection import inspect as inspect_checkpoint
+from ..requant import METHODS as REQUANT_METHODS
 from ..runtime.verify import parse_thresholds
 from ..runtime.verify import verify as verify_checkpoint
 from ..source import CONVENTION_CHOICES
@@ -101,6 +102,17 @@ def convert(
     allow_bf16: Annotated[
         bool, typer.Option("--allow-bf16", help="hpu only: accept casting fp16/fp32 scales and unquantized tensors to bf16 (reported per layer).")
     ] = False,
+    requantize: Annotated[
+        bool,
+        typer.Option("--requantize", help="Refit layers no lossless path reaches (NF4 <-> uint4, scattered act-order for targets "
+                     "without g_idx): data-free error search per group; each layer's error is reported (--dry-run: before writing)."),
+    ] = False,
+    requant_method: Annotated[
+        str, typer.Option("--requant-method", help="search (minimise the weight error, never worse than min-max) or minmax (plain rounding, for comparison).")
+    ] = "search",
+    double_quant: Annotated[
+        bool, typer.Option("--double-quant", help="nf4/fp4 only: store absmax double-quantized as bitsandbytes can (smaller, lossy, reported).")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     then_verify: Annotated[bool, typer.Option("--verify", help="Run woqconv verify OUT --against SRC after converting.")] = False,
     fmt: FormatOpt = OutputFormat.text,
@@ -112,12 +124,15 @@ def convert(
     """
     if to not in TARGETS:
         raise typer.BadParameter(f"choose from {', '.join(TARGETS)}", param_hint="--to")
+    if requant_method not in REQUANT_METHODS:
+        raise typer.BadParameter(f"choose from {', '.join(REQUANT_METHODS)}", param_hint="--requant-method")
     show_progress = not quiet and fmt is OutputFormat.text and not dry_run
     bar = _LazyProgress(Console(stderr=True)) if show_progress else None
     try:
         with mapped_errors():
             report = convert_checkpoint(
                 src, output, to=to, overwrite=overwrite, dry_run=dry_run, allow_bf16=allow_bf16,
+                requantize=requant_method if requantize else None, double_quant=double_quant,
                 zero_point_convention=_check_convention(zp_convention), progress=bar.update if bar else None,
             )
     finally:

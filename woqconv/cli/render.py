@@ -46,6 +46,13 @@ def inspect_report(console: Console, r: InspectReport, *, layers: bool) -> None:
         ("bits per weight", f"{r.bits_per_weight:.3f}"),
         ("size", f"{_size(r.total_bytes)} in {r.shards} shard(s)"),
     ]
+    if r.codebook:
+        cb = r.codebook
+        table = (f"{', '.join(cb['quant_type'])}, blocks of {', '.join(map(str, cb['blocksizes']))}"
+                 + (", absmax double-quantized" if cb["double_quant"] else ", absmax fp32"))
+        drop = {"sym", "zero-point convention", "g_idx", "scales dtype", "group size"}
+        rows = [row for row in rows if row[0] not in drop]
+        rows[3:3] = [("code table", table), ("weight dtype", ", ".join(cb["weight_dtypes"]))]
     for k, v in rows:
         t.add_row(k, v)
     console.print(t)
@@ -68,18 +75,37 @@ def convert_report(console: Console, r: ConvertReport) -> None:
     t = Table(title=f"woqconv {verb} {r.source} ({r.source_format}) -> {r.output} ({r.target})", show_header=False, title_justify="left")
     t.add_column("field", style="bold")
     t.add_column("value")
-    t.add_row("layers", f"{r.layers_converted} quantized layers, " + ("[green]lossless[/green]" if r.lossless else "[yellow]lossy (accepted)[/yellow]"))
+    t.add_row("layers", f"{r.layers_converted} quantized layers, " + ("[green]lossless[/green]" if r.lossless else "[yellow]lossy (as asked)[/yellow]"))
     changed = {}
     for changes in r.layer_changes.values():
         for c in changes:
             changed[c] = changed.get(c, 0) + 1
     for c, n in sorted(changed.items()):
         t.add_row("", f"{n} layers: {c}")
-    if r.lossy_layers:
-        changed = sum(v["scales_changed"] for v in r.lossy_layers.values())
-        total = sum(v["scales_total"] for v in r.lossy_layers.values())
-        worst = max(v["max_rel_change"] for v in r.lossy_layers.values())
-        t.add_row("[yellow]lossy[/yellow]", f"bf16 scales: {changed} of {total} changed in {len(r.lossy_layers)} layers, largest relative change {worst:.3g}")
+    bf16 = {n: v for n, v in r.lossy_layers.items() if v.get("kind") == "bf16"}
+    if bf16:
+        changed = sum(v["scales_changed"] for v in bf16.values())
+        total = sum(v["scales_total"] for v in bf16.values())
+        worst = max(v["max_rel_change"] for v in bf16.values())
+        t.add_row("[yellow]lossy[/yellow]", f"bf16 scales: {changed} of {total} changed in {len(bf16)} layers, largest relative change {worst:.3g}")
+    dq = {n: v for n, v in r.lossy_layers.items() if v.get("kind") == "double-quant"}
+    if dq:
+        changed = sum(v["absmax_changed"] for v in dq.values())
+        total = sum(v["absmax_total"] for v in dq.values())
+        worst = max(v["max_rel_change"] for v in dq.values())
+        t.add_row("[yellow]lossy[/yellow]", f"double quantization: {changed} of {total} absmax changed in {len(dq)} layers, largest relative change {worst:.3g}")
+    if r.requantized:
+        rel = [v["rel_fro"] for v in r.requantized.values()]
+        snr = [v["snr_db"] for v in r.requantized.values()]
+        method = next(iter(r.requantized.values()))["method"]
+        line = (f"requantized {len(rel)} layers ({method}): relative Frobenius error {min(rel):.4f}..{max(rel):.4f}, "
+                f"SNR {min(snr):.2f}..{max(snr):.2f} dB")
+        mm = [v["minmax"]["rel_fro"] for v in r.requantized.values() if "minmax" in v]
+        if mm:
+            line += f" (min-max rounding: {min(mm):.4f}..{max(mm):.4f})"
+        t.add_row("[yellow]lossy[/yellow]", line)
+    elif any(v.get("kind") == "requantize" for v in r.lossy_layers.values()):
+        t.add_row("[yellow]lossy[/yellow]", f"{sum(v.get('kind') == 'requantize' for v in r.lossy_layers.values())} layers to requantize")
     if r.cast_tensors:
         t.add_row("[yellow]lossy[/yellow]", f"{len(r.cast_tensors)} unquantized tensors cast to bf16 in the Gaudi cache")
     t.add_row("tensors copied", f"{r.tensors_copied} unquantized tensors, byte for byte")
@@ -87,8 +113,24 @@ def convert_report(console: Console, r: ConvertReport) -> None:
     t.add_row("bytes", f"{_size(r.bytes_in)} in" + ("" if r.dry_run else f", {_size(r.bytes_out)} out"))
     t.add_row("time", f"{r.seconds:.2f} s")
     console.print(t)
+    if r.requantized:
+        requant_table(console, r.requantized)
     for w in r.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
+
+
+def requant_table(console: Console, stats: dict[str, dict]) -> None:
+    """Per layer: the weight error of the fitted integers, and of min-max rounding for comparison."""
+    method = next(iter(stats.values()))["method"]
+    t = Table(title=f"requantization ({method}) error per layer, against the source's dequantized weights", title_justify="left")
+    t.add_column("layer", overflow="fold")
+    for col in ("rel. error", "max |err|", "SNR dB", "min-max rel.", "min-max SNR"):
+        t.add_column(col, justify="right", no_wrap=True)
+    for name, v in stats.items():
+        mm = v.get("minmax")
+        t.add_row(name, f"{v['rel_fro']:.5f}", f"{v['max_abs']:.3g}", f"{v['snr_db']:.2f}",
+                  f"{mm['rel_fro']:.5f}" if mm else "", f"{mm['snr_db']:.2f}" if mm else "")
+    console.print(t)
 
 
 def verify_report(console: Console, r: VerifyReport) -> None:
