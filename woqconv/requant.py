@@ -8,7 +8,7 @@ Method ("search"), per group (affine) or block (codebook), minimising the square
 ``||W - Q(W)||^2`` of that group -- the quantity the report's relative Frobenius error and SNR measure:
 
 1. A grid over how much of the range to keep: ``p * [min, max]`` (affine) or ``p * absmax``
-   (codebook) for ``p = 1.00, 0.99, ..., 0.50``. ``p = 1`` is exactly min-max (absmax) rounding,
+   (codebook) for ``p = 1.00, 0.99, ..., 0.70``. ``p = 1`` is exactly min-max (absmax) rounding,
    so the search can never do worse than it; clipping a few outliers usually buys finer steps for
    everything else, which is why shrinking wins.
 2. Least-squares refinement of the best candidate: with the codes fixed, the error-optimal scale
@@ -20,8 +20,10 @@ Every candidate is evaluated with its scale already rounded to the dtype it will
 so the reported error is the error of the file. "minmax" (plain min-max / absmax rounding) is
 kept as a method for comparison: the report quotes both.
 
-Everything is vectorised over all groups of a layer; the only Python loop is over the ~50 grid
-points. Rows are processed in chunks so memory stays bounded for large layers.
+Everything is vectorised over all groups of a layer; the only Python loop is over the 31 grid
+points. Rows are processed in chunks so memory stays bounded for large layers. (A grid down to
+p = 0.5 gave the same errors, to 1e-12, on every layer of the NF4 and GPTQ fixtures: clipping more
+than 30 % of the range never won, so those candidates are not paid for.)
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import torch
 from .ir import CodebookLinear, QuantLinear
 
 METHODS = ("search", "minmax")
-SHRINK_GRID = torch.linspace(1.0, 0.5, 51)  # p = 1.00, 0.99, ..., 0.50
+SHRINK_GRID = torch.linspace(1.0, 0.7, 31)  # p = 1.00, 0.99, ..., 0.70
 _CHUNK_ELEMENTS = 1 << 22  # rows per chunk are chosen so a chunk holds about this many weights
 
 
