@@ -267,3 +267,17 @@ def test_bad_quant_state_is_one_line_exit_2(edit, message, command, tmp_path):
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
     assert (bad / "model.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["bnb-nf4-dq-bf16-storage-bf16", "inc-default-fp4-g64"])
+def test_inspect_describes_the_codebook(name):
+    proc = subprocess.run([sys.executable, "-m", "woqconv", "inspect", str(fixture_path(name)), "--format", "json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    entry = MANIFEST[name]
+    assert r["codebook"]["quant_type"] == [entry["quant_type"]]
+    assert r["codebook"]["blocksizes"] == [64]
+    assert r["codebook"]["double_quant"] is entry.get("double_quant", False)
+    assert r["codebook"]["weight_dtypes"] == [entry["dtype"]]
+    assert r["quantized_modules"] == 14 and r["zero_point_convention"] == "none"
