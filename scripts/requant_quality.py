@@ -38,8 +38,10 @@ SEED = 0
 
 
 def markov_chain(seed: int = 7) -> torch.Tensor:
-    """Transition matrix over tokens 3..255: each token has 4 likely successors (80 % of the mass) and a
-    uniform tail; the language's entropy floor is ~2.5 nats/token, so perplexity ~12 is the ideal."""
+    """Second-order transitions over tokens 3..255: the next token depends on the previous TWO (through
+    ``h = (3a + 5b) mod n``), so the model must use attention, not just a bigram table in its
+    embeddings. Each context has 4 likely successors (80 % of the mass) and a uniform tail: entropy
+    ~2.5 nats/token, perplexity ~12 at best."""
     g = torch.Generator().manual_seed(seed)
     n = VOCAB - 3
     probs = torch.full((n, n), 0.2 / n)
@@ -53,9 +55,10 @@ def sample(probs: torch.Tensor, batch: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     n = probs.shape[0]
     x = torch.empty(batch, SEQ, dtype=torch.long)
-    x[:, 0] = torch.randint(0, n, (batch,), generator=g)
-    for t in range(1, SEQ):
-        x[:, t] = torch.multinomial(probs[x[:, t - 1]], 1, generator=g).squeeze(1)
+    x[:, :2] = torch.randint(0, n, (batch, 2), generator=g)
+    for t in range(2, SEQ):
+        context = (3 * x[:, t - 1] + 5 * x[:, t - 2]) % n
+        x[:, t] = torch.multinomial(probs[context], 1, generator=g).squeeze(1)
     return x + 3
 
 
