@@ -133,7 +133,8 @@ def push_report(console: Console, r: PushReport) -> None:
     console.print(t)
     if r.dry_run:
         console.print("model card (README.md):")
-        console.print(r.card, markup=False, highlight=False)
+        console.file.write(r.card)  # verbatim: rich would wrap the card's lines
+        console.file.flush()
 
 
 _STATUS_STYLE = {"succeeded": "green", "refused": "yellow", "failed": "red"}

@@ -30,7 +30,7 @@ class CardFacts:
 
 def _source_link(f: CardFacts) -> str:
     if f.source_commit:
-        return f"[{f.source}](https://huggingface.co/{f.source}) at commit `{f.source_commit}`"
+        return f"[{f.source}](/{f.source}) at commit `{f.source_commit}`"
     return f"`{f.source}` (a local checkpoint)"
 
 
@@ -141,6 +141,8 @@ def render_card(f: CardFacts) -> str:
         "",
         *_load_section(f),
         "## Reproduce",
+        "",
+        "The command that made this repo" + (f" (the source was at commit `{f.source_commit}`; `--revision {f.source_commit}` pins it):" if f.source_commit else ":"),
         "",
         "```",
         f.command,
