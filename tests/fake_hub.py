@@ -159,7 +159,7 @@ class FakeHub:
                     self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                if not head:
+                if not head and self.command != "HEAD":  # a HEAD answer never has a body, errors included
                     self.wfile.write(body)
 
             def _json(self, status: int, data, headers: dict | None = None):

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import fixture_path
+from conftest import MANIFEST, fixture_path
 from fake_hub import FakeHub, populate_cache, read_dir, tree_state
 
 import woqconv
@@ -76,24 +76,48 @@ def test_offline_convert_reads_the_cache_and_never_the_network(tmp_path):
     assert tree_state(home) == before  # the cache is only read: same files, links, hashes, mtimes
 
 
-def test_remote_inspect_reads_headers_by_range_only(tmp_path):
+def sharded(files: dict[str, bytes]) -> dict[str, bytes]:
+    """The checkpoint split in two shards with a model.safetensors.index.json, as transformers shards."""
+    from safetensors.torch import load, save
+
+    files = dict(files)
+    tensors = load(files.pop("model.safetensors"))
+    names = sorted(tensors)
+    parts = {f"model-0000{i + 1}-of-00002.safetensors": names[i::2] for i in range(2)}
+    weight_map = {}
+    for shard, members in parts.items():
+        files[shard] = save({n: tensors[n] for n in members}, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(members, shard))
+    files["model.safetensors.index.json"] = json.dumps({"metadata": {}, "weight_map": weight_map}).encode()
+    return files
+
+
+@pytest.mark.parametrize("fixture, layout", [(ACT_ORDER, "single"), ("ar-g32-asym-auto_gptq", "sharded")])
+def test_remote_inspect_reads_headers_by_range_only(tmp_path, fixture, layout):
+    files = repo_files(fixture) if layout == "single" else sharded(repo_files(fixture))
+    local_copy = tmp_path / "local"
+    for name, data in files.items():
+        if name not in NOT_NEEDED:
+            (local_copy / name).parent.mkdir(parents=True, exist_ok=True)
+            (local_copy / name).write_bytes(data)
     with FakeHub() as hub:
-        sha = hub.add_repo("org/act-order", repo_files(ACT_ORDER))
+        sha = hub.add_repo("org/repo", files)
         env = hub_env(tmp_path / "hf", hub.endpoint)
-        r = run_cli(env, "inspect", "org/act-order", "--format", "json", cwd=tmp_path)
+        r = run_cli(env, "inspect", "org/repo", "--format", "json", cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         remote = json.loads(r.stdout)
-        weights = requested(hub, "model.safetensors")
+        weights = [q for q in hub.requests if q.path.endswith(".safetensors")]
         assert weights and all(q.method == "HEAD" or q.headers.get("range", "").startswith("bytes=0-") for q in weights)
         assert not any(requested(hub, n.split("/")[-1]) for n in NOT_NEEDED if n != "hpu_model.safetensors")
-        text = run_cli(env, "inspect", "org/act-order", "--layers", cwd=tmp_path)
-    assert text.returncode == 0, text.stderr
-    assert "unknown: needs tensor data" in text.stdout
+        if layout == "single":
+            text = run_cli(env, "inspect", "org/repo", "--layers", cwd=tmp_path)
+            assert text.returncode == 0, text.stderr
+            assert "unknown: needs tensor data" in text.stdout
 
-    local = woqconv.inspect(fixture_path(ACT_ORDER)).to_dict()
-    assert remote["path"] == f"org/act-order@{sha}"
+    local = woqconv.inspect(local_copy).to_dict()
+    assert remote["path"] == f"org/repo@{sha}"
     assert remote["needs_tensor_data"] == ["sym", "zero_point_convention", "g_idx"]
-    assert (remote["sym"], remote["g_idx"]) == (None, "unknown") and local["g_idx"] == "scattered"
+    assert (remote["sym"], remote["g_idx"]) == (None, "unknown") and local["g_idx"] == MANIFEST[fixture]["g_idx"]
     same = ("format", "producer", "quant_method", "packing_format", "bits", "group_size", "sym_declared", "zero_point_convention",
             "zero_point_convention_declared", "desc_act_declared", "quantized_modules", "unquantized_tensors",
             "quantized_parameters", "total_bytes", "bits_per_weight", "scales_dtypes", "shards")
@@ -193,3 +217,18 @@ def test_migrate_three_repos_one_refused_then_resume(tmp_path):
         touched = {q.path.split("/")[4] if q.path.startswith("/api/") else q.path.split("/")[2] for q in hub.requests
                    if q.path.startswith(("/api/models/", "/org/"))}
         assert touched == {"act-order"}  # only the unfinished repo was looked at again
+
+
+def test_hub_options_misused_are_one_line_errors(tmp_path):
+    env = hub_env(tmp_path / "hf", "http://127.0.0.1:9", HF_HUB_OFFLINE="1")
+    listing = tmp_path / "repos.txt"
+    listing.write_text("org/fine\nnot a repo id\n")
+    cases = [
+        (["migrate", listing, "--to", "awq", "-o", tmp_path / "root"], f"woqconv: error: {listing}: line 2: 'not a repo id' is not a Hub repo id"),
+        (["convert", fixture_path(GPTQ), "-o", tmp_path / "out", "--to", "awq", "--create-pr"], "woqconv: error: --push-revision and --create-pr go with --push-to-hub"),
+        (["convert", fixture_path(GPTQ), "-o", tmp_path / "out", "--to", "awq", "--revision", "main"], "woqconv: error: --revision applies to a Hub repo id"),
+    ]
+    for args, message in cases:
+        r = run_cli(env, *args, cwd=tmp_path)
+        assert r.returncode == 2 and r.stderr.startswith(message) and r.stderr.count("\n") == 1, (args, r.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repos.txt"]

@@ -92,7 +92,7 @@ def inspect_remote(repo_id: str, *, revision: str | None = None, token: str | No
         config = read_json(view / "config.json") if (view / "config.json").exists() else {}
         others = [n for n in selected(list(sizes)) if n not in shards and n != INDEX_NAME]
         ckpt = Checkpoint(view, config, shards, locations, index, others)  # type: ignore[arg-type]
-        total = sum(sizes.get(n, 0) for n in selected(list(sizes)))
+        total = sum(s.size for s in shards.values()) + sum(sizes.get(n, 0) for n in others)  # as a local inspect counts
         return header_report(ckpt, label=label, total_bytes=total)
     finally:
         shutil.rmtree(view, ignore_errors=True)
