@@ -264,8 +264,8 @@ class FakeHub:
                 if "/" not in repo_id:
                     repo_id = f"user/{repo_id}"
                 with hub._lock:
-                    if repo_id in hub.repos:
-                        return self._error(409, None, "You already created this model repo")
+                    if repo_id in hub.repos:  # the Hub's 409 names the existing repo's url too
+                        return self._json(409, {"error": "You already created this model repo", "url": f"{hub.endpoint}/{repo_id}"})
                     empty = {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"}
                     sha = commit_sha(empty)
                     hub.repos[repo_id] = Repo(refs={"main": sha}, commits={sha: empty}, private=payload.get("visibility") == "private")

@@ -156,6 +156,14 @@ def test_convert_from_hub_verify_and_push_as_pull_request(tmp_path):
         writes = [q for q in hub.requests if q.method in ("POST", "PUT") and not q.path.startswith("/_lfs/")]
         assert writes and all(q.headers.get("authorization") == "Bearer hf_test_token" for q in writes)
 
+        # A local source, pushed to a branch of the now existing repo.
+        r = run_cli(env, "convert", fixture_path(GPTQ), "-o", tmp_path / "local", "--to", "awq", "-q", "--push-to-hub", "me/tiny-gptq-v2", "--push-revision", "awq", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        branch = hub.files("me/tiny-gptq-v2", "awq")
+        assert {k: v for k, v in branch.items() if k != ".gitattributes"} == read_dir(tmp_path / "local")
+        assert f"awq checkpoint converted from `{fixture_path(GPTQ)}` (a local checkpoint)" in branch["README.md"].decode()
+        assert hub.files("me/tiny-gptq-v2", "refs/pr/1") == pr
+
     card = pr["README.md"].decode()
     v = data["verify"]
     for line in (

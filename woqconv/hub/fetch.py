@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..checkpoint import HPU_CACHES
-from ..errors import FormatError
+from ..errors import FormatError, WoqconvError
 
 # What a conversion reads or carries along (top-level files only). Weights: safetensors shards and
 # their index, or INC's default container; configs; tokenizer and generation files.
@@ -138,11 +138,27 @@ def hub_checkout(repo_id: str, *, revision: str | None = None, token: str | None
     files = selected(names)
     if not files:
         raise FormatError(f"no files a conversion reads in the snapshot {snapshot}", file=repo_id)
+    label = f"{repo_id}@{snapshot.name}"
+    if not any(f.endswith(".safetensors") or f == "quantized_weight.pt" for f in files):
+        raise FormatError("no safetensors weights (nor INC's quantized_weight.pt) in the repo; woqconv does not read pickle .bin weights", file=label)
     view = Path(tempfile.mkdtemp(prefix="woqconv-hub-"))
     try:
         for rel in files:
             (view / rel).parent.mkdir(parents=True, exist_ok=True)
             os.symlink(snapshot / rel, view / rel)
-        yield HubSource(repo_id=repo_id, revision=revision, commit=snapshot.name, path=view, files=files)
+        with named_as(view, label):
+            yield HubSource(repo_id=repo_id, revision=revision, commit=snapshot.name, path=view, files=files)
     finally:
         shutil.rmtree(view, ignore_errors=True)
+
+
+@contextmanager
+def named_as(view: Path, label: str) -> Iterator[None]:
+    """Errors about files in the temporary view name them as ``org/name@sha/<file>`` instead."""
+    try:
+        yield
+    except WoqconvError as e:
+        if e.file and (e.file == str(view) or e.file.startswith(f"{view}/")):
+            e.file = label + e.file[len(str(view)):]
+            e.args = (e.one_line(),)
+        raise

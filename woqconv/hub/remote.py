@@ -17,7 +17,7 @@ from ..checkpoint import INDEX_NAME, Checkpoint, read_json
 from ..errors import FormatError
 from ..inspection import InspectReport, header_report, inspect as inspect_local
 from ..safetensors_io import TensorInfo
-from .fetch import ALLOW_PATTERNS, hub_checkout, hub_error, quiet_hub, selected
+from .fetch import ALLOW_PATTERNS, hub_checkout, hub_error, named_as, quiet_hub, selected
 
 # Small files read by format detection; the rest of the selection is weights or carried along.
 _CONFIG_FILES = ("config.json", "quantize_config.json", "quantization_config.json", "qconfig.json")
@@ -93,7 +93,8 @@ def inspect_remote(repo_id: str, *, revision: str | None = None, token: str | No
         others = [n for n in selected(list(sizes)) if n not in shards and n != INDEX_NAME]
         ckpt = Checkpoint(view, config, shards, locations, index, others)  # type: ignore[arg-type]
         total = sum(s.size for s in shards.values()) + sum(sizes.get(n, 0) for n in others)  # as a local inspect counts
-        return header_report(ckpt, label=label, total_bytes=total)
+        with named_as(view, label):
+            return header_report(ckpt, label=label, total_bytes=total)
     finally:
         shutil.rmtree(view, ignore_errors=True)
 
