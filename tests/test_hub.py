@@ -139,6 +139,8 @@ def test_convert_from_hub_verify_and_push_as_pull_request(tmp_path):
         assert "%|" not in r.stderr  # no progress bars under --format json
         data = json.loads(r.stdout)
         assert data["verify"]["passed"] and data["push"]["pr_url"] == f"{hub.endpoint}/me/tiny-gptq-v2/discussions/1"
+        assert data["source"] == data["verify"]["against"] == f"org/tiny-gptq@{sha}"
+        assert "woqconv-hub-" not in r.stdout  # the temporary view is never named
 
         # Downloaded only what conversion reads.
         fetched = {q.path.rsplit("/", 1)[-1] for q in hub.requests if q.method == "GET" and "/resolve/" in q.path}

@@ -189,11 +189,12 @@ def _one(repo_id, revision, root: Path, *, to, push_pattern, private, verify, ru
         with hub_checkout(repo_id, revision=revision, token=token, quiet=quiet) as src:
             entry.commit = src.commit
             result = convert(src.path, out, to=to, overwrite=True, allow_bf16=allow_bf16)
-            result.source = src.label
+            src.relabel(result)
             entry.lossless = result.lossless
             checked = None
             if verify:
                 checked = verify_checkpoint(out, against=src.path, run=run)
+                src.relabel(checked)
                 entry.verified = checked.passed
                 if not checked.passed:
                     first = checked.failures[0]

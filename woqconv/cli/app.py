@@ -135,13 +135,13 @@ def convert(
         finally:
             if bar:
                 bar.stop()
-        if hub_src is not None:
-            report.source = hub_src.label
         checked = None
         if then_verify and not dry_run:
             checked = verify_checkpoint(output, against=local_src)
-            if hub_src is not None:
-                checked.against = hub_src.label
+        if hub_src is not None:
+            hub_src.relabel(report)
+            if checked is not None:
+                hub_src.relabel(checked)
         pushed = None
         if push_to_hub and (checked is None or checked.passed):
             pushed = hub_commands.publish(

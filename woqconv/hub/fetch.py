@@ -68,6 +68,14 @@ class HubSource:
     def label(self) -> str:
         return f"{self.repo_id}@{self.commit}"
 
+    def relabel(self, report) -> None:
+        """Name this source as ``org/name@sha`` in a convert or verify report, not by its temporary view."""
+        view = str(self.path)
+        for attr in ("source", "against", "reference"):
+            value = getattr(report, attr, None)
+            if isinstance(value, str) and view in value:
+                setattr(report, attr, value.replace(view, self.label))
+
 
 def selected(names: list[str]) -> list[str]:
     """The repo files a conversion needs, by ALLOW_PATTERNS / IGNORE_PATTERNS."""
