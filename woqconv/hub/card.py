@@ -11,6 +11,7 @@ from dataclasses import dataclass
 _INC_LOAD = {
     "hpu": 'model = load(path, format="huggingface", device="hpu", torch_dtype=torch.bfloat16)  # Gaudi: uses hpu_model.safetensors, no repack',
     "inc-hf": 'model = load(path, format="huggingface", device="hpu", torch_dtype=torch.bfloat16)  # or device="cpu"',
+    "gptq": 'model = load(path, format="huggingface", device="hpu", torch_dtype=torch.bfloat16)  # INC repacks GPTQ at load; a woqconv --to hpu checkpoint skips that',
     "inc": 'original_model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))\n'
            'model = load(path, format="default", original_model=original_model, device="cpu")',
 }
@@ -88,7 +89,7 @@ def _load_section(f: CardFacts) -> list[str]:
     lines = ["## How to load", ""]
     if target in _INC_LOAD:
         lines += [
-            "With Intel Neural Compressor" + (" on Gaudi:" if target in ("hpu", "inc-hf") else ":"),
+            "With Intel Neural Compressor" + (" on Gaudi:" if target != "inc" else ":"),
             "",
             "```python",
             "import torch",
