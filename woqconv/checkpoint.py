@@ -182,6 +182,17 @@ def _inside(root: Path, rel: str, referrer: str) -> Path:
     if not path.exists():
         raise FormatError(f"names a missing shard: {rel!r}", file=root / referrer)
     real_root = root.resolve()
-    if real_root not in path.resolve().parents:
+    real = path.resolve()
+    if real_root not in real.parents and not _hub_cache_blob(real):
         raise FormatError(f"{rel!r} is a symlink that resolves outside the checkpoint", file=root / referrer)
     return path
+
+
+def _hub_cache_blob(real: Path) -> bool:
+    """A file in a Hugging Face Hub cache's ``blobs/`` folder (``models--org--name/blobs/<hash>``).
+
+    Hub cache snapshots are symlinks into their repo's ``blobs/``, outside the snapshot directory;
+    following them reads the same repo's content, not an arbitrary file.
+    """
+    repo = real.parent.parent
+    return real.parent.name == "blobs" and repo.name.startswith("models--") and (repo / "snapshots").is_dir()

@@ -6,8 +6,13 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+from .checkpoint import Checkpoint
+from .errors import FormatError
+from .formats import LayerFamily
 from .formats.base import ZP_V1_WORD
-from .source import QuantizedCheckpoint, open_checkpoint
+from .formats.detect import detect
+from .safetensors_io import DTYPES
+from .source import RAW_ZERO_FAMILIES, QuantizedCheckpoint, open_checkpoint
 
 
 @dataclass
@@ -17,8 +22,8 @@ class LayerInfo:
     out_features: int
     bits: int
     group_size: int
-    g_idx: str
-    sym: bool
+    g_idx: str  # "unknown" when only the tensor data could tell (remote inspect)
+    sym: bool | None  # None: unknown without the tensor data
     scales_dtype: str
     bias: bool
 
@@ -32,12 +37,12 @@ class InspectReport:
     packing_format: str | None
     bits: int
     group_size: int
-    sym: bool  # found in the data: every zero point equals 2^(bits-1)
+    sym: bool | None  # found in the data: every zero point equals 2^(bits-1); None when the data was not read
     sym_declared: bool | None
     zero_point_convention: str  # v1 (stored z-1) or v2 (stored z), as read
     zero_point_convention_declared: str
     zero_point_convention_source: str  # "data", "config", "format" (the layout defines it) or "user"
-    g_idx: str  # none / trivial / block-uniform / scattered (the least regular layer)
+    g_idx: str  # none / trivial / block-uniform / scattered (the least regular layer); "unknown" when not read
     desc_act_declared: bool | None
     quantized_modules: int
     unquantized_tensors: int
@@ -51,6 +56,9 @@ class InspectReport:
     # Codebook checkpoints (bitsandbytes, INC nf4/fp4): {"quant_type", "blocksizes", "double_quant",
     # "weight_dtypes"}; None for affine ones. There, "sym" is true and the convention "none": no zero points.
     codebook: dict | None = None
+    # Fields above that only the tensor data can tell, left unknown because it was not read (a remote
+    # inspect reads headers only). Empty for a local inspect.
+    needs_tensor_data: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,6 +127,64 @@ def report_for(src: QuantizedCheckpoint) -> InspectReport:
         layers=layers,
         warnings=warnings,
         codebook=codebook,
+    )
+
+
+def header_report(ckpt: Checkpoint, *, label: str, total_bytes: int) -> InspectReport:
+    """The inspect report from the config and the tensor headers alone (no tensor data).
+
+    Geometry, dtypes and sizes come from headers; symmetry, the convention the data proves, and the
+    g_idx class are unknown (``needs_tensor_data``), and the convention is the declared one.
+    """
+    fmt = detect(ckpt)
+    family = LayerFamily.registry[fmt.family]
+    geometry = getattr(family, "_geometry", None)
+    if geometry is None:
+        raise FormatError(f"{fmt.name} layers cannot be described from headers alone", file=label)
+    layers, q_bytes = [], 0
+    for p in family.layer_prefixes(ckpt):
+        in_features, out, gs = geometry(ckpt, p, fmt)
+        has_g_idx = ckpt.has(f"{p}.g_idx")
+        layers.append(
+            LayerInfo(
+                name=p, in_features=in_features, out_features=out, bits=fmt.bits, group_size=gs,
+                g_idx="unknown" if has_g_idx else "none", sym=None,
+                scales_dtype=str(DTYPES[ckpt.info(f"{p}.scales").dtype]).replace("torch.", ""),
+                bias=ckpt.has(f"{p}.bias"),
+            )
+        )
+        q_bytes += sum(ckpt.info(t).nbytes for t in family.owned_tensors(ckpt, p) if not t.endswith(".bias"))
+    owned = {t for layer in layers for t in family.owned_tensors(ckpt, layer.name)}
+    q_params = sum(layer.in_features * layer.out_features for layer in layers)
+    declared = _public(fmt.zero_point_convention)
+    g_kind = "unknown" if any(layer.g_idx == "unknown" for layer in layers) else "none"
+    # The layout itself fixes AWQ's raw zero points, and a layer without g_idx has none to classify.
+    needs = ["sym"] + (["zero_point_convention"] if fmt.family not in RAW_ZERO_FAMILIES else []) + (["g_idx"] if g_kind == "unknown" else [])
+    return InspectReport(
+        path=label,
+        format=fmt.name,
+        producer=fmt.producer,
+        quant_method=fmt.quant_method,
+        packing_format=fmt.packing_format,
+        bits=fmt.bits,
+        group_size=fmt.group_size,
+        sym=None,
+        sym_declared=fmt.sym,
+        zero_point_convention=declared,
+        zero_point_convention_declared=declared,
+        zero_point_convention_source="format" if fmt.family in RAW_ZERO_FAMILIES else "config",
+        g_idx=g_kind,
+        desc_act_declared=fmt.desc_act,
+        quantized_modules=len(layers),
+        unquantized_tensors=sum(1 for t in ckpt.locations if t not in owned),
+        quantized_parameters=q_params,
+        total_bytes=total_bytes,
+        bits_per_weight=round(q_bytes * 8 / q_params, 3) if q_params else 0.0,
+        scales_dtypes=sorted({layer.scales_dtype for layer in layers}),
+        shards=len(ckpt.shards),
+        layers=layers,
+        warnings=[],
+        needs_tensor_data=needs,
     )
 
 

@@ -27,7 +27,7 @@ from ..requant import METHODS as REQUANT_METHODS
 from ..runtime.verify import parse_thresholds
 from ..runtime.verify import verify as verify_checkpoint
 from ..source import CONVENTION_CHOICES
-from . import render
+from . import hub_commands, render
 from ._errors import mapped_errors
 
 app = typer.Typer(
@@ -75,17 +75,22 @@ def _check_convention(value: str) -> str:
 
 @app.command()
 def inspect(
-    path: Annotated[Path, typer.Argument(help="Checkpoint directory.", show_default=False)],
+    path: Annotated[Path, typer.Argument(help="Checkpoint directory, or a Hub repo id (org/name: headers only, no weights downloaded).", show_default=False)],
     layers: Annotated[bool, typer.Option("--layers", help="Also print the per-layer table.")] = False,
     fmt: FormatOpt = OutputFormat.text,
     zp_convention: ConventionOpt = "auto",
+    revision: hub_commands.RevisionOpt = None,
 ) -> None:
     """Describe a quantized checkpoint: format, bits, groups, zero-point convention found, g_idx, warnings.
 
     Example: woqconv inspect ./Llama-2-7B-GPTQ --layers
+    Example: woqconv inspect TheBloke/Llama-2-7B-GPTQ
     """
     with mapped_errors():
-        report = inspect_checkpoint(path, zero_point_convention=_check_convention(zp_convention))
+        if hub_commands.is_repo_id(path):
+            report = hub_commands.inspect_remote(str(path), revision=revision, quiet=fmt is OutputFormat.json)
+        else:
+            report = inspect_checkpoint(path, zero_point_convention=_check_convention(zp_convention))
     if fmt is OutputFormat.json:
         print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
@@ -94,7 +99,7 @@ def inspect(
 
 @app.command()
 def convert(
-    src: Annotated[Path, typer.Argument(help="Source checkpoint directory.", show_default=False)],
+    src: Annotated[Path, typer.Argument(help="Source checkpoint directory, or a Hub repo id (org/name).", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output directory (written atomically).", show_default=False)],
     to: Annotated[str, typer.Option("--to", help=f"Target format: {', '.join(TARGETS)}.", show_default=False)],
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output directory.")] = False,
@@ -117,40 +122,62 @@ def convert(
     then_verify: Annotated[bool, typer.Option("--verify", help="Run woqconv verify OUT --against SRC after converting.")] = False,
     fmt: FormatOpt = OutputFormat.text,
     zp_convention: ConventionOpt = "auto",
+    revision: hub_commands.RevisionOpt = None,
+    push_to_hub: hub_commands.PushOpt = None,
+    private: hub_commands.PrivateOpt = False,
+    push_revision: hub_commands.PushRevisionOpt = None,
+    create_pr: hub_commands.CreatePrOpt = False,
 ) -> None:
     """Convert SRC into format TO at OUTPUT, losslessly or not at all.
 
     Example: woqconv convert ./Llama-2-7B-GPTQ -o ./Llama-2-7B-AWQ --to awq
+    Example: woqconv convert TheBloke/Llama-2-7B-GPTQ -o ./llama-hpu --to hpu --allow-bf16 --verify --push-to-hub me/Llama-2-7B-Gaudi
     """
     if to not in TARGETS:
         raise typer.BadParameter(f"choose from {', '.join(TARGETS)}", param_hint="--to")
     if requant_method not in REQUANT_METHODS:
         raise typer.BadParameter(f"choose from {', '.join(REQUANT_METHODS)}", param_hint="--requant-method")
-    show_progress = not quiet and fmt is OutputFormat.text and not dry_run
-    bar = _LazyProgress(Console(stderr=True)) if show_progress else None
-    try:
-        with mapped_errors():
+    quiet_all = quiet or fmt is OutputFormat.json
+    show_progress = not quiet_all and not dry_run
+    with mapped_errors(), hub_commands.source(src, revision=revision, push_to_hub=push_to_hub, push_revision=push_revision, create_pr=create_pr, quiet=quiet_all) as (local_src, hub_src):
+        bar = _LazyProgress(Console(stderr=True)) if show_progress else None
+        try:
             report = convert_checkpoint(
-                src, output, to=to, overwrite=overwrite, dry_run=dry_run, allow_bf16=allow_bf16,
+                local_src, output, to=to, overwrite=overwrite, dry_run=dry_run, allow_bf16=allow_bf16,
                 requantize=requant_method if requantize else None, double_quant=double_quant,
                 zero_point_convention=_check_convention(zp_convention), progress=bar.update if bar else None,
             )
-    finally:
-        if bar:
-            bar.stop()
-    checked = None
-    if then_verify and not dry_run:
-        with mapped_errors():
-            checked = verify_checkpoint(output, against=src)
+        finally:
+            if bar:
+                bar.stop()
+        checked = None
+        if then_verify and not dry_run:
+            checked = verify_checkpoint(output, against=local_src)
+        if hub_src is not None:
+            hub_src.relabel(report)
+            if checked is not None:
+                hub_src.relabel(checked)
+        pushed = None
+        if push_to_hub and (checked is None or checked.passed):
+            pushed = hub_commands.publish(
+                output, push_to_hub, report=report, checked=checked, hub_src=hub_src, src=src,
+                private=private, push_revision=push_revision, create_pr=create_pr, dry_run=dry_run, quiet=quiet_all,
+            )
     if fmt is OutputFormat.json:
         data = report.to_dict()
         if checked is not None:
             data["verify"] = checked.to_dict()
+        if pushed is not None:
+            data["push"] = pushed.to_dict()
         print(json.dumps(data, indent=2, sort_keys=True))
     else:
         render.convert_report(Console(), report)
         if checked is not None:
             render.verify_report(Console(), checked)
+        if pushed is not None:
+            render.push_report(Console(), pushed)
+        elif push_to_hub and checked is not None and not checked.passed:
+            Console(stderr=True).print(f"not pushed to {push_to_hub}: verify failed")
     if checked is not None and not checked.passed:
         raise typer.Exit(1)
 
@@ -200,6 +227,9 @@ def verify(
     else:
         render.verify_report(Console(), report)
     raise typer.Exit(0 if report.passed else 1)
+
+
+app.command()(hub_commands.migrate)
 
 
 def main() -> None:

@@ -6,7 +6,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ..convert import ConvertReport
+from ..hub.push import PushReport
 from ..inspection import InspectReport
+from ..migrate import MigrationEntry, MigrationReport
 from ..runtime.verify import VerifyReport
 
 
@@ -16,6 +18,9 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
     return str(n)
+
+
+_UNKNOWN = "(unknown: needs tensor data)"
 
 
 def _convention(label: str) -> str:
@@ -28,6 +33,8 @@ def inspect_report(console: Console, r: InspectReport, *, layers: bool) -> None:
     t.add_column("value")
     method = r.quant_method + (f" ({r.packing_format})" if r.packing_format else "")
     zp = _convention(r.zero_point_convention) + f"  [dim]found by {r.zero_point_convention_source}[/dim]"
+    if "zero_point_convention" in r.needs_tensor_data:
+        zp = _convention(r.zero_point_convention) + f"  [dim]as declared ({r.zero_point_convention_source}); {_UNKNOWN[1:-1]} to confirm[/dim]"
     if r.zero_point_convention != r.zero_point_convention_declared:
         zp += f"  [yellow]declared {_convention(r.zero_point_convention_declared)}[/yellow]"
     rows = [
@@ -36,9 +43,9 @@ def inspect_report(console: Console, r: InspectReport, *, layers: bool) -> None:
         ("method", method),
         ("bits", str(r.bits)),
         ("group size", str(r.group_size)),
-        ("sym", f"{r.sym}" + ("" if r.sym_declared in (None, r.sym) else f"  [yellow]declared {r.sym_declared}[/yellow]")),
+        ("sym", (_UNKNOWN if r.sym is None else f"{r.sym}") + ("" if r.sym_declared in (None, r.sym) else f"  [yellow]declared {r.sym_declared}[/yellow]")),
         ("zero-point convention", zp),
-        ("g_idx", r.g_idx + ("" if r.desc_act_declared is None else f"  [dim]desc_act declared {r.desc_act_declared}[/dim]")),
+        ("g_idx", (_UNKNOWN if r.g_idx == "unknown" else r.g_idx) + ("" if r.desc_act_declared is None else f"  [dim]desc_act declared {r.desc_act_declared}[/dim]")),
         ("scales dtype", ", ".join(r.scales_dtypes)),
         ("quantized modules", str(r.quantized_modules)),
         ("unquantized tensors", str(r.unquantized_tensors)),
@@ -63,11 +70,13 @@ def inspect_report(console: Console, r: InspectReport, *, layers: bool) -> None:
         for layer in r.layers:
             lt.add_row(
                 layer.name, str(layer.in_features), str(layer.out_features), str(layer.bits), str(layer.group_size),
-                layer.g_idx, "yes" if layer.sym else "no", layer.scales_dtype, "yes" if layer.bias else "no",
+                layer.g_idx, "?" if layer.sym is None else "yes" if layer.sym else "no", layer.scales_dtype, "yes" if layer.bias else "no",
             )
         console.print(lt)
     for w in r.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
+    if r.needs_tensor_data:
+        console.print(f"[dim]read from the config and safetensors headers only; unknown without tensor data: {', '.join(r.needs_tensor_data)}[/dim]")
 
 
 def convert_report(console: Console, r: ConvertReport) -> None:
@@ -150,3 +159,43 @@ def verify_report(console: Console, r: VerifyReport) -> None:
     console.print(t)
     if r.reference:
         console.print(f"reference: {r.reference}; {r.seconds:.2f} s")
+
+
+def push_report(console: Console, r: PushReport) -> None:
+    where = f"a pull request on {r.repo_id}" if r.create_pr else f"{r.repo_id}" + (f" (branch {r.revision})" if r.revision else "")
+    verb = "would upload" if r.dry_run else "uploaded"
+    t = Table(title=f"woqconv {verb} to {where}" + (" (private)" if r.private else ""), show_header=False, title_justify="left")
+    t.add_column("field", style="bold")
+    t.add_column("value", overflow="fold")
+    t.add_row("files", ", ".join(r.files))
+    if not r.dry_run:
+        t.add_row("bytes", _size(r.bytes))
+        t.add_row("commit", r.commit or "")
+        t.add_row("url", r.pr_url or r.commit_url or "")
+    console.print(t)
+    if r.dry_run:
+        console.print("model card (README.md):")
+        console.file.write(r.card)  # verbatim: rich would wrap the card's lines
+        console.file.flush()
+
+
+_STATUS_STYLE = {"succeeded": "green", "refused": "yellow", "failed": "red"}
+
+
+def migration_line(e: MigrationEntry) -> str:
+    style = _STATUS_STYLE[e.status]
+    tail = " (finished by an earlier run)" if e.done_earlier else (f": {e.reason}" if e.reason else "")
+    return f"[{style}]{e.status}[/{style}] {e.key}{tail}"
+
+
+def migration_report(console: Console, r: MigrationReport) -> None:
+    counts = r.counts()
+    t = Table(title=f"woqconv migrate -> {r.target} in {r.root}: " + ", ".join(f"{n} {k}" for k, n in counts.items()), title_justify="left")
+    for col in ("repo", "status", "output / why", "verify", "pushed to"):
+        t.add_column(col, overflow="fold")
+    for e in r.entries:
+        style = _STATUS_STYLE[e.status]
+        status = f"[{style}]{e.status}[/{style}]" + (" (earlier run)" if e.done_earlier else "")
+        verify = "" if e.verified is None else "passed" if e.verified else "FAILED"
+        t.add_row(e.key, status, e.reason if e.status != "succeeded" else (e.output or ""), verify, e.push_url or e.pushed_to or "")
+    console.print(t)

@@ -1,0 +1,121 @@
+"""CLI plumbing for Hub repos: shared options, SRC as a repo id, ``--push-to-hub``, ``woqconv migrate``.
+
+Kept apart from app.py so the commands there change by a few lines only.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+from rich.console import Console
+
+from .. import __version__
+from ..errors import OutputError
+from ..hub import CardFacts, HubSource, PushReport, hub_checkout, inspect_remote, is_repo_id, push, render_card
+from . import render
+from ._errors import mapped_errors
+
+__all__ = ["inspect_remote", "is_repo_id"]
+
+RevisionOpt = Annotated[
+    Optional[str], typer.Option("--revision", help="Hub source only: branch, tag or commit sha to read (default: the default branch).", show_default=False)
+]
+PushOpt = Annotated[
+    Optional[str], typer.Option("--push-to-hub", help="Upload OUTPUT to this Hub repo (created if missing) with a generated model card.", show_default=False)
+]
+PrivateOpt = Annotated[bool, typer.Option("--private", help="With --push-to-hub: create the repo private.")]
+PushRevisionOpt = Annotated[
+    Optional[str], typer.Option("--push-revision", help="With --push-to-hub: commit to this branch (created if missing).", show_default=False)
+]
+CreatePrOpt = Annotated[bool, typer.Option("--create-pr", help="With --push-to-hub: open a pull request instead of committing to the branch.")]
+
+
+def exact_command() -> str:
+    """The command line as typed, for the model card."""
+    return shlex.join(["woqconv", *sys.argv[1:]])
+
+
+@contextmanager
+def source(src: Path, *, revision: str | None, push_to_hub: str | None, push_revision: str | None, create_pr: bool, quiet: bool) -> Iterator[tuple[Path, HubSource | None]]:
+    """SRC as a local directory: itself, or the selected files of a Hub repo's snapshot."""
+    if (push_revision or create_pr) and not push_to_hub:
+        raise OutputError("--push-revision and --create-pr go with --push-to-hub")
+    if push_revision and create_pr:
+        raise OutputError("choose --push-revision BRANCH or --create-pr, not both")
+    if not is_repo_id(src):
+        if revision:
+            raise OutputError(f"--revision applies to a Hub repo id; {src} is a local path")
+        yield src, None
+        return
+    with hub_checkout(str(src), revision=revision, quiet=quiet) as hub_src:
+        yield hub_src.path, hub_src
+
+
+def publish(output: Path, repo_id: str, *, report, checked, hub_src: HubSource | None, src: Path, private: bool,
+            push_revision: str | None, create_pr: bool, dry_run: bool, quiet: bool) -> PushReport:
+    card = render_card(CardFacts(
+        repo_id=repo_id,
+        source=hub_src.repo_id if hub_src else str(src),
+        source_commit=hub_src.commit if hub_src else None,
+        convert=report.to_dict(),
+        verify=checked.to_dict() if checked is not None else None,
+        version=__version__,
+        command=exact_command(),
+    ))
+    pushed = push(output, repo_id, card=card, private=private, revision=push_revision, create_pr=create_pr, dry_run=dry_run, quiet=quiet,
+                  commit_message=f"woqconv: {report.source} ({report.source_format}) -> {report.target}")
+    if dry_run:
+        # Nothing was written: list what the conversion would put in OUT.
+        pushed.files = sorted(set(report.files_copied) | set(report.files_rewritten) | {"README.md"}) + ["(the weight files the conversion writes)"]
+    return pushed
+
+
+def migrate(
+    list_file: Annotated[Path, typer.Argument(help="A file of Hub repo ids, one per line (org/name or org/name@revision; # comments).", show_default=False)],
+    to: Annotated[str, typer.Option("--to", help="Target format for every repo.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Root directory: one output per repo, and the resumable state file.")] = Path("woqconv-migrated"),
+    push_pattern: Annotated[
+        Optional[str], typer.Option("--push-to-hub-pattern", help="Publish each output to this repo name; {org}, {name}, {target} are filled in, e.g. 'me/{name}-{target}'.", show_default=False)
+    ] = None,
+    private: PrivateOpt = False,
+    allow_bf16: Annotated[bool, typer.Option("--allow-bf16", help="hpu only: accept bf16 scales (reported per layer).")] = False,
+    requantize: Annotated[
+        bool, typer.Option("--requantize", help="Refit layers no lossless path reaches (error search; each layer's error is reported).")
+    ] = False,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip woqconv verify (not recommended before a push).")] = False,
+    no_run: Annotated[bool, typer.Option("--no-run", help="Verify structure and weights only; load nothing.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-repo progress lines.")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
+) -> None:
+    """Convert (then verify, then optionally publish) every repo in LIST_FILE; rerun to resume.
+
+    Finished repos are skipped on a rerun. The final table says what succeeded, what was refused and
+    why, and what failed. Exit 0 when every repo succeeded, 1 otherwise, 2 on bad input.
+    Example: woqconv migrate repos.txt --to hpu --allow-bf16 -o ./migrated --push-to-hub-pattern 'me/{name}-{target}'
+    """
+    from ..formats import TARGETS
+    from ..migrate import migrate as run_migration
+
+    if to not in TARGETS:
+        raise typer.BadParameter(f"choose from {', '.join(TARGETS)}", param_hint="--to")
+    if fmt not in ("text", "json"):
+        raise typer.BadParameter("choose text or json", param_hint="--format")
+    err = Console(stderr=True)
+    progress = None if quiet or fmt == "json" else (lambda e: err.print(render.migration_line(e)))
+    with mapped_errors():
+        report = run_migration(
+            list_file, output, to=to, push_pattern=push_pattern, private=private, verify=not no_verify, run=not no_run,
+            allow_bf16=allow_bf16, requantize="search" if requantize else None, command=exact_command(),
+            quiet=quiet or fmt == "json", on_entry=progress,
+        )
+    if fmt == "json":
+        print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    else:
+        render.migration_report(Console(), report)
+    raise typer.Exit(0 if report.succeeded else 1)

@@ -1,0 +1,172 @@
+"""A Hub repo as a conversion source: resolve the revision, download only what conversion reads.
+
+Everything goes through huggingface_hub (``snapshot_download``), so ``HF_HOME``, ``HF_HUB_CACHE``,
+``HF_HUB_OFFLINE``, ``HF_ENDPOINT``, ``HF_TOKEN`` and ``hf auth login`` mean what they mean there.
+woqconv never writes into the Hub cache itself: it opens a temporary directory of links to the
+selected files of the cached snapshot, so files outside the selection (``.bin`` duplicates, an old
+INC Gaudi cache) are neither downloaded nor carried into the output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from ..checkpoint import HPU_CACHES
+from ..errors import FormatError, WoqconvError
+
+# What a conversion reads or carries along (top-level files only). Weights: safetensors shards and
+# their index, or INC's default container; configs; tokenizer and generation files.
+ALLOW_PATTERNS = [
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "model_bin_index.json",
+    "quantized_weight.pt",
+    "config.json",
+    "quantize_config.json",
+    "quantization_config.json",
+    "qconfig.json",
+    "generation_config.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.*",
+    "merges.txt",
+    "chat_template.*",
+    "*.tiktoken",
+]
+# INC's Gaudi caches are dropped by every conversion (checkpoint.HPU_CACHES); sub-folders hold
+# other exports (onnx/, original/), never the checkpoint woqconv reads.
+IGNORE_PATTERNS = [*HPU_CACHES, "*/*"]
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def is_repo_id(src: str | os.PathLike) -> bool:
+    """``org/name`` that is not an existing local path: a Hub repo. A local directory always wins."""
+    text = os.fspath(src)
+    return bool(_REPO_ID.match(text)) and not Path(text).exists() and ".." not in text.split("/")
+
+
+@dataclass
+class HubSource:
+    """A resolved Hub checkpoint, readable at ``path`` while the ``hub_checkout`` block is open."""
+
+    repo_id: str
+    revision: str | None  # as asked (None: the default branch)
+    commit: str  # the commit sha it resolved to
+    path: Path  # a temporary directory of links to the selected snapshot files
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.repo_id}@{self.commit}"
+
+    def relabel(self, report) -> None:
+        """Name this source as ``org/name@sha`` in a convert or verify report, not by its temporary view."""
+        view = str(self.path)
+        for attr in ("source", "against", "reference"):
+            value = getattr(report, attr, None)
+            if isinstance(value, str) and view in value:
+                setattr(report, attr, value.replace(view, self.label))
+
+
+def selected(names: list[str]) -> list[str]:
+    """The repo files a conversion needs, by ALLOW_PATTERNS / IGNORE_PATTERNS."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    return sorted(filter_repo_objects(names, allow_patterns=ALLOW_PATTERNS, ignore_patterns=IGNORE_PATTERNS))
+
+
+def hub_error(repo_id: str, e: Exception) -> FormatError:
+    """huggingface_hub's exceptions as one woqconv line naming the repo."""
+    from huggingface_hub import errors
+
+    if isinstance(e, errors.RevisionNotFoundError):
+        problem = "revision not found on the Hub"
+    elif isinstance(e, errors.GatedRepoError):
+        problem = "gated repo: accept its terms on the Hub and log in (hf auth login) or set HF_TOKEN"
+    elif isinstance(e, errors.RepositoryNotFoundError):
+        problem = "repository not found on the Hub (a private repo needs HF_TOKEN or hf auth login)"
+    elif isinstance(e, errors.IncompleteSnapshotError):
+        problem = "the cached snapshot is incomplete and the Hub cannot be reached"
+    elif isinstance(e, (errors.OfflineModeIsEnabled, errors.LocalEntryNotFoundError)):
+        problem = "not in the local Hub cache, and the Hub cannot be reached (HF_HUB_OFFLINE=1 or no network)"
+    elif isinstance(e, errors.HfHubHTTPError):
+        status = e.response.status_code if e.response is not None else "?"
+        problem = f"Hub request failed (HTTP {status}): {str(e).splitlines()[0]}"
+    else:
+        problem = f"cannot reach the Hub: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return FormatError(problem, file=repo_id)
+
+
+@contextmanager
+def quiet_hub(quiet: bool) -> Iterator[None]:
+    """Silence huggingface_hub's progress bars (``-q``, ``--format json``) for the block."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was = are_progress_bars_disabled()
+    if quiet and not was:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if quiet and not was:
+            enable_progress_bars()
+
+
+@contextmanager
+def hub_checkout(repo_id: str, *, revision: str | None = None, token: str | None = None, quiet: bool = False) -> Iterator[HubSource]:
+    """Download (or find in the cache) what converting ``repo_id`` needs; yield it as a local directory.
+
+    With ``HF_HUB_OFFLINE=1`` nothing touches the network: huggingface_hub resolves ``revision``
+    through the cache's ``refs/`` and the snapshot must already be there.
+    """
+    import httpx2
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    try:
+        with quiet_hub(quiet):
+            snapshot = Path(
+                snapshot_download(
+                    repo_id, revision=revision, token=token,
+                    allow_patterns=ALLOW_PATTERNS, ignore_patterns=IGNORE_PATTERNS,
+                )
+            )
+    except (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, httpx2.HTTPError, ConnectionError) as e:
+        raise hub_error(repo_id, e) from None
+    names = [p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()]
+    files = selected(names)
+    if not files:
+        raise FormatError(f"no files a conversion reads in the snapshot {snapshot}", file=repo_id)
+    label = f"{repo_id}@{snapshot.name}"
+    if not any(f.endswith(".safetensors") or f == "quantized_weight.pt" for f in files):
+        raise FormatError("no safetensors weights (nor INC's quantized_weight.pt) in the repo; woqconv does not read pickle .bin weights", file=label)
+    view = Path(tempfile.mkdtemp(prefix="woqconv-hub-"))
+    try:
+        for rel in files:
+            (view / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(snapshot / rel, view / rel)
+        with named_as(view, label):
+            yield HubSource(repo_id=repo_id, revision=revision, commit=snapshot.name, path=view, files=files)
+    finally:
+        shutil.rmtree(view, ignore_errors=True)
+
+
+@contextmanager
+def named_as(view: Path, label: str) -> Iterator[None]:
+    """Errors about files in the temporary view name them as ``org/name@sha/<file>`` instead."""
+    try:
+        yield
+    except WoqconvError as e:
+        if e.file and (e.file == str(view) or e.file.startswith(f"{view}/")):
+            e.file = label + e.file[len(str(view)):]
+            e.args = (e.one_line(),)
+        raise
