@@ -91,30 +91,8 @@ def convert_report(console: Console, r: ConvertReport) -> None:
             changed[c] = changed.get(c, 0) + 1
     for c, n in sorted(changed.items()):
         t.add_row("", f"{n} layers: {c}")
-    bf16 = {n: v for n, v in r.lossy_layers.items() if v.get("kind") == "bf16"}
-    if bf16:
-        changed = sum(v["scales_changed"] for v in bf16.values())
-        total = sum(v["scales_total"] for v in bf16.values())
-        worst = max(v["max_rel_change"] for v in bf16.values())
-        t.add_row("[yellow]lossy[/yellow]", f"bf16 scales: {changed} of {total} changed in {len(bf16)} layers, largest relative change {worst:.3g}")
-    dq = {n: v for n, v in r.lossy_layers.items() if v.get("kind") == "double-quant"}
-    if dq:
-        changed = sum(v["absmax_changed"] for v in dq.values())
-        total = sum(v["absmax_total"] for v in dq.values())
-        worst = max(v["max_rel_change"] for v in dq.values())
-        t.add_row("[yellow]lossy[/yellow]", f"double quantization: {changed} of {total} absmax changed in {len(dq)} layers, largest relative change {worst:.3g}")
-    if r.requantized:
-        rel = [v["rel_fro"] for v in r.requantized.values()]
-        snr = [v["snr_db"] for v in r.requantized.values()]
-        method = next(iter(r.requantized.values()))["method"]
-        line = (f"requantized {len(rel)} layers ({method}): relative Frobenius error {min(rel):.4f}..{max(rel):.4f}, "
-                f"SNR {min(snr):.2f}..{max(snr):.2f} dB")
-        mm = [v["minmax"]["rel_fro"] for v in r.requantized.values() if "minmax" in v]
-        if mm:
-            line += f" (min-max rounding: {min(mm):.4f}..{max(mm):.4f})"
+    for line in r.lossy_lines():
         t.add_row("[yellow]lossy[/yellow]", line)
-    elif any(v.get("kind") == "requantize" for v in r.lossy_layers.values()):
-        t.add_row("[yellow]lossy[/yellow]", f"{sum(v.get('kind') == 'requantize' for v in r.lossy_layers.values())} layers to requantize")
     if r.cast_tensors:
         t.add_row("[yellow]lossy[/yellow]", f"{len(r.cast_tensors)} unquantized tensors cast to bf16 in the Gaudi cache")
     t.add_row("tensors copied", f"{r.tensors_copied} unquantized tensors, byte for byte")

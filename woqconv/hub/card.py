@@ -6,6 +6,7 @@ A pure function of the facts (reports as their ``to_dict()`` JSON), so the same 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from ..convert import lossy_lines
 
 # Targets read by INC (neural-compressor), and how; the others load in transformers (+ gptqmodel).
 _INC_LOAD = {
@@ -51,16 +52,7 @@ def _conversion_section(c: dict) -> list[str]:
             changes[change] = changes.get(change, 0) + 1
     for change, n in sorted(changes.items()):
         lines.append(f"- {n} layers: {change}")
-    bf16 = {n: v for n, v in c["lossy_layers"].items() if v.get("kind", "bf16") == "bf16"}
-    if bf16:
-        changed = sum(v["scales_changed"] for v in bf16.values())
-        total = sum(v["scales_total"] for v in bf16.values())
-        worst = max(v["max_rel_change"] for v in bf16.values())
-        lines.append(f"- bf16 scales: {changed} of {total} changed in {len(bf16)} layers, largest relative change {worst:.3g}")
-    dq = {n: v for n, v in c["lossy_layers"].items() if v.get("kind") == "double-quant"}
-    if dq:
-        worst = max(v["max_rel_change"] for v in dq.values())
-        lines.append(f"- double-quantized absmax in {len(dq)} layers, largest relative change {worst:.3g}")
+    lines += [f"- {line}" for line in lossy_lines(c["lossy_layers"], requantized)]
     if requantized:
         lines += ["", "| layer | method | relative Frobenius error | max abs error | SNR (dB) | min-max rounding: rel. error |",
                   "|---|---|---|---|---|---|"]
