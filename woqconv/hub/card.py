@@ -6,6 +6,7 @@ A pure function of the facts (reports as their ``to_dict()`` JSON), so the same 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from ..convert import lossy_lines
 
 # Targets read by INC (neural-compressor), and how; the others load in transformers (+ gptqmodel).
