@@ -164,19 +164,24 @@ def fit_affine(name: str, w: torch.Tensor, recipe: AffineRecipe, bias: torch.Ten
     )
 
 
-def _nearest_code(v: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest table entry for each value (ties to the lower value, as bitsandbytes)."""
-    order = torch.argsort(code, stable=True)
-    ordered = code[order]
-    mid = (ordered[1:] + ordered[:-1]) / 2
-    return order[torch.bucketize(v, mid)]
+class _SortedCode:
+    """A code table sorted once, with its midpoints: nearest-entry lookups are one bucketize."""
+
+    def __init__(self, code: torch.Tensor):
+        self.order = torch.argsort(code, stable=True)
+        self.values = code[self.order].contiguous()
+        self.mid = ((self.values[1:] + self.values[:-1]) / 2).contiguous()
+
+    def nearest(self, v: torch.Tensor) -> torch.Tensor:
+        """Position in the sorted table of the nearest entry (ties to the lower value, as bitsandbytes)."""
+        return torch.bucketize(v, self.mid, out_int32=True)
 
 
-def _codebook_candidate(x, mask, a, code):
+def _codebook_candidate(x, mask, a, table: _SortedCode):
     safe = a.clamp_min(torch.finfo(torch.float32).tiny)
-    idx = _nearest_code((x / safe[:, None]).clamp(-1, 1), code)
-    d = code[idx] * a[:, None] - x
-    return idx, ((d * d) * mask).sum(dim=1)
+    pos = table.nearest((x / safe[:, None]).clamp_(-1, 1))
+    d = table.values[pos] * a[:, None] - x
+    return pos, ((d * d) * mask).sum(dim=1)
 
 
 def fit_codebook(name: str, w: torch.Tensor, recipe: CodebookRecipe, bias: torch.Tensor | None = None) -> CodebookLinear:
@@ -191,6 +196,7 @@ def fit_codebook(name: str, w: torch.Tensor, recipe: CodebookRecipe, bias: torch
     absmax = torch.empty(nblk, dtype=torch.float32)
     per = max(1, _CHUNK_ELEMENTS // bs)
     top = float(code.abs().max())
+    table = _SortedCode(code)
     for b0 in range(0, nblk, per):
         b1 = min(nblk, b0 + per)
         seg = flat[b0 * bs: min(n, b1 * bs)]
@@ -200,20 +206,20 @@ def fit_codebook(name: str, w: torch.Tensor, recipe: CodebookRecipe, bias: torch
         if pad:
             mask.view(-1)[seg.numel():] = 0
         base = (x * mask).abs().amax(dim=1) / top
-        idx, err = _codebook_candidate(x, mask, base, code)
+        pos, err = _codebook_candidate(x, mask, base, table)
         a = base.clone()
         if recipe.method == "search":
             for p in SHRINK_GRID[1:].tolist():
-                i1, e1 = _codebook_candidate(x, mask, base * p, code)
+                p1, e1 = _codebook_candidate(x, mask, base * p, table)
                 better = e1 < err
-                idx[better], err[better], a[better] = i1[better], e1[better], (base * p)[better]
-            c = code[idx] * mask
+                pos[better], err[better], a[better] = p1[better], e1[better], (base * p)[better]
+            c = table.values[pos] * mask
             den = (c * c).sum(dim=1)
             ls = torch.where(den > 0, (x * c).sum(dim=1) / den.clamp_min(1e-30), a).clamp_min(0)
-            i2, e2 = _codebook_candidate(x, mask, ls, code)
+            p2, e2 = _codebook_candidate(x, mask, ls, table)
             better = e2 < err
-            idx[better], a[better] = i2[better], ls[better]
-        idx_all[b0 * bs: b1 * bs] = idx.reshape(-1).to(torch.uint8)
+            pos[better], a[better] = p2[better], ls[better]
+        idx_all[b0 * bs: b1 * bs] = table.order[pos.reshape(-1).long()].to(torch.uint8)
         absmax[b0:b1] = a
     return CodebookLinear(
         name=name, in_features=inf, out_features=out, blocksize=bs, quant_type=recipe.quant_type, code=code.clone(),
