@@ -110,6 +110,9 @@ def _detect_from_config(ckpt: Checkpoint) -> SourceFormat:
         raise FormatError(f"group_size {group_size} is invalid (positive, or -1 for one group per row)", file=where)
     sym = qc.get("sym")
     if method == "awq" and "zero_point" in qc:
+        if isinstance(sym, bool) and sym == bool(qc["zero_point"]):
+            # Every AWQ writer sets zero_point = not sym (FORMATS.md 2.3): both true, or both false, is no layout.
+            raise FormatError(f"sym {sym} and zero_point {qc['zero_point']!r} contradict each other (sym means no zero point)", file=where)
         sym = not bool(qc["zero_point"])
     fmt = SourceFormat(
         name=name,
