@@ -151,7 +151,7 @@ class SafetensorsFile:
             dtype = entry.get("dtype")
             shape = entry.get("shape")
             offsets = entry.get("data_offsets")
-            if dtype not in ITEMSIZE:
+            if not isinstance(dtype, str) or dtype not in ITEMSIZE:
                 raise self._fail(f"unknown dtype {dtype!r}", name)
             if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
                 raise self._fail(f"invalid shape {shape!r}", name)
