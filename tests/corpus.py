@@ -209,6 +209,23 @@ def _fifo(src: Path, outside: Path) -> str:
     return WEIGHTS
 
 
+def _config_fifo(src: Path, outside: Path) -> str:
+    (src / "config.json").unlink()
+    os.mkfifo(src / "config.json")
+    return "config.json"
+
+
+def _symlink_loop(src: Path, outside: Path) -> str:
+    (src / "loop").symlink_to(src / "loop")
+    return "loop"
+
+
+def _huge_config(src: Path, outside: Path) -> str:
+    with open(src / "config.json", "r+b") as f:
+        f.truncate(65 * 1024 * 1024)  # sparse: costs no disk
+    return "config.json"
+
+
 def _weights_dir(src: Path, outside: Path) -> str:
     (src / WEIGHTS).unlink()
     (src / WEIGHTS).mkdir()
@@ -356,6 +373,7 @@ CASES: dict[str, Case] = {
     "__metadata__ not strings": Case(GPTQ, simple(edit_header(lambda h: h.__setitem__("__metadata__", {"format": 1})), W), "__metadata__"),
     "header entry not an object": Case(GPTQ, simple(edit_header(lambda h: h.__setitem__(Q_, [1, 2])), W), "not an object"),
     "unknown dtype": Case(GPTQ, simple(edit_header(entry(Q_, dtype="Q4_0")), W), "unknown dtype"),
+    "dtype a list": Case(GPTQ, simple(edit_header(entry(Q_, dtype=["I32"])), W), "unknown dtype"),
     "negative shape": Case(GPTQ, simple(edit_header(entry(Q_, shape=[-16, -128])), W), "invalid shape"),
     "float shape": Case(GPTQ, simple(edit_header(entry(Q_, shape=[16.0, 128])), W), "invalid shape"),
     "absurd shape": Case(GPTQ, simple(edit_header(entry(Q_, shape=[2**62, 2**62])), W), "needs"),
@@ -387,6 +405,9 @@ CASES: dict[str, Case] = {
     "directory symlinked out": Case(GPTQ, _symlinked_dir, "outside the checkpoint"),
     "weights file is a FIFO": Case(GPTQ, _fifo, "not a regular file"),
     "weights file is a directory": Case(GPTQ, _weights_dir, "not a regular file"),
+    "config is a FIFO": Case(GPTQ, _config_fifo, "not a regular file"),
+    "config of 65 MB": Case(GPTQ, _huge_config, "too large"),
+    "symlink loop": Case(GPTQ, _symlink_loop, "symlink loop"),
     # pickles
     "pickle with a class": Case(INC, _torch_save_extra(NotATensor()), "refused to unpickle"),
     "pickle running code": Case(INC, _code_running_pickle, "refused to unpickle"),

@@ -117,6 +117,25 @@ def test_bad_input_real_process(name, command, tmp_path):
     assert snapshot(src, outside) == before, "the input changed"
 
 
+def test_a_refused_file_closes_its_descriptor_once(tmp_path):
+    """A file refused while opening must not close its descriptor number again when collected: by then
+    the number may belong to another open file (it did: "Bad file descriptor" mid-conversion)."""
+    import gc
+
+    from woqconv.errors import FormatError
+    from woqconv.safetensors_io import SafetensorsFile
+
+    (tmp_path / "bad.safetensors").write_bytes(b"\xff" * 8 + b"{}")
+    try:
+        SafetensorsFile(tmp_path / "bad.safetensors")
+    except FormatError as e:
+        kept = e.__traceback__  # holds the half-made object, as an error report or a debugger would
+    with SafetensorsFile(fixture_path("ar-g32-asym-auto_gptq") / "model.safetensors") as good:
+        del kept
+        gc.collect()  # the refused file goes now, while `good` may hold its old descriptor number
+        assert good.read("model.norm.weight").numel() == 128
+
+
 def test_corpus_size():
     """The issue asks for the count; keep it from shrinking silently."""
     assert len(CASES) >= 80, len(CASES)
