@@ -429,6 +429,7 @@ CASES: dict[str, Case] = {
     "group_size 2^40": Case(GPTQ, simple(edit_config(_qc(group_size=2**40)), W), "group"),
     "awq sym and zero_point contradict": Case(AWQ, simple(edit_config(_qc(sym=True, zero_point=True)), C), "contradict"),
     "awq group_size 48": Case(AWQ, simple(edit_config(_qc(group_size=48)), W), "group_size 48"),
+    "auto-round packing_format a list": Case("ar-w3-g32-asym-auto_round", simple(edit_config(_qc(packing_format=[None])), C), "packing_format"),
     "quant_method unknown": Case(GPTQ, simple(edit_config(_qc(quant_method="hqq")), C), "quant_method"),
     "checkpoint_format unknown": Case(GPTQ, simple(edit_config(_qc(checkpoint_format="marlin")), C), "checkpoint_format"),
     "quantization_config a string": Case(GPTQ, lambda s, o: (s / "quantization_config.json").unlink() or _config_text(

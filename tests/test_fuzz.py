@@ -207,7 +207,7 @@ QC_KEYS = {
     "data_type": st.sampled_from(["int", "int_sym", "nv_fp", "mx_fp"]),
     "pack_dtype": st.sampled_from(["int32", "int16"]),
     "dynamic": st.sampled_from([None, {}, {"-:.*": {}}]),
-    "meta": st.sampled_from([None, {}, {"quantizer": ["gptqmodel:4.0"]}, {"quantizer": "auto_gptq"}]),
+    "meta": st.sampled_from([None, {}, {"quantizer": ["gptqmodel:4.0"]}, {"quantizer": "auto_gptq"}, {"quantizer": [1, None]}]),
     "provider": st.sampled_from(["auto-round", ""]),
 }
 
@@ -270,7 +270,7 @@ def test_fuzzed_inc_qconfig_inspects_or_refuses(data, workdir):
             qconfig[key] = data.draw(json_values)
         elif how == 1:
             qconfig[data.draw(st.text(max_size=20))] = qconfig.pop(key)
-        elif isinstance(qconfig.get(key), dict) and qconfig[key]:
+        elif isinstance(qconfig.get(key), dict) and qconfig[key] and isinstance(next(iter(qconfig[key].values())), dict):
             entry = next(iter(qconfig[key].values()))
             field = data.draw(st.sampled_from(sorted(INC_ENTRY_KEYS)))
             entry[field] = data.draw(INC_ENTRY_KEYS[field] | json_values) if how == 2 else data.draw(INC_ENTRY_KEYS[field])

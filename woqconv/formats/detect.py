@@ -30,7 +30,7 @@ def _producer(qc: dict, ckpt: Checkpoint) -> str:
     meta = qc.get("meta") if isinstance(qc.get("meta"), dict) else {}
     quantizer = meta.get("quantizer")
     if quantizer:
-        return ", ".join(quantizer) if isinstance(quantizer, list) else str(quantizer)
+        return ", ".join(map(str, quantizer)) if isinstance(quantizer, list) else str(quantizer)
     if qc.get("provider"):
         version = qc.get("autoround_version")
         return f"{qc['provider']} {version}" if version else str(qc["provider"])
