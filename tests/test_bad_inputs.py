@@ -139,3 +139,29 @@ def test_a_refused_file_closes_its_descriptor_once(tmp_path):
 def test_corpus_size():
     """The issue asks for the count; keep it from shrinking silently."""
     assert len(CASES) >= 80, len(CASES)
+
+
+def test_hub_cache_snapshot_links_are_followed_but_only_into_its_blobs(tmp_path):
+    """huggingface_hub stores a snapshot as links into the repo's blobs/: those are the checkpoint, a
+    link anywhere else is not."""
+    import shutil
+
+    import woqconv
+
+    repo = tmp_path / "models--org--tiny"
+    snap = repo / "snapshots" / "0123abc"
+    (repo / "blobs").mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for f in sorted(fixture_path("ar-g32-sym-auto_gptq").iterdir()):
+        blob = repo / "blobs" / f"blob-{f.name}"
+        shutil.copy(f, blob)
+        (snap / f.name).symlink_to(Path("../../blobs") / blob.name)
+    before = snapshot(repo)
+    assert woqconv.inspect(snap).format == "gptq"
+    woqconv.convert(snap, tmp_path / "out", to="awq")
+    assert not any(p.is_symlink() for p in (tmp_path / "out").iterdir())
+    assert snapshot(repo) == before
+    (tmp_path / "elsewhere.json").write_text("{}")
+    (snap / "extra.json").symlink_to(tmp_path / "elsewhere.json")
+    r = CliRunner().invoke(app, ["inspect", str(snap)])
+    assert r.exit_code == 2 and f"{snap / 'extra.json'}: is a symlink to" in r.stderr

@@ -189,18 +189,31 @@ def _weight_files(root: Path, *, hpu_cache: bool = False) -> tuple[list[str], di
     raise FormatError("no model.safetensors, model.safetensors.index.json or INC quantized_weight.pt", file=root)
 
 
+def _link_roots(root: Path) -> tuple[Path, ...]:
+    """Where the checkpoint's symlinks may lead: inside it, and for a huggingface_hub cache snapshot
+    (``<repo>/snapshots/<rev>/``, every file a link to ``../../blobs/<hash>``) into its own repo's blobs."""
+    real_root = root.resolve()
+    if real_root.parent.name == "snapshots" and (real_root.parent.parent / "blobs").is_dir():
+        return real_root, real_root.parent.parent / "blobs"
+    return (real_root,)
+
+
+def _within(target: Path, roots: tuple[Path, ...]) -> bool:
+    return any(target == r or r in target.parents for r in roots)
+
+
 def _refuse_escaping_links(root: Path) -> None:
     """Every symlink in the checkpoint must stay inside it, whatever it names (config, shard, tokenizer,
     a directory): a file reached through one would be read, and copied into the output, from anywhere
     on the disk. Checked once, up front, for the whole tree."""
-    real_root = root.resolve()
+    roots = _link_roots(root)
     for p in root.rglob("*"):
         if p.is_symlink():
             try:
                 target = p.resolve()
             except (OSError, RuntimeError):  # a loop: Python 3.11 raises RuntimeError, later ones OSError
                 raise FormatError("is a symlink loop", file=p) from None
-            if target != real_root and real_root not in target.parents:
+            if not _within(target, roots):
                 raise FormatError(f"is a symlink to {os.readlink(p)!r}, outside the checkpoint", file=p)
 
 
@@ -216,7 +229,6 @@ def _inside(root: Path, rel: str, referrer: str) -> Path:
         if rel == referrer:
             raise FormatError("not a regular file", file=path)
         raise FormatError(f"names {rel!r}, which is not a regular file", file=root / referrer)
-    real_root = root.resolve()
-    if real_root not in path.resolve().parents:
+    if not _within(path.resolve(), _link_roots(root)):
         raise FormatError(f"{rel!r} is a symlink that resolves outside the checkpoint", file=root / referrer)
     return path
