@@ -154,7 +154,7 @@ def test_sigkill_of_the_real_cli(synthetic, tmp_path):
     while not partial_dir_for(out).exists():
         assert proc.poll() is None, "the CLI ended before writing"
         time.sleep(0.0005)
-    time.sleep(0.05)
+    time.sleep(0.01)  # into the write phase, which lasts well over 0.1 s even on a fast machine
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL

@@ -316,11 +316,11 @@ def verify(
     with out:
         # Both checkpoints are read (and refused when bad) before any check runs or any loader starts.
         src = open_checkpoint(against) if against is not None else None
-        report.format = out.format.name
-        report.checks.append(Check("structure", True, f"{len(out.layers)} quantized layers read, shapes and ranges consistent"))
-        report.checks.append(_config_class_check(out))
-        report.checks.extend(_completeness_check(out))
         try:
+            report.format = out.format.name
+            report.checks.append(Check("structure", True, f"{len(out.layers)} quantized layers read, shapes and ranges consistent"))
+            report.checks.append(_config_class_check(out))
+            report.checks.extend(_completeness_check(out))
             if src is not None:
                 _weights_checks(out, src, t, report)
                 if out.format.family != "hpu" and any((out.root / c).exists() for c in HPU_CACHES):
