@@ -267,6 +267,21 @@ def _code_running_pickle(src: Path, outside: Path) -> str:
     return "quantized_weight.pt"
 
 
+def _storage_bomb(src: Path, outside: Path) -> str:
+    """A torch.save archive whose pickle declares a 4 GiB storage backed by 16 bytes: no allocation, one line."""
+    buf = io.BytesIO()
+    torch.save({"a": torch.zeros(4)}, buf)
+    with zipfile.ZipFile(buf) as z:
+        entries = {n: z.read(n) for n in z.namelist()}
+    key = next(n for n in entries if n.endswith("data.pkl"))
+    big = b"J" + struct.pack("<i", 2**30)  # BININT 2^30 instead of BININT1 4: the storage's numel, then the size
+    entries[key] = entries[key].replace(b"K\x04t", big + b"t", 1).replace(b"K\x04\x85", big + b"\x85", 1)
+    with zipfile.ZipFile(src / "quantized_weight.pt", "w", zipfile.ZIP_STORED) as out:
+        for name, data in entries.items():
+            out.writestr(name, data)
+    return "quantized_weight.pt"
+
+
 def _legacy_pickle(src: Path, outside: Path) -> str:
     (src / "quantized_weight.pt").write_bytes(pickle.dumps({"a": 1}, protocol=2))
     return "quantized_weight.pt"
@@ -413,6 +428,7 @@ CASES: dict[str, Case] = {
     "pickle running code": Case(INC, _code_running_pickle, "refused to unpickle"),
     "pickle with nested containers": Case(INC, _torch_save_extra({"a": [1, 2]}), "flat state dict"),
     "legacy (non-zip) pickle": Case(INC, _legacy_pickle, "not a torch.save zip"),
+    "pickle declaring a 4 GiB storage": Case(INC, _storage_bomb, "torch archive"),
     "truncated torch zip": Case(INC, _damaged_zip, "zip"),
     "pytorch_model.bin only": Case(GPTQ, _pickle_bin_only, "pickle"),
     # configs
