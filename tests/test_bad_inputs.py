@@ -66,8 +66,11 @@ def no_loader(monkeypatch):
 def alarm():
     """A hang (e.g. opening a FIFO) fails the test instead of stalling the suite."""
 
+    class Hung(BaseException):
+        """Not an OSError (TimeoutError is one): the CLI's error mapping must not turn a hang into exit 2."""
+
     def timeout(*_):
-        raise TimeoutError("command hung")
+        raise Hung("command hung")
 
     old = signal.signal(signal.SIGALRM, timeout)
     yield lambda s: signal.alarm(s)
