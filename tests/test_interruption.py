@@ -167,8 +167,19 @@ def test_sigkill_of_the_real_cli(synthetic, tmp_path):
     assert digest(out) == reference and [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
-def test_overwrite_swaps_atomically(tmp_path):
-    """--overwrite replaces OUT in one step: at no moment is there no OUT (renameat2 exchange)."""
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "two-renames"])
+def test_overwrite_replaces_the_output(exchange, tmp_path, monkeypatch):
+    """--overwrite replaces OUT in one step where renameat2 can swap (at no moment is there no OUT),
+    and with two renames where it cannot."""
+    from woqconv.convert import output
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "from-a").touch()
+    assert output._exchange(a, b) and (b / "from-a").exists() and not (a / "from-a").exists()  # this system can swap
+    shutil.rmtree(a), shutil.rmtree(b)
+    if not exchange:
+        monkeypatch.setattr(output, "_exchange", lambda a, b: False)
     src = fixture_path("ar-g32-sym-auto_awq")
     out = tmp_path / "out"
     out.mkdir()
