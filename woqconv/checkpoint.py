@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,17 +31,31 @@ INC_SHARD_INDEX = "model_bin_index.json"
 HPU_CACHES = ("hpu_model.safetensors", "quantized_hpu_weight.safetensors", "quantized_hpu_weight.pt")
 
 
+# Configs and indexes are kilobytes (a 400B model's index is a few MB); a larger "JSON" file is not
+# read into memory.
+MAX_JSON_BYTES = 64 * 1024 * 1024
+
+
 def read_json(path: Path) -> dict:
     try:
-        text = path.read_text(encoding="utf-8")
+        st = path.stat()
     except FileNotFoundError:
         raise FormatError("file not found", file=path) from None
+    except OSError as e:
+        raise FormatError(f"cannot read: {e.strerror}", file=path) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise FormatError("not a regular file", file=path)  # a FIFO would block the read forever
+    if st.st_size > MAX_JSON_BYTES:
+        raise FormatError(f"{st.st_size} bytes is too large for a JSON config (limit {MAX_JSON_BYTES})", file=path)
+    try:
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise FormatError(f"cannot read: {e}", file=path) from None
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise FormatError(f"invalid JSON ({e})", file=path) from None
+    # ValueError: JSONDecodeError, or an integer too long to convert; RecursionError: absurd nesting.
+    except (ValueError, RecursionError) as e:
+        raise FormatError(f"invalid JSON ({str(e)[:120]})", file=path) from None
     if not isinstance(data, dict):
         raise FormatError("expected a JSON object", file=path)
     return data
@@ -71,6 +86,7 @@ class Checkpoint:
             raise FormatError("no such file or directory", file=root)
         if not root.is_dir():
             raise FormatError("expected a checkpoint directory", file=root)
+        _refuse_escaping_links(root)
         config = read_json(root / CONFIG_NAME) if (root / CONFIG_NAME).exists() else {}
         shard_names, weight_map, index, container = _weight_files(root, hpu_cache=hpu_cache)
         shards: dict[str, SafetensorsFile | TorchFile] = {}
@@ -81,7 +97,7 @@ class Checkpoint:
                 shards[name] = TorchFile(shard_path) if name.endswith(PICKLE_WEIGHTS_SUFFIXES) else SafetensorsFile(shard_path)
                 for tensor in shards[name].tensors:
                     if tensor in locations:
-                        raise FormatError(f"tensor appears in two shards ({locations[tensor]}, {name})", file=root, tensor=tensor)
+                        raise FormatError(f"tensor appears in two shards ({locations[tensor]}, {name})", file=shard_path, tensor=tensor)
                     locations[tensor] = name
             if weight_map is not None:
                 for tensor, shard in weight_map.items():
@@ -173,17 +189,53 @@ def _weight_files(root: Path, *, hpu_cache: bool = False) -> tuple[list[str], di
     raise FormatError("no model.safetensors, model.safetensors.index.json or INC quantized_weight.pt", file=root)
 
 
+def _link_roots(root: Path) -> tuple[Path, ...]:
+    """Where the checkpoint's symlinks may lead: inside it, and for a huggingface_hub cache snapshot
+    (``<repo>/snapshots/<rev>/``, every file a link to ``../../blobs/<hash>``) into its own repo's blobs."""
+    real_root = root.resolve()
+    if real_root.parent.name == "snapshots" and (real_root.parent.parent / "blobs").is_dir():
+        return real_root, real_root.parent.parent / "blobs"
+    return (real_root,)
+
+
+def _within(target: Path, roots: tuple[Path, ...]) -> bool:
+    return any(target == r or r in target.parents for r in roots)
+
+
+def _allowed_target(target: Path, roots: tuple[Path, ...]) -> bool:
+    """Inside the checkpoint (or its snapshot's blobs), or a blob of a Hub cache: woqconv's view of a
+    Hub source is a temporary directory of links to the snapshot's files, which resolve there."""
+    return _within(target, roots) or _hub_cache_blob(target)
+
+
+def _refuse_escaping_links(root: Path) -> None:
+    """Every symlink in the checkpoint must stay inside it, whatever it names (config, shard, tokenizer,
+    a directory): a file reached through one would be read, and copied into the output, from anywhere
+    on the disk. Checked once, up front, for the whole tree."""
+    roots = _link_roots(root)
+    for p in root.rglob("*"):
+        if p.is_symlink():
+            try:
+                target = p.resolve()
+            except (OSError, RuntimeError):  # a loop: Python 3.11 raises RuntimeError, later ones OSError
+                raise FormatError("is a symlink loop", file=p) from None
+            if not _allowed_target(target, roots):
+                raise FormatError(f"is a symlink to {os.readlink(p)!r}, outside the checkpoint", file=p)
+
+
 def _inside(root: Path, rel: str, referrer: str) -> Path:
     """Resolve a file name taken from the checkpoint's own metadata, refusing escapes."""
     candidate = Path(rel)
     if candidate.is_absolute() or ".." in candidate.parts:
         raise FormatError(f"names a file outside the checkpoint: {rel!r}", file=root / referrer)
     path = root / candidate
-    if not path.exists():
+    if "\0" in rel or not path.exists():
         raise FormatError(f"names a missing shard: {rel!r}", file=root / referrer)
-    real_root = root.resolve()
-    real = path.resolve()
-    if real_root not in real.parents and not _hub_cache_blob(real):
+    if not path.is_file():  # a directory ("" names the checkpoint itself), a FIFO, a device
+        if rel == referrer:
+            raise FormatError("not a regular file", file=path)
+        raise FormatError(f"names {rel!r}, which is not a regular file", file=root / referrer)
+    if not _allowed_target(path.resolve(), _link_roots(root)):
         raise FormatError(f"{rel!r} is a symlink that resolves outside the checkpoint", file=root / referrer)
     return path
 

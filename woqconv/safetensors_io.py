@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,39 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024
 _COPY_CHUNK = 64 * 1024 * 1024
 
 
+def open_regular(path: Path) -> int:
+    """Open a file of the input for reading, refusing anything but a regular file.
+
+    O_NONBLOCK: opening a FIFO planted under a weight file's name would otherwise block forever
+    (it has no effect on regular files). Directories and devices are refused by name here instead
+    of failing later with an error that names no file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise FormatError(f"cannot open: {e.strerror}", file=path) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise FormatError(f"not a regular file ({kind})", file=path)
+    return fd
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json object hook: a header naming a tensor twice is ambiguous (json would keep the last)."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
@@ -74,15 +108,13 @@ class SafetensorsFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        try:
-            self._fd = os.open(self.path, os.O_RDONLY)
-        except OSError as e:
-            raise FormatError(f"cannot open: {e.strerror}", file=self.path) from None
+        self._fd = -1
+        self._fd = open_regular(self.path)
         try:
             self.size = os.fstat(self._fd).st_size
             self.tensors, self.metadata = self._parse_header()
         except BaseException:
-            os.close(self._fd)
+            self.close()  # and forget the number: __del__ must not close a descriptor reused since
             raise
 
     def _fail(self, problem: str, tensor: str | None = None) -> FormatError:
@@ -98,9 +130,13 @@ class SafetensorsFile:
             raise self._fail(f"header length {hlen} runs past the end of the file ({self.size} bytes): truncated?")
         raw = os.pread(self._fd, hlen, 8)
         try:
-            header = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise self._fail(f"header is not valid JSON ({e})") from None
+            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+        except _DuplicateKey as e:
+            raise self._fail(f"header names {e.args[0]!r} twice") from None
+        # ValueError covers JSONDecodeError and integers too long to convert; RecursionError, nesting
+        # deeper than the parser's stack.
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise self._fail(f"header is not valid JSON ({str(e)[:120]})") from None
         if not isinstance(header, dict):
             raise self._fail("header is not a JSON object")
         data_start = 8 + hlen
@@ -115,7 +151,7 @@ class SafetensorsFile:
             dtype = entry.get("dtype")
             shape = entry.get("shape")
             offsets = entry.get("data_offsets")
-            if dtype not in ITEMSIZE:
+            if not isinstance(dtype, str) or dtype not in ITEMSIZE:
                 raise self._fail(f"unknown dtype {dtype!r}", name)
             if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
                 raise self._fail(f"invalid shape {shape!r}", name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import stat
 import zipfile
 from pathlib import Path
 
@@ -23,9 +24,12 @@ class TorchFile:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         try:
-            self.size = self.path.stat().st_size
+            st = self.path.stat()
         except OSError as e:
             raise FormatError(f"cannot open: {e.strerror}", file=self.path) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise FormatError("not a regular file", file=self.path)  # opening a FIFO would block
+        self.size = st.st_size
         if not zipfile.is_zipfile(self.path):
             raise FormatError("not a torch.save zip archive (legacy or corrupt .pt files are refused)", file=self.path)
         try:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..source import open_checkpoint
-from .output import check_output, commit_partial, discard_partial, start_partial
+from .output import check_output, commit_partial, discard_partial, start_partial, write_error
 from .plan import ConversionPlan, plan_conversion
 from .stream import measure_requantization, total_source_bytes, write_plan
 
@@ -150,8 +150,8 @@ def convert(
                 measure_requantization(plan)
             return _report(plan, out_path, total, 0, time.perf_counter() - start, True, warnings)
         partial, cleaned = start_partial(out_path)
-        if cleaned:
-            warnings.append(f"removed a partial output left by an interrupted run ({partial.name})")
+        for name in cleaned:
+            warnings.append(f"removed a partial output left by an interrupted run ({name})")
         done = 0
 
         def tick(n: int) -> None:
@@ -163,7 +163,9 @@ def convert(
         try:
             written = write_plan(plan, partial, tick)
             commit_partial(partial, out_path)
-        except BaseException:
+        except BaseException as e:
             discard_partial(partial)
+            if isinstance(e, OSError):
+                raise write_error(e, out_path) from None
             raise
         return _report(plan, out_path, total, written, time.perf_counter() - start, False, warnings)

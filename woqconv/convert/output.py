@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 from pathlib import Path
@@ -9,10 +10,15 @@ from pathlib import Path
 from ..errors import OutputError
 
 PARTIAL_SUFFIX = ".woqconv-partial"
+REPLACED_SUFFIX = ".woqconv-replaced"
 
 
 def partial_dir_for(out: Path) -> Path:
     return out.parent / f".{out.name}{PARTIAL_SUFFIX}"
+
+
+def replaced_dir_for(out: Path) -> Path:
+    return out.parent / f".{out.name}{REPLACED_SUFFIX}"
 
 
 def check_output(src: Path, out: Path, *, overwrite: bool) -> None:
@@ -33,12 +39,17 @@ def check_output(src: Path, out: Path, *, overwrite: bool) -> None:
         raise OutputError(f"parent directory {out_r.parent} does not exist", file=out)
 
 
-def start_partial(out: Path) -> tuple[Path, bool]:
-    """Create the temporary sibling; clean one a killed run left behind. Returns (dir, cleaned)."""
+def start_partial(out: Path) -> tuple[Path, list[str]]:
+    """Create the temporary sibling; clean what a killed run left behind. Returns (dir, names cleaned)."""
     partial = partial_dir_for(out)
-    cleaned = partial.exists()
-    if cleaned:
-        shutil.rmtree(partial)
+    cleaned = []
+    for leftover in (partial, replaced_dir_for(out)):
+        if leftover.exists() or leftover.is_symlink():
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
+            cleaned.append(leftover.name)
     partial.mkdir()
     return partial, cleaned
 
@@ -51,19 +62,51 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directory entries in one step (Linux renameat2); False where the system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    return False  # EINVAL/ENOSYS (filesystem or kernel without it): fall back to two renames
+
+
 def commit_partial(partial: Path, out: Path) -> None:
-    """Move the finished directory into place; an existing (allowed) OUT is replaced only now."""
+    """Move the finished directory into place; an existing (allowed) OUT is replaced only now.
+
+    Replacing swaps the two directories atomically where the kernel can, so a kill at any moment
+    leaves OUT complete, old or new; elsewhere OUT is renamed aside first, and a kill between the two
+    renames leaves ``.OUT.woqconv-replaced``, which the next run removes and names.
+    """
     _fsync_dir(partial)
-    trash = None
     if out.exists():
-        trash = out.parent / f".{out.name}.woqconv-replaced"
+        if _exchange(partial, out):
+            _fsync_dir(out.parent)
+            shutil.rmtree(partial)  # now holds the replaced OUT
+            return
+        trash = replaced_dir_for(out)
         if trash.exists():
             shutil.rmtree(trash)
         os.rename(out, trash)
+        os.rename(partial, out)
+        _fsync_dir(out.parent)
+        shutil.rmtree(trash)
+        return
     os.rename(partial, out)
     _fsync_dir(out.parent)
-    if trash is not None:
-        shutil.rmtree(trash)
+
+
+def write_error(e: OSError, out: Path) -> OutputError:
+    """A failed write (full disk, quota, I/O error) as the one-line error naming OUT; the partial
+    directory is already gone when this is raised."""
+    name = f" ({Path(e.filename).name})" if getattr(e, "filename", None) else ""
+    return OutputError(f"writing the output failed{name}: {e.strerror or e}; nothing was written", file=out)
 
 
 def discard_partial(partial: Path) -> None:

@@ -33,6 +33,6 @@ def resolve(quantization_config: dict) -> tuple[str, str, str, str] | str:
     data_type = quantization_config.get("data_type", "int")
     if data_type not in ("int", "int_sym", "int_asym"):
         return f"AutoRound data_type {data_type!r} is not an integer affine format"
-    if packing not in PACKINGS:
+    if not isinstance(packing, str) or packing not in PACKINGS:  # a JSON list or object is no name (and unhashable)
         return f"AutoRound packing_format {packing!r} is not supported (known: {', '.join(sorted(PACKINGS))})"
     return (packing, *PACKINGS[packing])

@@ -76,6 +76,8 @@ class LayerFamily:
 def require(ckpt: Checkpoint, name: str, what: str) -> None:
     if not ckpt.has(name):
         raise FormatError(f"quantized layer has no {what} tensor", file=ckpt.root, tensor=name)
+    if ckpt.info(name).numel == 0:  # a layer of no weights has no geometry (in_features 0 divides nothing)
+        raise FormatError(f"{what} is empty (shape {list(ckpt.info(name).shape)})", file=ckpt.file_of(name), tensor=name)
 
 
 def expect_dtype(ckpt: Checkpoint, name: str, dtypes: tuple[str, ...]) -> None:

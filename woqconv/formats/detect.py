@@ -30,7 +30,7 @@ def _producer(qc: dict, ckpt: Checkpoint) -> str:
     meta = qc.get("meta") if isinstance(qc.get("meta"), dict) else {}
     quantizer = meta.get("quantizer")
     if quantizer:
-        return ", ".join(quantizer) if isinstance(quantizer, list) else str(quantizer)
+        return ", ".join(map(str, quantizer)) if isinstance(quantizer, list) else str(quantizer)
     if qc.get("provider"):
         version = qc.get("autoround_version")
         return f"{qc['provider']} {version}" if version else str(qc["provider"])
@@ -112,6 +112,9 @@ def _detect_from_config(ckpt: Checkpoint) -> SourceFormat:
         raise FormatError(f"group_size {group_size} is invalid (positive, or -1 for one group per row)", file=where)
     sym = qc.get("sym")
     if method == "awq" and "zero_point" in qc:
+        if isinstance(sym, bool) and sym == bool(qc["zero_point"]):
+            # Every AWQ writer sets zero_point = not sym (FORMATS.md 2.3): both true, or both false, is no layout.
+            raise FormatError(f"sym {sym} and zero_point {qc['zero_point']!r} contradict each other (sym means no zero point)", file=where)
         sym = not bool(qc["zero_point"])
     fmt = SourceFormat(
         name=name,

@@ -94,6 +94,12 @@ def detect_default(ckpt: Checkpoint, *, layout_check: bool = True) -> SourceForm
     for module in modules:
         if _layer_prefix(ckpt, module) is None:
             raise FormatError(f"names module {module!r}, but the weights have no {module}.qweight", file=path)
+    for module, (_, e) in modules.items():
+        bits, gs = e.get("bits", 4), e.get("group_size", 32)
+        if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 8:
+            raise FormatError(f"entry for {module!r}: bits {bits!r} is not supported (2..8)", file=path)
+        if not isinstance(gs, int) or isinstance(gs, bool) or gs == 0 or gs < -1:
+            raise FormatError(f"entry for {module!r}: group_size {gs!r} is invalid (positive, or -1 for one group per row)", file=path)
     settings = {(e.get("bits", 4), e.get("group_size", 32), bool(e.get("use_sym", True))) for _, e in modules.values()}
     bits_gs = {(b, g) for b, g, _ in settings}
     if len(bits_gs) > 1:

@@ -118,13 +118,12 @@ def _loader_for(ckpt: QuantizedCheckpoint) -> str:
     return LOADERS.get(fmt.name, "transformers")
 
 
-def _open_as_loader_reads(path: Path, report: VerifyReport) -> QuantizedCheckpoint | None:
-    """Open OUT reading zero points the way its loaders do: by the label, not by woqconv's data check."""
-    try:
-        ckpt = open_checkpoint(path)
-    except WoqconvError as e:
-        report.checks.append(Check("structure", False, e.one_line()))
-        return None
+def _open_as_loader_reads(path: Path, report: VerifyReport) -> QuantizedCheckpoint:
+    """Open OUT reading zero points the way its loaders do: by the label, not by woqconv's data check.
+
+    An OUT that cannot be read at all is bad input (exit 2, one line), not a failed check.
+    """
+    ckpt = open_checkpoint(path)
     if ckpt.convention_source == "data" and ckpt.declared_convention != ckpt.format.zero_point_convention:
         report.checks.append(
             Check("zero-point label", False, f"config declares {ckpt.declared_convention}, data is {ckpt.format.zero_point_convention}: "
@@ -361,18 +360,14 @@ def verify(
     dev = select_device(device).kind if run else None
     report = VerifyReport(str(path), str(against) if against else None, format="?")
     out = _open_as_loader_reads(path, report)
-    if out is None:
-        report.seconds = round(time.perf_counter() - start, 3)
-        return report
     with out:
-        report.format = out.format.name
-        report.checks.append(Check("structure", True, f"{len(out.layers)} quantized layers read, shapes and ranges consistent"))
-        report.checks.append(_config_class_check(out))
-        report.checks.extend(_completeness_check(out))
-        src = None
-        if against is not None:
-            src = open_checkpoint(against)
+        # Both checkpoints are read (and refused when bad) before any check runs or any loader starts.
+        src = open_checkpoint(against) if against is not None else None
         try:
+            report.format = out.format.name
+            report.checks.append(Check("structure", True, f"{len(out.layers)} quantized layers read, shapes and ranges consistent"))
+            report.checks.append(_config_class_check(out))
+            report.checks.extend(_completeness_check(out))
             if src is not None:
                 _weights_checks(out, src, t, report)
                 if out.format.family != "hpu" and any((out.root / c).exists() for c in HPU_CACHES):
