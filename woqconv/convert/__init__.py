@@ -11,7 +11,7 @@ from typing import Callable
 from ..source import open_checkpoint
 from .output import check_output, commit_partial, discard_partial, start_partial
 from .plan import ConversionPlan, plan_conversion
-from .stream import total_source_bytes, write_plan
+from .stream import compute_threads, total_source_bytes, write_plan
 
 
 @dataclass
@@ -82,6 +82,7 @@ def convert(
     allow_bf16: bool = False,
     zero_point_convention: str = "auto",
     progress: Callable[[int, int], None] | None = None,
+    workers: int = 1,
 ) -> ConvertReport:
     """Convert the checkpoint at ``src`` into format ``to`` at ``out``.
 
@@ -90,15 +91,18 @@ def convert(
     ``allow_bf16=True`` lets the ``hpu`` target cast scales and unquantized tensors to bf16 (Gaudi's
     dtype), reported per layer in ``lossy_layers``. ``out`` appears only when complete (it is built in a
     hidden sibling directory and renamed). ``progress(done, total)`` receives source bytes.
+    ``workers`` layers are re-laid out and written in parallel threads (memory: one layer each).
 
     Example::
 
         report = woqconv.convert("llama-gptq", "llama-awq", to="awq")
         assert report.lossless
     """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     start = time.perf_counter()
     src_path, out_path = Path(src), Path(out)
-    with open_checkpoint(src_path, zero_point_convention=zero_point_convention) as source:
+    with compute_threads(workers), open_checkpoint(src_path, zero_point_convention=zero_point_convention) as source:
         plan = plan_conversion(source, to, allow_bf16=allow_bf16)
         check_output(src_path, out_path, overwrite=overwrite)
         total = total_source_bytes(plan)
@@ -117,7 +121,7 @@ def convert(
                 progress(done, total)
 
         try:
-            written = write_plan(plan, partial, tick)
+            written = write_plan(plan, partial, tick, workers=workers)
             commit_partial(partial, out_path)
         except BaseException:
             discard_partial(partial)
