@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from .formats.base import ZP_V1_WORD
+from .compute import compute_threads
 from .source import QuantizedCheckpoint, open_checkpoint
 
 
@@ -120,5 +121,5 @@ def inspect(path: str | os.PathLike, *, zero_point_convention: str = "auto") -> 
         report = woqconv.inspect("llama-gptq")
         print(report.format, report.bits, report.group_size, report.zero_point_convention)
     """
-    with open_checkpoint(path, zero_point_convention=zero_point_convention) as src:
+    with compute_threads(1), open_checkpoint(path, zero_point_convention=zero_point_convention) as src:
         return report_for(src)

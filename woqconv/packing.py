@@ -51,6 +51,8 @@ def pack(values: torch.Tensor, bits: int, dim: int = 0, slot_order: tuple[int, .
     """
     if not 1 <= bits <= 8:
         raise ValueError(f"bits must be in 1..8, got {bits}")
+    if _WORD % bits == 0 and dim % values.dim() == values.dim() - 1 and values.dim() > 1:
+        return _pack_last(values, bits, slot_order)
     v, d = _move_to_front(values, dim)
     n = v.shape[0]
     rest = tuple(v.shape[1:])
@@ -85,6 +87,8 @@ def unpack(words: torch.Tensor, bits: int, dim: int = 0, slot_order: tuple[int, 
         raise ValueError(f"bits must be in 1..8, got {bits}")
     if words.dtype != torch.int32:
         raise TypeError(f"packed words must be int32, got {words.dtype}")
+    if _WORD % bits == 0 and dim % words.dim() == words.dim() - 1 and words.dim() > 1:
+        return _unpack_last(words, bits, slot_order)
     w, d = _move_to_front(words, dim)
     nwords = w.shape[0]
     rest = tuple(w.shape[1:])
@@ -109,6 +113,29 @@ def unpack(words: torch.Tensor, bits: int, dim: int = 0, slot_order: tuple[int, 
         weights = (1 << torch.arange(bits, dtype=torch.int32)).view(1, 1, bits, *([1] * len(rest)))
         out = (stream * weights).sum(dim=2).reshape(runs * _WORD, *rest).to(torch.uint8)
     return out if d == 0 else out.movedim(0, d).contiguous()
+
+
+def _pack_last(values: torch.Tensor, bits: int, slot_order: tuple[int, ...] | None) -> torch.Tensor:
+    """:func:`pack` along the last axis (zero points), without moving that axis to the front and back."""
+    per_word = _WORD // bits
+    order = slot_order or tuple(range(per_word))
+    n = values.shape[-1]
+    runs = values.reshape(*values.shape[:-1], words_for(n, bits), per_word)
+    words = runs[..., order[0]].to(torch.int32)
+    for k in range(1, per_word):
+        words |= runs[..., order[k]].to(torch.int32) << (k * bits)
+    return words
+
+
+def _unpack_last(words: torch.Tensor, bits: int, slot_order: tuple[int, ...] | None) -> torch.Tensor:
+    """:func:`unpack` along the last axis (zero points), without moving that axis to the front and back."""
+    per_word = _WORD // bits
+    order = slot_order or tuple(range(per_word))
+    mask = (1 << bits) - 1
+    out = torch.empty((*words.shape, per_word), dtype=torch.uint8)
+    for k in range(per_word):
+        out[..., order[k]] = (words >> (k * bits)) & mask
+    return out.reshape(*words.shape[:-1], words.shape[-1] * per_word)
 
 
 def awq_interleave(values: torch.Tensor) -> torch.Tensor:

@@ -8,10 +8,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..compute import compute_threads
 from ..source import open_checkpoint
 from .output import check_output, commit_partial, discard_partial, start_partial
 from .plan import ConversionPlan, plan_conversion
-from .stream import compute_threads, total_source_bytes, write_plan
+from .stream import total_source_bytes, write_plan
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -13,9 +12,10 @@ from typing import Callable, Iterator
 import torch
 
 from ..checkpoint import CONFIG_NAME, INC_WEIGHTS, INDEX_NAME, dump_json
+from ..compute import compute_threads
 from ..errors import FormatError
-from ..safetensors_io import DTYPES, SafetensorsWriter
 from ..ir import PackedCodes, QuantLinear
+from ..safetensors_io import DTYPES, SafetensorsWriter
 from .inc_container import safetensors_to_torch_save
 from .plan import ConversionPlan
 
@@ -146,20 +146,6 @@ def _map_bounded(pool: ThreadPoolExecutor | None, fn: Callable, items: list, wor
         pending.append(pool.submit(fn, item))
     while pending:
         yield pending.popleft().result()
-
-
-@contextmanager
-def compute_threads(workers: int):
-    """One torch thread per worker. A converter's tensor ops are small and memory-bound: splitting each
-    across cores gains little, and on a busy machine the op's barriers wait for a descheduled thread
-    (a 7B conversion took 3x longer at load 4 with torch's default threads). Layers run in parallel
-    in ``workers`` threads instead."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def total_source_bytes(plan: ConversionPlan) -> int:
