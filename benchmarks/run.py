@@ -111,9 +111,10 @@ def evict(path: Path) -> None:
 
 
 def warm(path: Path) -> None:
+    buf = bytearray(1 << 20)  # small: children start from a copy of this process, and its RSS counts in theirs
     for p in checkpoint_files(path):
-        with open(p, "rb") as f:
-            while f.readinto(bytearray(64 << 20)):
+        with open(p, "rb", buffering=0) as f:
+            while f.readinto(buf):
                 pass
 
 

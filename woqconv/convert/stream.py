@@ -15,7 +15,7 @@ from ..checkpoint import CONFIG_NAME, INC_WEIGHTS, INDEX_NAME, dump_json
 from ..compute import compute_threads
 from ..errors import FormatError
 from ..ir import PackedCodes, QuantLinear
-from ..safetensors_io import DTYPES, SafetensorsWriter
+from ..safetensors_io import DTYPES, SafetensorsFile, SafetensorsWriter
 from .inc_container import safetensors_to_torch_save
 from .plan import ConversionPlan
 
@@ -60,7 +60,10 @@ def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = Non
                         weight_map[t] = shard.name
                         if companion and t in plan.companion_passthrough:
                             if t in plan.companion_casts:
-                                companion.write(t, source_file.read(t).to(DTYPES[comp.float_dtype]))
+                                if isinstance(source_file, SafetensorsFile):
+                                    companion.cast_from(t, source_file)
+                                else:
+                                    companion.write(t, source_file.read(t).to(DTYPES[comp.float_dtype]))
                             else:
                                 companion.copy_from(t, source_file)
                         tick(ckpt.info(t).nbytes)
