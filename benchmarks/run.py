@@ -37,6 +37,7 @@ TARGETS = ("awq", "gptq-v2", "inc-hf", "hpu")
 @dataclass
 class Run:
     seconds: float
+    cpu_seconds: float  # user + system of the child: what the work costs, less sensitive to other load
     peak_rss_mb: float
     load_avg_1m: float
     returncode: int
@@ -59,12 +60,17 @@ class Measurement:
         return statistics.median(r.seconds for r in self.runs)
 
     @property
+    def cpu_seconds(self) -> float:
+        return statistics.median(r.cpu_seconds for r in self.runs)
+
+    @property
     def peak_rss_mb(self) -> float:
         return statistics.median(r.peak_rss_mb for r in self.runs)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d.update(ok=self.ok, median_seconds=round(self.seconds, 3) if self.runs else None,
+                 median_cpu_seconds=round(self.cpu_seconds, 3) if self.runs else None,
                  median_peak_rss_mb=round(self.peak_rss_mb, 1) if self.runs else None,
                  throughput_mb_s=round(self.source_bytes / self.seconds / 1e6, 1) if self.runs and self.seconds else None)
         return d
@@ -92,7 +98,8 @@ def timed(cmd: list[str], *, cwd: Path, timeout: float | None = None, log: Path 
         if log:
             out.close()
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return Run(round(seconds, 3), round(usage.ru_maxrss / 1024, 1), load, proc.returncode)
+    cpu = usage.ru_utime + usage.ru_stime
+    return Run(round(seconds, 3), round(cpu, 3), round(usage.ru_maxrss / 1024, 1), load, proc.returncode)
 
 
 def checkpoint_files(path: Path) -> list[Path]:
@@ -133,7 +140,7 @@ def measure(case: str, what: str, cmd_for, src: Path, scratch: Path, runs: int, 
         evict(src) if cache == "cold" else warm(src)
         run = timed(cmd_for(out), cwd=scratch, timeout=timeout, log=log)
         m.runs.append(run)
-        print(f"  {case:12s} {what:30s} {run.seconds:8.2f} s  {run.peak_rss_mb:8.0f} MB  load {run.load_avg_1m:.2f}"
+        print(f"  {case:12s} {what:30s} {run.seconds:8.2f} s  cpu {run.cpu_seconds:7.2f} s  {run.peak_rss_mb:8.0f} MB  load {run.load_avg_1m:.2f}"
               + ("" if run.returncode == 0 else f"  EXIT {run.returncode}"), flush=True)
     settle(out)
     return m
@@ -153,24 +160,29 @@ def inc_route(case: str, src: Path, scratch: Path, woqconv_hpu: Measurement | No
         m.note = f"did not finish within {timeout:.0f} s" if run.seconds >= timeout else f"exit {run.returncode}, see {log}"
     elif woqconv_hpu is not None and woqconv_hpu.ok:
         m.note = f"{run.seconds / woqconv_hpu.seconds:.1f}x woqconv --to hpu ({woqconv_hpu.seconds:.2f} s)"
-    print(f"  {case:12s} {m.what:30s} {run.seconds:8.2f} s  {run.peak_rss_mb:8.0f} MB  load {run.load_avg_1m:.2f}  {m.note}", flush=True)
+    print(f"  {case:12s} {m.what:30s} {run.seconds:8.2f} s  cpu {run.cpu_seconds:7.2f} s  {run.peak_rss_mb:8.0f} MB  load {run.load_avg_1m:.2f}  {m.note}", flush=True)
     shutil.rmtree(work)
     return m
 
 
 def table(results: list[Measurement]) -> str:
-    floors = {m.case: m.seconds for m in results if m.what == "cp" and m.ok}
-    head = f"| case | step | median s | x cp | MB/s | peak RSS MB | load (1m) | runs |\n|---|---|---:|---:|---:|---:|---:|---:|"
-    rows = [head]
+    floors = {m.case: m for m in results if m.what == "cp" and m.ok}
+    rows = [
+        "| case | step | median wall s | x cp (wall) | MB/s | median CPU s | x cp (CPU) | peak RSS MB | load (1m) | runs |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for m in results:
         if not m.runs:
             continue
-        ratio = f"{m.seconds / floors[m.case]:.2f}" if m.case in floors and m.what.startswith("convert") else ""
+        floor = floors.get(m.case) if m.what.startswith("convert") else None
+        ratio = f"{m.seconds / floor.seconds:.2f}" if floor else ""
+        cpu_ratio = f"{m.cpu_seconds / floor.cpu_seconds:.2f}" if floor and floor.cpu_seconds else ""
         mbs = f"{m.source_bytes / m.seconds / 1e6:.0f}" if m.what != "inspect" else ""
-        loads = "-".join(f"{r.load_avg_1m:.1f}" for r in (min(m.runs, key=lambda r: r.load_avg_1m), max(m.runs, key=lambda r: r.load_avg_1m)))
+        lo, hi = min(r.load_avg_1m for r in m.runs), max(r.load_avg_1m for r in m.runs)
         status = "" if m.ok else " (failed)"
-        note = f" {m.note}" if m.note else ""
-        rows.append(f"| {m.case} | {m.what}{status}{note} | {m.seconds:.2f} | {ratio} | {mbs} | {m.peak_rss_mb:.0f} | {loads} | {len(m.runs)} |")
+        note = f"; {m.note}" if m.note else ""
+        rows.append(f"| {m.case} | {m.what}{status}{note} | {m.seconds:.2f} | {ratio} | {mbs} | {m.cpu_seconds:.2f} | {cpu_ratio} | "
+                    f"{m.peak_rss_mb:.0f} | {lo:.1f}-{hi:.1f} | {len(m.runs)} |")
     return "\n".join(rows)
 
 
