@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -143,12 +143,18 @@ def _map_bounded(pool: ThreadPoolExecutor | None, fn: Callable, items: list, wor
         yield from map(fn, items)
         return
     pending: deque[Future] = deque()
-    for item in items:
-        if len(pending) >= workers:
+    try:
+        for item in items:
+            if len(pending) >= workers:
+                yield pending.popleft().result()
+            pending.append(pool.submit(fn, item))
+        while pending:
             yield pending.popleft().result()
-        pending.append(pool.submit(fn, item))
-    while pending:
-        yield pending.popleft().result()
+    finally:
+        # On failure the caller closes its files next: no worker may still be writing to them.
+        for f in pending:
+            f.cancel()
+        wait(pending)
 
 
 def total_source_bytes(plan: ConversionPlan) -> int:
