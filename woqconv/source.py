@@ -15,7 +15,7 @@ import torch
 from .checkpoint import Checkpoint
 from .errors import FormatError
 from .formats import LayerFamily
-from .formats.base import ZP_V1, ZP_V1_WORD, ZP_V2, SourceFormat, validated
+from .formats.base import ZP_V1, ZP_V1_WORD, ZP_V2, SourceFormat
 from .formats.detect import detect
 from .ir import GIdxKind, QuantLinear
 
@@ -55,18 +55,8 @@ class QuantizedCheckpoint:
                 owned[t] = layer.name
         return owned
 
-    def read_layer(self, name: str, *, packed: bool = False) -> QuantLinear:
-        """Read one layer completely (codes included) into the IR.
-
-        ``packed=True`` leaves the codes in the source's packing (``layer.packed``) when the family
-        can, for encoders that re-lay out words (``LayerFamily.encodes_packed``); else codes are unpacked.
-        """
-        if packed:
-            words = self.family.packed_codes(self.ckpt, name, self.format)
-            if words is not None:
-                layer = self.family.read(self.ckpt, name, self.format, codes=False)
-                layer.packed = words
-                return validated(self.ckpt, name, layer)
+    def read_layer(self, name: str) -> QuantLinear:
+        """Read one layer completely (codes included) into the IR."""
         return self.family.read(self.ckpt, name, self.format, codes=True)
 
     def iter_layers(self) -> Iterator[QuantLinear]:
