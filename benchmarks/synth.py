@@ -4,7 +4,7 @@ Random int32 words are valid packed codes and v1 zero points, so every byte is a
 checkpoint; scales are positive fp16, unquantized tensors fp16. Written tensor by tensor with
 woqconv's streaming writer, so memory stays at one tensor.
 
-    .venv/bin/python benchmarks/synth.py OUT --shape 1b|7b [--shards N]
+    .venv/bin/python benchmarks/synth.py OUT --shape tiny|1b|7b [--shards N]
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from woqconv.safetensors_io import DTYPE_NAMES, SafetensorsWriter, TensorSpec  # noqa: E402
 
 SHAPES = {
-    # TinyLlama-1.1B and Llama-2-7B
+    # "tiny" keeps the benchmark's smoke test fast; TinyLlama-1.1B and Llama-2-7B
+    "tiny": dict(hidden=256, intermediate=512, layers=2, heads=4, kv_heads=4, vocab=512),
     "1b": dict(hidden=2048, intermediate=5632, layers=22, heads=32, kv_heads=4, vocab=32000),
     "7b": dict(hidden=4096, intermediate=11008, layers=32, heads=32, kv_heads=32, vocab=32000),
 }
@@ -57,22 +58,17 @@ def make(name: str, dtype: str, shape: tuple, g: torch.Generator) -> torch.Tenso
     return (torch.randn(shape, generator=g) * 0.02).to(torch.float16)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("out")
-    ap.add_argument("--shape", choices=sorted(SHAPES), default="1b")
-    ap.add_argument("--shards", type=int, default=1)
-    args = ap.parse_args()
-    out = Path(args.out)
+def synthesize(out: Path, shape_name: str, shards: int = 1) -> int:
+    """Write the checkpoint into the new directory ``out``; return its bytes of tensor data."""
     out.mkdir(parents=True, exist_ok=False)
-    shape = SHAPES[args.shape]
+    shape = SHAPES[shape_name]
     specs = [TensorSpec(n, d, s) for n, d, s in tensors_of(shape)]
     # Shards split at layer boundaries, roughly equal in bytes, the way save_pretrained does.
     total = sum(s.nbytes for s in specs)
-    per = total / args.shards
+    per = total / shards
     groups, acc = [[]], 0
     for s in specs:
-        if acc >= per * len(groups) and len(groups) < args.shards and ".layers." in s.name and s.name.endswith("q_proj.qweight"):
+        if acc >= per * len(groups) and len(groups) < shards and ".layers." in s.name and s.name.endswith("q_proj.qweight"):
             groups.append([])
         groups[-1].append(s)
         acc += s.nbytes
@@ -99,7 +95,17 @@ def main() -> int:
                                 "damp_percent": 0.01, "checkpoint_format": "gptq"},
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
-    print(f"{out}: {args.shape}, {total / 2**30:.2f} GiB in {len(groups)} file(s)")
+    return total
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="1b")
+    ap.add_argument("--shards", type=int, default=1)
+    args = ap.parse_args()
+    total = synthesize(Path(args.out), args.shape, args.shards)
+    print(f"{args.out}: {args.shape}, {total / 2**30:.2f} GiB in {args.shards} file(s)")
     return 0
 
 

@@ -144,3 +144,30 @@ def test_awq_slot_order_equals_interleave_then_pack(seed, rows, blocks):
     words = packing.pack(x, 4, dim=1, slot_order=packing.AWQ_ORDER)
     assert torch.equal(words, packing.pack(packing.awq_interleave(x), 4, dim=1))
     assert torch.equal(packing.unpack(words, 4, dim=1, slot_order=packing.AWQ_ORDER), x)
+
+
+# -- word-level 4-bit re-layouts (the converter's fast path) ------------------------------------
+
+@pytest.mark.parametrize("shape", [(32, 32), (64, 96), (160, 64)])
+def test_gptq_to_awq_and_hpu_words_match_auto_round_packers(shape):
+    from auto_round.utils.bit_packing import pack_awq_bitstream, pack_bitstream
+
+    g = torch.Generator().manual_seed(shape[0])
+    codes = torch.randint(0, 16, shape, generator=g, dtype=torch.int32)  # [in, out]
+    gptq = pack_bitstream(codes, 4, dim=0).to(torch.int32)
+    awq = pack_awq_bitstream(codes, 4, dim=1).to(torch.int32)
+    sequential = pack_bitstream(codes, 4, dim=1).to(torch.int32)  # INC's HPU layout
+    assert torch.equal(packing.gptq4_to_rowwise(gptq, packing.AWQ_ORDER), awq)
+    assert torch.equal(packing.gptq4_to_rowwise(gptq), sequential)
+    assert torch.equal(packing.rowwise4_to_gptq(awq, packing.AWQ_ORDER), gptq)
+    assert torch.equal(packing.rowwise4_to_gptq(sequential), gptq)
+
+
+def test_relayout_works_in_chunks(monkeypatch):
+    # A layer larger than one cache-sized chunk, with a ragged last chunk.
+    monkeypatch.setattr(packing, "_CHUNK_WORDS", 24)
+    g = torch.Generator().manual_seed(7)
+    words = torch.randint(-(2**31), 2**31 - 1, (13, 32), generator=g, dtype=torch.int32)
+    want = packing.pack(packing.unpack(words, 4, dim=0), 4, dim=1, slot_order=packing.AWQ_ORDER)
+    assert torch.equal(packing.gptq4_to_rowwise(words, packing.AWQ_ORDER), want)
+    assert torch.equal(packing.rowwise4_to_gptq(want, packing.AWQ_ORDER), words)

@@ -10,6 +10,7 @@ from .checkpoint import Checkpoint
 from .errors import FormatError
 from .formats import LayerFamily
 from .formats.base import ZP_V1_WORD
+from .compute import compute_threads
 from .formats.detect import detect
 from .safetensors_io import DTYPES
 from .source import RAW_ZERO_FAMILIES, QuantizedCheckpoint, open_checkpoint
@@ -199,5 +200,5 @@ def inspect(path: str | os.PathLike, *, zero_point_convention: str = "auto") -> 
         report = woqconv.inspect("llama-gptq")
         print(report.format, report.bits, report.group_size, report.zero_point_convention)
     """
-    with open_checkpoint(path, zero_point_convention=zero_point_convention) as src:
+    with compute_threads(1), open_checkpoint(path, zero_point_convention=zero_point_convention) as src:
         return report_for(src)

@@ -3,6 +3,8 @@
 What the IR means by each field is defined here and only here:
 
 * ``codes``   uint8 ``[out, in]``: the unsigned stored level ``q`` of every weight, in ``[0, 2**bits)``.
+  A converter may carry them still packed instead (``packed``, :class:`PackedCodes`): the same
+  integers, re-laid out word by word for the target without widening each code to a byte.
 * ``zeros``   uint8 ``[out, G]``: the TRUE zero point ``z`` of each (output channel, group), in
   ``[0, 2**bits)``, whatever offset the file stored (GPTQ v1 stores ``z - 1``). Symmetric
   checkpoints have ``z == 2**(bits-1)`` everywhere.
@@ -21,8 +23,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from typing import Any, Callable
 
 import torch
+
+from . import packing
 
 
 class GIdxKind(str, Enum):
@@ -66,6 +71,58 @@ def _block_labels(g_idx: torch.Tensor, group_size: int) -> torch.Tensor | None:
 
 
 @dataclass
+class PackedCodes:
+    """A layer's codes exactly as its source packed them into int32 words, read on first use.
+
+    ``dim=0``: packed along in_features, words ``[in*bits/32, out]`` (GPTQ's stream).
+    ``dim=1``: packed along out_features, words ``[in, out*bits/32]``, field ``k`` of a word holding
+    out-channel ``8c + slot_order[k]`` (AWQ GEMM, INC's HPU layout; sequential when ``slot_order`` is None).
+    ``origin`` (a safetensors file and tensor name) lets a writer copy words that need no re-layout
+    straight from the source file, without reading them into memory at all.
+    """
+
+    bits: int
+    dim: int
+    slot_order: tuple[int, ...] | None
+    shape: tuple[int, ...]
+    read: Callable[[], torch.Tensor]
+    origin: tuple[Any, str] | None = None
+    _words: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def words(self) -> torch.Tensor:
+        if self._words is None:
+            self._words = self.read()
+        return self._words
+
+    def shape_problem(self, out_features: int, in_features: int) -> str | None:
+        b = self.bits
+        want = (in_features * b // 32, out_features) if self.dim == 0 else (in_features, out_features * b // 32)
+        if tuple(self.shape) != want:
+            return f"packed codes have shape {list(self.shape)}, expected {list(want)}"
+        return None
+
+    def unpack(self) -> torch.Tensor:
+        """uint8 codes ``[out, in]``."""
+        return packing.unpack(self.words, self.bits, dim=self.dim, slot_order=self.slot_order if self.dim else None).T.contiguous()
+
+    def repack(self, dim: int, slot_order: tuple[int, ...] | None = None) -> "torch.Tensor | PackedCodes":
+        """The same codes as int32 words in the layout (``dim``, ``slot_order``), bit for bit; ``self``
+        (unread) when that is the layout they are stored in."""
+        here = (self.dim, tuple(self.slot_order or ()) if self.dim else ())
+        there = (dim, tuple(slot_order or ()) if dim else ())
+        if here == there:
+            return self
+        if self.bits == 4 and self.dim == 0 and dim == 1:
+            return packing.gptq4_to_rowwise(self.words, slot_order)
+        if self.bits == 4 and self.dim == 1 and dim == 0:
+            return packing.rowwise4_to_gptq(self.words, self.slot_order)
+        if self.bits == 4 and self.dim == 1 and dim == 1:  # another nibble order: through the GPTQ layout
+            return packing.gptq4_to_rowwise(packing.rowwise4_to_gptq(self.words, self.slot_order), slot_order)
+        return packing.pack(self.unpack().T, self.bits, dim=dim, slot_order=slot_order)
+
+
+@dataclass
 class QuantLinear:
     """One affine-quantized linear layer (GPTQ / AWQ / INC / AutoRound family)."""
 
@@ -80,6 +137,7 @@ class QuantLinear:
     g_idx: torch.Tensor | None = None
     bias: torch.Tensor | None = None
     notes: list[str] = field(default_factory=list)  # reader observations worth reporting
+    packed: PackedCodes | None = None  # the codes still packed (streaming conversion), instead of ``codes``
 
     @property
     def num_groups(self) -> int:
@@ -105,14 +163,18 @@ class QuantLinear:
             return f"scales have shape {list(self.scales.shape)}, expected {[out, g]}"
         if int(self.zeros.max()) >= (1 << self.bits) if self.zeros.numel() else False:
             return f"zero point {int(self.zeros.max())} out of range for {self.bits} bits"
-        if self.scales.numel() and not bool(torch.isfinite(self.scales.float()).all()):
-            bad = int((~torch.isfinite(self.scales.float())).sum())
+        if self.scales.numel() and not bool(torch.isfinite(self.scales).all()):
+            bad = int((~torch.isfinite(self.scales)).sum())
             return f"{bad} scales are NaN or infinite"
         if self.codes is not None:
             if tuple(self.codes.shape) != (out, self.in_features):
                 return f"codes have shape {list(self.codes.shape)}, expected {[out, self.in_features]}"
             if self.codes.numel() and int(self.codes.max()) >= (1 << self.bits):
                 return f"code {int(self.codes.max())} out of range for {self.bits} bits"
+        if self.packed is not None:
+            problem = self.packed.shape_problem(out, self.in_features)
+            if problem:
+                return problem
         if self.g_idx is not None:
             if tuple(self.g_idx.shape) != (self.in_features,):
                 return f"g_idx has shape {list(self.g_idx.shape)}, expected {[self.in_features]}"
@@ -121,6 +183,19 @@ class QuantLinear:
         if self.bias is not None and tuple(self.bias.shape) != (out,):
             return f"bias has shape {list(self.bias.shape)}, expected {[out]}"
         return None
+
+    def pack_codes(self, dim: int, slot_order: tuple[int, ...] | None = None) -> "torch.Tensor | PackedCodes":
+        """The codes as int32 words packed along in_features (``dim=0``) or out_features (``dim=1``).
+
+        From ``packed`` when the layer carries its source's words: a word-level re-layout, or the
+        :class:`PackedCodes` itself when the layouts agree (a writer copies those words unread).
+        Otherwise packed from ``codes``.
+        """
+        if self.codes is None and self.packed is not None:
+            return self.packed.repack(dim, slot_order)
+        if self.codes is None:
+            raise ValueError(f"{self.name}: codes not loaded")
+        return packing.pack(self.codes.T, self.bits, dim=dim, slot_order=slot_order)
 
     def dequantize(self) -> torch.Tensor:
         """``W[o, i] = (q[o, i] - z[o, g(i)]) * s[o, g(i)]`` in fp32, shape ``[out, in]``."""

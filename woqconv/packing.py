@@ -51,6 +51,8 @@ def pack(values: torch.Tensor, bits: int, dim: int = 0, slot_order: tuple[int, .
     """
     if not 1 <= bits <= 8:
         raise ValueError(f"bits must be in 1..8, got {bits}")
+    if _WORD % bits == 0 and dim % values.dim() == values.dim() - 1 and values.dim() > 1:
+        return _pack_last(values, bits, slot_order)
     v, d = _move_to_front(values, dim)
     n = v.shape[0]
     rest = tuple(v.shape[1:])
@@ -85,6 +87,8 @@ def unpack(words: torch.Tensor, bits: int, dim: int = 0, slot_order: tuple[int, 
         raise ValueError(f"bits must be in 1..8, got {bits}")
     if words.dtype != torch.int32:
         raise TypeError(f"packed words must be int32, got {words.dtype}")
+    if _WORD % bits == 0 and dim % words.dim() == words.dim() - 1 and words.dim() > 1:
+        return _unpack_last(words, bits, slot_order)
     w, d = _move_to_front(words, dim)
     nwords = w.shape[0]
     rest = tuple(w.shape[1:])
@@ -111,6 +115,29 @@ def unpack(words: torch.Tensor, bits: int, dim: int = 0, slot_order: tuple[int, 
     return out if d == 0 else out.movedim(0, d).contiguous()
 
 
+def _pack_last(values: torch.Tensor, bits: int, slot_order: tuple[int, ...] | None) -> torch.Tensor:
+    """:func:`pack` along the last axis (zero points), without moving that axis to the front and back."""
+    per_word = _WORD // bits
+    order = slot_order or tuple(range(per_word))
+    n = values.shape[-1]
+    runs = values.reshape(*values.shape[:-1], words_for(n, bits), per_word)
+    words = runs[..., order[0]].to(torch.int32)
+    for k in range(1, per_word):
+        words |= runs[..., order[k]].to(torch.int32) << (k * bits)
+    return words
+
+
+def _unpack_last(words: torch.Tensor, bits: int, slot_order: tuple[int, ...] | None) -> torch.Tensor:
+    """:func:`unpack` along the last axis (zero points), without moving that axis to the front and back."""
+    per_word = _WORD // bits
+    order = slot_order or tuple(range(per_word))
+    mask = (1 << bits) - 1
+    out = torch.empty((*words.shape, per_word), dtype=torch.uint8)
+    for k in range(per_word):
+        out[..., order[k]] = (words >> (k * bits)) & mask
+    return out.reshape(*words.shape[:-1], words.shape[-1] * per_word)
+
+
 def awq_interleave(values: torch.Tensor) -> torch.Tensor:
     """Reorder the last axis (out-channels, blocks of 8) into AWQ's nibble order before packing."""
     n = values.shape[-1]
@@ -131,7 +158,8 @@ def awq_deinterleave(values: torch.Tensor) -> torch.Tensor:
 
 def v1_encode_zeros(zeros: torch.Tensor, bits: int) -> torch.Tensor:
     """True zero points to GPTQ v1 stored fields: ``z - 1`` per field (callers refuse z == 0 first)."""
-    return ((zeros.to(torch.int16) - 1) & ((1 << bits) - 1)).to(torch.uint8)
+    # uint8 arithmetic wraps modulo 256, and 2**bits divides 256: the mask finishes the modulo.
+    return (zeros.to(torch.uint8) - 1) & ((1 << bits) - 1)
 
 
 def v1_decode_zeros(stored: torch.Tensor, bits: int) -> torch.Tensor:
@@ -139,7 +167,7 @@ def v1_decode_zeros(stored: torch.Tensor, bits: int) -> torch.Tensor:
 
     This is how INC and exllama read v1, so a stored all-ones field (INC's encoding of z = 0) gives 0.
     """
-    return ((stored.to(torch.int16) + 1) & ((1 << bits) - 1)).to(torch.uint8)
+    return (stored.to(torch.uint8) + 1) & ((1 << bits) - 1)
 
 
 def v1_word_decode(words: torch.Tensor, bits: int) -> torch.Tensor:
@@ -173,3 +201,90 @@ def pack_nibbles_high_first(idx: torch.Tensor) -> torch.Tensor:
         flat = torch.cat((flat, flat.new_zeros(1)))
     pairs = flat.view(-1, 2)
     return ((pairs[:, 0] << 4) | pairs[:, 1]).contiguous()
+
+
+# -- 4-bit re-layouts on packed words ------------------------------------------------------------
+# GPTQ packs 8 codes of one out-channel along in_features into a word; AWQ GEMM and INC's HPU layout
+# pack 8 codes of one in-channel along out_features. An aligned 8 (in) x 8 (out) block of codes is
+# therefore 8 words either way, and converting one layout into the other is a transpose of an 8x8
+# nibble matrix. Three delta swaps (16-, 8-, then 4-bit halves) transpose it in place, on whole rows
+# of blocks at once, without ever widening a code to a byte.
+
+# Delta-swap stages: (distance between paired words, bit shift, mask of the low halves), as int32.
+_TRANSPOSE_STAGES = ((4, 16, 0x0000FFFF), (2, 8, 0x00FF00FF), (1, 4, 0x0F0F0F0F))
+# The ~20 element-wise passes of a transpose run over chunks of this many words (x8), so that they
+# stay in the CPU's L2 cache instead of streaming a whole layer through memory twenty times.
+_CHUNK_WORDS = 32 * 1024
+
+
+def _transpose_nibble_blocks(w: torch.Tensor, scratch: torch.Tensor) -> None:
+    """In place on ``w`` [8, n, m] int32: word j nibble i becomes word i nibble j, for every (n, m).
+
+    ``scratch`` is int32 [4, n, m] (contents ignored).
+    """
+    rest = tuple(w.shape[1:])
+    for step, shift, mask in _TRANSPOSE_STAGES:
+        pairs = w.view(8 // (2 * step), 2, step, *rest)
+        a, b = pairs[:, 0], pairs[:, 1]
+        t = scratch.view(8 // (2 * step), step, *rest)
+        # Swap the high halves of a with the low halves of b. Arithmetic >> drags sign bits into the
+        # top of the field, but every mask's top bits are 0, so they never reach the result.
+        torch.bitwise_right_shift(a, shift, out=t)
+        t ^= b
+        t &= mask
+        b ^= t
+        t <<= shift
+        a ^= t
+
+
+def _chunk_rows(rows: int, row_words: int) -> int:
+    return max(1, min(rows, _CHUNK_WORDS // max(1, row_words)))
+
+
+def gptq4_to_rowwise(qweight: torch.Tensor, slot_order: tuple[int, ...] | None = None) -> torch.Tensor:
+    """GPTQ 4-bit qweight ``[in/8, out]`` -> codes packed along out_features, ``[in, out/8]``.
+
+    Field ``k`` of output word ``[i, c]`` holds the code of (in ``i``, out ``8c + slot_order[k]``):
+    ``slot_order=None`` is INC's HPU layout (sequential), :data:`AWQ_ORDER` is AWQ GEMM's. Equals
+    ``pack(unpack(qweight, 4, dim=0), 4, dim=1, slot_order)``, bit for bit.
+    """
+    if qweight.dtype != torch.int32 or qweight.dim() != 2 or qweight.shape[1] % 8:
+        raise ValueError(f"expected int32 [in/8, out] with out divisible by 8, got {qweight.dtype} {list(qweight.shape)}")
+    rows, out = qweight.shape
+    cols = out // 8
+    order = slot_order or tuple(range(8))
+    blocks = qweight.view(rows, cols, 8)  # word k of block [r, c] is out-channel 8c + k
+    result = torch.empty((rows, 8, cols), dtype=torch.int32)  # [in/8, 8, out/8] is [in, out/8]
+    chunk = _chunk_rows(rows, cols)
+    w = torch.empty((8, chunk, cols), dtype=torch.int32)
+    scratch = torch.empty((4, chunk, cols), dtype=torch.int32)
+    for r0 in range(0, rows, chunk):
+        n = min(chunk, rows - r0)
+        wn = w[:, :n]
+        for k in range(8):
+            wn[k].copy_(blocks[r0 : r0 + n, :, order[k]])
+        _transpose_nibble_blocks(wn, scratch[:, :n])
+        result[r0 : r0 + n].copy_(wn.transpose(0, 1))  # wn[i] now holds in-channel 8r + i
+    return result.view(rows * 8, cols)
+
+
+def rowwise4_to_gptq(qweight: torch.Tensor, slot_order: tuple[int, ...] | None = None) -> torch.Tensor:
+    """Inverse of :func:`gptq4_to_rowwise`: ``[in, out/8]`` packed along out -> GPTQ ``[in/8, out]``."""
+    if qweight.dtype != torch.int32 or qweight.dim() != 2 or qweight.shape[0] % 8:
+        raise ValueError(f"expected int32 [in, out/8] with in divisible by 8, got {qweight.dtype} {list(qweight.shape)}")
+    in_features, cols = qweight.shape
+    rows = in_features // 8
+    order = slot_order or tuple(range(8))
+    src = qweight.view(rows, 8, cols)  # [r, i, c]: in-channel 8r + i
+    result = torch.empty((rows, cols, 8), dtype=torch.int32)
+    chunk = _chunk_rows(rows, cols)
+    w = torch.empty((8, chunk, cols), dtype=torch.int32)
+    scratch = torch.empty((4, chunk, cols), dtype=torch.int32)
+    for r0 in range(0, rows, chunk):
+        n = min(chunk, rows - r0)
+        wn = w[:, :n]
+        wn.copy_(src[r0 : r0 + n].transpose(0, 1))
+        _transpose_nibble_blocks(wn, scratch[:, :n])  # wn[k]: out-channel 8c + order[k], nibble i = in 8r + i
+        for k in range(8):
+            result[r0 : r0 + n, :, order[k]].copy_(wn[k])
+    return result.view(rows, cols * 8)

@@ -303,11 +303,7 @@ class SafetensorsWriter:
                 f"{name}: planned {spec.dtype} {list(spec.shape)}, got {DTYPE_NAMES.get(tensor.dtype)} {list(tensor.shape)}"
             )
         if spec.nbytes:
-            data = tensor.detach().contiguous().view(-1).view(torch.uint8).numpy()
-            done = 0
-            view = memoryview(data)
-            while done < spec.nbytes:
-                done += os.pwrite(self._fd, view[done:], offset + done)
+            self._pwrite(tensor, offset)
         self._pending.discard(name)
 
     def copy_from(self, name: str, source: SafetensorsFile, source_name: str | None = None) -> None:
@@ -317,6 +313,38 @@ class SafetensorsWriter:
             raise ValueError(f"{name}: planned {spec.dtype} {list(spec.shape)}, source has {info.dtype} {list(info.shape)}")
         source.copy_into(info.name, self._fd, offset)
         self._pending.discard(name)
+
+    def cast_from(self, name: str, source: SafetensorsFile, source_name: str | None = None) -> None:
+        """Write a source float tensor cast to this slot's dtype, a slice of rows at a time: a 250 MB
+        embedding never exists in memory twice (read and cast) at once."""
+        spec, offset = self._place(name)
+        info = source.tensors[source_name or name]
+        if info.shape != spec.shape or info.dtype not in DTYPES or spec.dtype not in DTYPES:
+            raise ValueError(f"{name}: planned {spec.dtype} {list(spec.shape)}, source has {info.dtype} {list(info.shape)}")
+        src_dtype, dst_dtype = DTYPES[info.dtype], DTYPES[spec.dtype]
+        # Slices of whole rows (the first axis); a 0-d or empty tensor is one slice.
+        total = spec.shape[0] if spec.shape and spec.shape[0] else 1
+        row = info.numel // total
+        rows = max(1, _COPY_CHUNK // 4 // max(1, row * ITEMSIZE[info.dtype]))
+        for r0 in range(0, total, rows):
+            n = min(rows, total - r0)
+            start, count = r0 * row * ITEMSIZE[info.dtype], n * row * ITEMSIZE[info.dtype]
+            buf = bytearray(count)
+            done = 0
+            while done < count:
+                got = os.preadv(source._fd, [memoryview(buf)[done:]], info.start + start + done)
+                if got <= 0:
+                    raise FormatError("file ended while reading tensor data (modified during the run?)", file=source.path, tensor=info.name)
+                done += got
+            cast = torch.frombuffer(buf, dtype=src_dtype).to(dst_dtype) if count else torch.empty(0, dtype=dst_dtype)
+            self._pwrite(cast, offset + r0 * row * ITEMSIZE[spec.dtype])
+        self._pending.discard(name)
+
+    def _pwrite(self, tensor: torch.Tensor, offset: int) -> None:
+        data = memoryview(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy())
+        done = 0
+        while done < len(data):
+            done += os.pwrite(self._fd, data[done:], offset + done)
 
     def close(self) -> None:
         if self._fd < 0:

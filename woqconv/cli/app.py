@@ -120,6 +120,7 @@ def convert(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     then_verify: Annotated[bool, typer.Option("--verify", help="Run woqconv verify OUT --against SRC after converting.")] = False,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Layers converted in parallel threads (memory: one layer each).")] = 1,
     fmt: FormatOpt = OutputFormat.text,
     zp_convention: ConventionOpt = "auto",
     revision: hub_commands.RevisionOpt = None,
@@ -146,6 +147,7 @@ def convert(
                 local_src, output, to=to, overwrite=overwrite, dry_run=dry_run, allow_bf16=allow_bf16,
                 requantize=requant_method if requantize else None, double_quant=double_quant,
                 zero_point_convention=_check_convention(zp_convention), progress=bar.update if bar else None,
+                workers=workers,
             )
         finally:
             if bar:

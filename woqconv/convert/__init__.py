@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..compute import compute_threads
 from ..source import open_checkpoint
 from .output import check_output, commit_partial, discard_partial, start_partial, write_error
 from .plan import ConversionPlan, plan_conversion
@@ -120,6 +121,7 @@ def convert(
     double_quant: bool = False,
     zero_point_convention: str = "auto",
     progress: Callable[[int, int], None] | None = None,
+    workers: int = 1,
 ) -> ConvertReport:
     """Convert the checkpoint at ``src`` into format ``to`` at ``out``.
 
@@ -132,15 +134,18 @@ def convert(
     ``double_quant=True`` stores bitsandbytes absmax double-quantized (nf4/fp4 targets; lossy, reported).
     ``out`` appears only when complete (it is built in a hidden sibling directory and renamed).
     ``progress(done, total)`` receives source bytes.
+    ``workers`` layers are re-laid out and written in parallel threads (memory: one layer each).
 
     Example::
 
         report = woqconv.convert("llama-gptq", "llama-awq", to="awq")
         assert report.lossless
     """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     start = time.perf_counter()
     src_path, out_path = Path(src), Path(out)
-    with open_checkpoint(src_path, zero_point_convention=zero_point_convention) as source:
+    with compute_threads(workers), open_checkpoint(src_path, zero_point_convention=zero_point_convention) as source:
         plan = plan_conversion(source, to, allow_bf16=allow_bf16, requantize=requantize, double_quant=double_quant)
         check_output(src_path, out_path, overwrite=overwrite)
         total = total_source_bytes(plan)
@@ -161,7 +166,7 @@ def convert(
                 progress(done, total)
 
         try:
-            written = write_plan(plan, partial, tick)
+            written = write_plan(plan, partial, tick, workers=workers)
             commit_partial(partial, out_path)
         except BaseException as e:
             discard_partial(partial)

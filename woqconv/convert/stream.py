@@ -1,23 +1,34 @@
-"""Execute a plan: stream tensors shard by shard, one quantized layer resident at a time."""
+"""Execute a plan: stream tensors shard by shard, one quantized layer per worker resident at a time."""
 
 from __future__ import annotations
 
 import shutil
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+
+import torch
 
 from ..checkpoint import CONFIG_NAME, INC_WEIGHTS, INDEX_NAME, dump_json
+from ..compute import compute_threads
 from ..errors import FormatError
-from ..safetensors_io import DTYPES, SafetensorsWriter
-from .inc_container import safetensors_to_torch_save
+from ..ir import PackedCodes, QuantLinear
+from ..safetensors_io import DTYPES, SafetensorsFile, SafetensorsWriter
 from ..requant import requantize
+from .inc_container import safetensors_to_torch_save
 from .plan import ConversionPlan
 
 Progress = Callable[[int], None]  # called with bytes of source data consumed since the last call
 
 
-def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = None) -> int:
-    """Write every planned file into the (empty) directory ``into``; return bytes written."""
+def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = None, workers: int = 1) -> int:
+    """Write every planned file into the (empty) directory ``into``; return bytes written.
+
+    ``workers`` threads re-lay out and write quantized layers concurrently (torch and file I/O release
+    the GIL); each holds one layer, so memory grows with ``workers``, never with the model.
+    """
     src = plan.source
     ckpt = src.ckpt
     target = plan.target
@@ -26,48 +37,55 @@ def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = Non
     comp = target.companion
     companion = SafetensorsWriter(into / comp.file, plan.companion_specs, {"format": "pt"}) if comp else None
     written_files: list[Path] = []
-    try:
-        for shard in plan.shards:
-            writer = SafetensorsWriter(into / shard.name, shard.specs, shard.metadata)
-            try:
-                for t in shard.passthrough:
-                    source_file = ckpt.shards[ckpt.locations[t]]
-                    writer.copy_from(t, source_file)
-                    weight_map[t] = shard.name
-                    if companion and t in plan.companion_passthrough:
-                        if t in plan.companion_casts:
-                            companion.write(t, source_file.read(t).to(DTYPES[comp.float_dtype]))
-                        else:
-                            companion.copy_from(t, source_file)
-                    tick(ckpt.info(t).nbytes)
-                for name in shard.layers:
-                    layer = src.read_layer(name)
-                    recipe = plan.prepared[name].requant
-                    if recipe is not None:
-                        layer, plan.requant_stats[name] = requantize(layer, recipe)
-                    prepared = target.prepare(layer)
-                    if prepared.refusal:  # the data changed between planning and writing
-                        raise FormatError(f"layer changed since planning: {prepared.refusal}", file=ckpt.root, tensor=name)
-                    for tname, tensor in target.family.encode(prepared.layer, target.zero_point_convention).items():
-                        writer.write(tname, tensor)
-                        weight_map[tname] = shard.name
-                    if companion:
-                        for tname, tensor in comp.family.encode(prepared.layer, comp.zero_point_convention).items():
-                            companion.write(tname, tensor)
-                    del layer, prepared
-                    tick(sum(ckpt.info(t).nbytes for t in src.family.owned_tensors(ckpt, name) if t in plan.owned))
-                writer.close()
-            except BaseException:
-                writer.abort()
-                raise
-            written_files.append(into / shard.name)
+
+    def convert_layer(name: str, writer: SafetensorsWriter) -> tuple[str, list[str]]:
+        layer = _layer_to_write(plan, name)
+        names = []
+        for tname, value in target.family.encode(layer, target.zero_point_convention).items():
+            _put(writer, tname, value)
+            names.append(tname)
         if companion:
-            companion.close()
-            written_files.append(into / comp.file)
-    except BaseException:
-        if companion:
-            companion.abort()
-        raise
+            for tname, value in comp.family.encode(layer, comp.zero_point_convention).items():
+                _put(companion, tname, value)
+        return name, names
+
+    with compute_threads(workers):
+        pool = ThreadPoolExecutor(workers) if workers > 1 else None
+        try:
+            for shard in plan.shards:
+                writer = SafetensorsWriter(into / shard.name, shard.specs, shard.metadata)
+                try:
+                    for t in shard.passthrough:
+                        source_file = ckpt.shards[ckpt.locations[t]]
+                        writer.copy_from(t, source_file)
+                        weight_map[t] = shard.name
+                        if companion and t in plan.companion_passthrough:
+                            if t in plan.companion_casts:
+                                if isinstance(source_file, SafetensorsFile):
+                                    companion.cast_from(t, source_file)
+                                else:
+                                    companion.write(t, source_file.read(t).to(DTYPES[comp.float_dtype]))
+                            else:
+                                companion.copy_from(t, source_file)
+                        tick(ckpt.info(t).nbytes)
+                    for name, names in _map_bounded(pool, lambda n: convert_layer(n, writer), shard.layers, workers):
+                        weight_map.update(dict.fromkeys(names, shard.name))
+                        tick(sum(ckpt.info(t).nbytes for t in src.family.owned_tensors(ckpt, name) if t in plan.owned))
+                    writer.close()
+                except BaseException:
+                    writer.abort()
+                    raise
+                written_files.append(into / shard.name)
+            if companion:
+                companion.close()
+                written_files.append(into / comp.file)
+        except BaseException:
+            if companion:
+                companion.abort()
+            raise
+        finally:
+            if pool:
+                pool.shutdown(wait=True, cancel_futures=True)
     if plan.sharded and target.container == "safetensors":
         index = {
             "metadata": {"total_size": sum(s.nbytes for sh in plan.shards for s in sh.specs)},
@@ -90,6 +108,74 @@ def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = Non
         shutil.copyfile(ckpt.root / rel, dst)
         tick(dst.stat().st_size)
     return sum(p.stat().st_size for p in into.rglob("*") if p.is_file())
+
+
+def _layer_to_write(plan: ConversionPlan, name: str):
+    """The layer as the target encodes it. Requantized layers are refitted from the source's weights
+    (their error recorded in the plan); codebook layers are re-prepared with their indices (a remap to
+    the target's table order needs them); affine layers reuse the planned layer plus their codes."""
+    src, prepared = plan.source, plan.prepared[name]
+    if prepared.requant is not None:
+        layer, plan.requant_stats[name] = requantize(src.read_layer(name), prepared.requant)
+        return _prepared_again(plan, name, layer)
+    if src.is_codebook:
+        return _prepared_again(plan, name, src.read_layer(name))
+    return _layer_with_codes(plan, name)
+
+
+def _prepared_again(plan: ConversionPlan, name: str, layer):
+    prepared = plan.target.prepare(layer)
+    if prepared.refusal:  # the data changed between planning and writing
+        raise FormatError(f"layer changed since planning: {prepared.refusal}", file=plan.source.ckpt.root, tensor=name)
+    return prepared.layer
+
+
+def _layer_with_codes(plan: ConversionPlan, name: str) -> QuantLinear:
+    """The planned layer (zero points, scales and g_idx already read, checked and prepared) plus its
+    codes: still packed when both the source and the target speak packed words, else unpacked."""
+    src, target = plan.source, plan.target
+    layer = plan.prepared[name].layer
+    comp = target.companion
+    if target.family.encodes_packed and (comp is None or comp.family.encodes_packed):
+        words = src.family.packed_codes(src.ckpt, name, src.format)
+        if words is not None:
+            problem = words.shape_problem(layer.out_features, layer.in_features)
+            if problem:  # the file changed between planning and writing
+                raise FormatError(f"layer changed since planning: {problem}", file=src.ckpt.root, tensor=name)
+            return replace(layer, packed=words)
+    codes = src.read_layer(name).codes
+    return replace(layer, codes=codes)
+
+
+def _put(writer: SafetensorsWriter, name: str, value: torch.Tensor | PackedCodes) -> None:
+    """Write an encoded tensor; codes that needed no re-layout are copied from the source file unread."""
+    if isinstance(value, PackedCodes):
+        if value.origin is not None:
+            writer.copy_from(name, value.origin[0], value.origin[1])
+        else:
+            writer.write(name, value.words)
+    else:
+        writer.write(name, value)
+
+
+def _map_bounded(pool: ThreadPoolExecutor | None, fn: Callable, items: list, workers: int) -> Iterator:
+    """``map(fn, items)`` in order, with at most ``workers`` items in flight (each holds one layer)."""
+    if pool is None:
+        yield from map(fn, items)
+        return
+    pending: deque[Future] = deque()
+    try:
+        for item in items:
+            if len(pending) >= workers:
+                yield pending.popleft().result()
+            pending.append(pool.submit(fn, item))
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        # On failure the caller closes its files next: no worker may still be writing to them.
+        for f in pending:
+            f.cancel()
+        wait(pending)
 
 
 def total_source_bytes(plan: ConversionPlan) -> int:

@@ -14,12 +14,13 @@ import torch
 
 from .. import packing
 from ..checkpoint import Checkpoint
-from ..ir import QuantLinear
+from ..ir import PackedCodes, QuantLinear
 from ..safetensors_io import TensorSpec
 from .base import (
     LayerFamily,
     SourceFormat,
     expect_dtype,
+    packed_source_words,
     layer_error,
     require,
     spec_of,
@@ -32,6 +33,7 @@ BITS = 4
 
 class AwqGemmFamily(LayerFamily, key="awq"):
     suffixes = ("qweight", "qzeros", "scales", "bias")
+    encodes_packed = True
 
     @classmethod
     def _geometry(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> tuple[int, int, int]:
@@ -87,6 +89,10 @@ class AwqGemmFamily(LayerFamily, key="awq"):
         return validated(ckpt, prefix, layer)
 
     @classmethod
+    def packed_codes(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> PackedCodes:
+        return packed_source_words(ckpt, f"{prefix}.qweight", BITS, 1, packing.AWQ_ORDER)
+
+    @classmethod
     def check_writable(cls, layer: QuantLinear) -> str | None:
         if layer.bits != BITS:
             return f"AWQ GEMM stores 4-bit codes only, this layer has {layer.bits} bits"
@@ -114,7 +120,7 @@ class AwqGemmFamily(LayerFamily, key="awq"):
             raise ValueError(f"{layer.name}: AWQ cannot store g_idx; relabel groups before encoding")
         p = layer.name
         tensors = {
-            f"{p}.qweight": packing.pack(layer.codes.T, BITS, dim=1, slot_order=packing.AWQ_ORDER),
+            f"{p}.qweight": layer.pack_codes(dim=1, slot_order=packing.AWQ_ORDER),
             f"{p}.qzeros": packing.pack(layer.zeros.T, BITS, dim=1, slot_order=packing.AWQ_ORDER),
             f"{p}.scales": layer.scales.T.contiguous(),
         }

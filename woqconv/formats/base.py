@@ -15,8 +15,8 @@ import torch
 
 from ..checkpoint import Checkpoint
 from ..errors import FormatError
-from ..ir import QuantLinear
-from ..safetensors_io import DTYPE_NAMES, TensorSpec
+from ..ir import PackedCodes, QuantLinear
+from ..safetensors_io import DTYPE_NAMES, SafetensorsFile, TensorSpec
 
 ZP_V1 = "v1"  # stored z - 1 per field (GPTQ checkpoint_format "gptq")
 ZP_V2 = "v2"  # stored z (GPTQ v2, AWQ, AutoRound raw)
@@ -50,6 +50,8 @@ class LayerFamily:
     suffixes: ClassVar[tuple[str, ...]]
     # Codebook families (bitsandbytes, INC nf4/fp4) read into CodebookLinear and have no zero points.
     codebook: ClassVar[bool] = False
+    # encode() takes a layer whose codes are still packed (QuantLinear.packed), via QuantLinear.pack_codes.
+    encodes_packed: ClassVar[bool] = False
 
     def __init_subclass__(cls, key: str | None = None, **kw):
         super().__init_subclass__(**kw)
@@ -66,11 +68,23 @@ class LayerFamily:
     def owned_tensors(cls, ckpt: Checkpoint, prefix: str) -> list[str]:
         return [f"{prefix}.{s}" for s in cls.suffixes if ckpt.has(f"{prefix}.{s}")]
 
+    @classmethod
+    def packed_codes(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> PackedCodes | None:
+        """The layer's codes as stored, without unpacking them (None: this family cannot say)."""
+        return None
+
     # Subclasses define:
     #   read(ckpt, prefix, fmt, *, codes=True) -> QuantLinear     (codes=False: planning, no qweight read)
     #   stored_zero_fields(ckpt, prefix, fmt) -> uint8 [G, out]   (the fields as the file stores them)
     #   specs(layer) -> list[TensorSpec]                          (what encode() will produce)
     #   encode(layer, zero_point_convention) -> {name: tensor}
+
+
+def packed_source_words(ckpt: Checkpoint, name: str, bits: int, dim: int, slot_order: tuple[int, ...] | None) -> PackedCodes:
+    """The codes tensor ``name`` as PackedCodes, read lazily; copyable unread from a safetensors shard."""
+    shard = ckpt.shards[ckpt.locations[name]]
+    origin = (shard, name) if isinstance(shard, SafetensorsFile) else None
+    return PackedCodes(bits, dim, slot_order, ckpt.info(name).shape, lambda: ckpt.read(name), origin)
 
 
 def require(ckpt: Checkpoint, name: str, what: str) -> None:

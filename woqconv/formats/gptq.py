@@ -14,7 +14,7 @@ import torch
 
 from .. import packing
 from ..checkpoint import Checkpoint
-from ..ir import QuantLinear, default_g_idx
+from ..ir import PackedCodes, QuantLinear, default_g_idx
 from ..safetensors_io import TensorSpec
 from .base import (
     ZP_V1,
@@ -23,6 +23,7 @@ from .base import (
     LayerFamily,
     SourceFormat,
     expect_dtype,
+    packed_source_words,
     layer_error,
     require,
     spec_of,
@@ -38,6 +39,7 @@ def effective_group_size(declared: int, in_features: int) -> int:
 
 class GptqFamily(LayerFamily, key="gptq"):
     suffixes = ("qweight", "qzeros", "scales", "g_idx", "bias")
+    encodes_packed = True
 
     @classmethod
     def _geometry(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> tuple[int, int, int]:
@@ -105,6 +107,10 @@ class GptqFamily(LayerFamily, key="gptq"):
         return validated(ckpt, prefix, layer)
 
     @classmethod
+    def packed_codes(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> PackedCodes:
+        return packed_source_words(ckpt, f"{prefix}.qweight", fmt.bits, 0, None)
+
+    @classmethod
     def check_writable(cls, layer: QuantLinear) -> str | None:
         b = layer.bits
         if b not in (2, 3, 4, 8):
@@ -134,7 +140,7 @@ class GptqFamily(LayerFamily, key="gptq"):
         stored = packing.v1_encode_zeros(layer.zeros, b) if zero_point_convention == ZP_V1 else layer.zeros
         g_idx = layer.g_idx if layer.g_idx is not None else default_g_idx(layer.in_features, layer.group_size)
         tensors = {
-            f"{p}.qweight": packing.pack(layer.codes.T, b, dim=0),
+            f"{p}.qweight": layer.pack_codes(dim=0),
             f"{p}.qzeros": packing.pack(stored.T, b, dim=1),
             f"{p}.scales": layer.scales.T.contiguous(),
             f"{p}.g_idx": g_idx.to(torch.int32).contiguous(),

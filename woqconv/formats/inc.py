@@ -22,7 +22,7 @@ import torch
 from .. import packing
 from ..checkpoint import Checkpoint, read_json
 from ..errors import FormatError
-from ..ir import QuantLinear
+from ..ir import PackedCodes, QuantLinear
 from ..safetensors_io import TensorSpec
 from . import inc_codebook
 from .base import (
@@ -31,6 +31,7 @@ from .base import (
     LayerFamily,
     SourceFormat,
     expect_dtype,
+    packed_source_words,
     layer_error,
     require,
     spec_of,
@@ -165,6 +166,7 @@ class HpuFamily(LayerFamily, key="hpu"):
     """INC's HPUWeightOnlyLinear layout, the one Gaudi's ``convert_from_uint4`` reads."""
 
     suffixes = ("qweight", "qzeros", "scales", "g_idx", "bias", "scale_bf16_to_fp8")
+    encodes_packed = True
 
     @classmethod
     def _geometry(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> tuple[int, int, int]:
@@ -211,6 +213,10 @@ class HpuFamily(LayerFamily, key="hpu"):
         return validated(ckpt, prefix, layer)
 
     @classmethod
+    def packed_codes(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> PackedCodes:
+        return packed_source_words(ckpt, f"{prefix}.qweight", 4, 1, None)
+
+    @classmethod
     def check_writable(cls, layer: QuantLinear) -> str | None:
         if layer.bits != 4:
             return f"Gaudi's convert_from_uint4 takes 4-bit codes only, this layer has {layer.bits} bits"
@@ -239,7 +245,7 @@ class HpuFamily(LayerFamily, key="hpu"):
             raise ValueError("the HPU layout stores raw zero points")
         p = layer.name
         tensors = {
-            f"{p}.qweight": packing.pack(layer.codes.T, 4, dim=1),
+            f"{p}.qweight": layer.pack_codes(dim=1),
             f"{p}.qzeros": packing.pack(layer.zeros.T, 4, dim=1),
             # HPUWeightOnlyLinear.pack casts to bf16: the one lossy step of the Gaudi route.
             f"{p}.scales": layer.scales.T.to(torch.bfloat16).contiguous(),

@@ -1,0 +1,26 @@
+"""The benchmark runs end to end on a tiny shape, so that it cannot rot. Nothing here asserts a speed."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_benchmark_runs_on_a_tiny_shape(tmp_path):
+    result_file = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--scratch", str(tmp_path / "scratch"), "--cases", "tiny",
+         "--runs", "1", "--workers", "2", "--inc-route", "tiny", "--json", str(result_file)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(result_file.read_text())["results"]
+    steps = {r["what"]: r for r in results}
+    assert set(steps) == {"cp", "convert awq", "convert gptq-v2", "convert inc-hf", "convert hpu", "inspect", "inc route (load, device=hpu)"}
+    for step in steps.values():
+        assert step["ok"] and step["median_seconds"] > 0 and step["median_peak_rss_mb"] > 0, step
+    assert "| tiny | convert awq |" in proc.stdout
+    # Synthesized data is removed unless --keep; the repository never receives any.
+    assert not (tmp_path / "scratch" / "src-tiny").exists()
