@@ -3,7 +3,7 @@ its write phase leaves no OUT, at most its hidden partial directory, and the nex
 that leftover and writes byte-identical output. A full disk gives one line and no OUT.
 
 The kills must land while files are being written, so the source is a real-shaped synthetic GPTQ
-checkpoint (benchmarks/synth.py's tensors at a small shape, ~2 MB) and each kill waits for the
+checkpoint (benchmarks/synth.py's tensors at a small shape, ~40 MB) and each kill waits for the
 partial directory to appear, then sleeps a random fraction of the measured write time. Runs start from
 a forkserver that has already imported woqconv, so 20 kills cost seconds, not 20 interpreter starts;
 a few kills go to a real ``python -m woqconv`` process too.
@@ -36,7 +36,9 @@ from woqconv.safetensors_io import SafetensorsWriter, TensorSpec
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import synth  # noqa: E402
 
-SHAPE = dict(hidden=256, intermediate=768, layers=2, heads=4, kv_heads=4, vocab=1024)
+# Big enough that the write phase outlasts a process start even with the packed-word re-layout
+# (about 40 MB; at 2 MB the whole write took under 10 ms).
+SHAPE = dict(hidden=1024, intermediate=2816, layers=4, heads=8, kv_heads=8, vocab=4096)
 TARGET = "awq"  # random v1 zero points include z = 0, which only a raw-zero target can hold
 KILLS = 20
 
@@ -105,8 +107,10 @@ def test_sigkill_during_the_write_phase_leaves_no_output(synthetic, forkserver, 
     out = tmp_path / "out"
     # The write phase, timed the way the kills will see it: from the partial directory to the exit.
     proc, t0 = start_and_wait_for_partial(forkserver, src, out)
-    proc.join()
+    while not out.exists() and proc.is_alive():  # the commit (rename into place) ends the write phase
+        time.sleep(0.0005)
     write_time = time.monotonic() - t0
+    proc.join()
     assert proc.exitcode == 0 and digest(out) == reference
     shutil.rmtree(out)
 
