@@ -69,6 +69,20 @@ def _public(convention: str) -> str:
     return "v1" if convention == ZP_V1_WORD else convention
 
 
+def _totals(ckpt: Checkpoint, layers: list[LayerInfo], owned, q_bytes: int, total_bytes: int) -> dict:
+    """The InspectReport fields a local and a header-only inspect compute the same way."""
+    q_params = sum(layer.in_features * layer.out_features for layer in layers)
+    return {
+        "quantized_modules": len(layers),
+        "unquantized_tensors": sum(1 for t in ckpt.locations if t not in owned),
+        "quantized_parameters": q_params,
+        "total_bytes": total_bytes,
+        "bits_per_weight": round(q_bytes * 8 / q_params, 3) if q_params else 0.0,
+        "scales_dtypes": sorted({layer.scales_dtype for layer in layers}),
+        "shards": len(ckpt.shards),
+    }
+
+
 def report_for(src: QuantizedCheckpoint) -> InspectReport:
     ckpt = src.ckpt
     owned = src.owned_tensors()
@@ -86,7 +100,6 @@ def report_for(src: QuantizedCheckpoint) -> InspectReport:
         )
         for layer in src.layers
     ]
-    q_params = sum(layer.in_features * layer.out_features for layer in src.layers)
     q_bytes = sum(ckpt.info(t).nbytes for t, owner in owned.items() if not t.endswith(".bias"))
     kind_counts = Counter(layer.g_idx for layer in layers)
     warnings = list(src.warnings)
@@ -118,13 +131,7 @@ def report_for(src: QuantizedCheckpoint) -> InspectReport:
         zero_point_convention_source=src.convention_source,
         g_idx=g_kind,
         desc_act_declared=fmt.desc_act,
-        quantized_modules=len(layers),
-        unquantized_tensors=sum(1 for t in ckpt.locations if t not in owned),
-        quantized_parameters=q_params,
-        total_bytes=total_bytes,
-        bits_per_weight=round(q_bytes * 8 / q_params, 3) if q_params else 0.0,
-        scales_dtypes=sorted({layer.scales_dtype for layer in layers}),
-        shards=len(ckpt.shards),
+        **_totals(ckpt, layers, owned, q_bytes, total_bytes),
         layers=layers,
         warnings=warnings,
         codebook=codebook,
@@ -156,7 +163,6 @@ def header_report(ckpt: Checkpoint, *, label: str, total_bytes: int) -> InspectR
         )
         q_bytes += sum(ckpt.info(t).nbytes for t in family.owned_tensors(ckpt, p) if not t.endswith(".bias"))
     owned = {t for layer in layers for t in family.owned_tensors(ckpt, layer.name)}
-    q_params = sum(layer.in_features * layer.out_features for layer in layers)
     declared = _public(fmt.zero_point_convention)
     g_kind = "unknown" if any(layer.g_idx == "unknown" for layer in layers) else "none"
     # The layout itself fixes AWQ's raw zero points, and a layer without g_idx has none to classify.
@@ -176,13 +182,7 @@ def header_report(ckpt: Checkpoint, *, label: str, total_bytes: int) -> InspectR
         zero_point_convention_source="format" if fmt.family in RAW_ZERO_FAMILIES else "config",
         g_idx=g_kind,
         desc_act_declared=fmt.desc_act,
-        quantized_modules=len(layers),
-        unquantized_tensors=sum(1 for t in ckpt.locations if t not in owned),
-        quantized_parameters=q_params,
-        total_bytes=total_bytes,
-        bits_per_weight=round(q_bytes * 8 / q_params, 3) if q_params else 0.0,
-        scales_dtypes=sorted({layer.scales_dtype for layer in layers}),
-        shards=len(ckpt.shards),
+        **_totals(ckpt, layers, owned, q_bytes, total_bytes),
         layers=layers,
         warnings=[],
         needs_tensor_data=needs,
