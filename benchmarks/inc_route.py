@@ -20,27 +20,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def main() -> int:
     ckpt = Path(sys.argv[1])
-    from woqconv.runtime.inc_hpu import _quiet_libraries
+    from woqconv.runtime.inc_hpu import _quiet_libraries, counting_inc_repacks
 
     _quiet_libraries()
     import torch
-    from neural_compressor.torch.algorithms.weight_only import modules
     from neural_compressor.torch.quantization import load
 
     from woqconv.runtime.hpu_emulation import emulated_hpu
 
-    repacked = 0
-    original_unpack = modules.INCWeightOnlyLinear.unpack
-
-    def counting_unpack(self, *a, **k):
-        nonlocal repacked
-        repacked += 1
-        return original_unpack(self, *a, **k)
-
-    modules.INCWeightOnlyLinear.unpack = counting_unpack
     start = time.perf_counter()
-    with emulated_hpu() as label:
+    with counting_inc_repacks() as repacks, emulated_hpu() as label:
         load(str(ckpt), format="huggingface", device="hpu", torch_dtype=torch.bfloat16)
+    repacked = repacks[0]
     seconds = time.perf_counter() - start
     cache = ckpt / "hpu_model.safetensors"
     print(json.dumps({"device": label, "load_seconds": round(seconds, 3), "layers_repacked": repacked,

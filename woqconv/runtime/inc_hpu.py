@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,9 +33,28 @@ class HpuLoadReport:
     top1_agreement: float
 
 
+@contextmanager
+def counting_inc_repacks():
+    """Count the layers INC unpacks (to repack them for Gaudi) while the block runs: yields a one-item
+    list holding the count. INC unpacks a layer only when no usable HPU cache gave it the packed form."""
+    from neural_compressor.torch.algorithms.weight_only import modules
+
+    count = [0]
+    original_unpack = modules.INCWeightOnlyLinear.unpack
+
+    def counting_unpack(self, *a, **k):
+        count[0] += 1
+        return original_unpack(self, *a, **k)
+
+    modules.INCWeightOnlyLinear.unpack = counting_unpack
+    try:
+        yield count
+    finally:
+        modules.INCWeightOnlyLinear.unpack = original_unpack
+
+
 def load_through_inc_hpu(path: str | Path) -> HpuLoadReport:
     import torch
-    from neural_compressor.torch.algorithms.weight_only import modules
     from neural_compressor.torch.quantization import load
 
     from .hpu_emulation import emulated_hpu
@@ -43,23 +63,12 @@ def load_through_inc_hpu(path: str | Path) -> HpuLoadReport:
     cache = next((c for c in HPU_CACHES if (path / c).exists()), None)
     if cache is None:
         raise WoqconvError("no hpu_model.safetensors here: convert with --to hpu first", file=path)
-    repacked = 0
-    original_unpack = modules.INCWeightOnlyLinear.unpack
-
-    def counting_unpack(self, *a, **k):
-        nonlocal repacked
-        repacked += 1
-        return original_unpack(self, *a, **k)
-
-    modules.INCWeightOnlyLinear.unpack = counting_unpack
-    try:
-        with emulated_hpu() as label:
-            model = load(str(path), format="huggingface", device="hpu", torch_dtype=torch.bfloat16)
-            with torch.no_grad():
-                hpu_logits = model(torch.tensor(PROMPT)).logits.float().cpu()
-        hpu_modules = sum(type(m).__name__ == "HPUWeightOnlyLinear" for m in model.modules())
-    finally:
-        modules.INCWeightOnlyLinear.unpack = original_unpack
+    with counting_inc_repacks() as repacks, emulated_hpu() as label:
+        model = load(str(path), format="huggingface", device="hpu", torch_dtype=torch.bfloat16)
+        with torch.no_grad():
+            hpu_logits = model(torch.tensor(PROMPT)).logits.float().cpu()
+    repacked = repacks[0]
+    hpu_modules = sum(type(m).__name__ == "HPUWeightOnlyLinear" for m in model.modules())
     cpu = load(str(path), format="huggingface", device="cpu", torch_dtype=torch.float32)
     with torch.no_grad():
         cpu_logits = cpu(torch.tensor(PROMPT)).logits.float()
