@@ -53,7 +53,7 @@ def test_zero_point_zero_in_inc_v1_is_read_modularly_and_flagged():
     r = woqconv.inspect(fixture_path("inc-hf-rtn-zp0-g32-asym"))
     assert any("stored as 0xf" in w for w in r.warnings)
     with woqconv.open_checkpoint(fixture_path("inc-hf-rtn-zp0-g32-asym")) as ckpt:
-        q = next(layer for layer in ckpt.layers if layer.name == "model.layers.0.self_attn.q_proj")
+        q = ckpt.read_layer("model.layers.0.self_attn.q_proj", codes=False)
         assert q.zeros[:8, 0].tolist() == [0] * 8  # forced z = 0
         assert q.zeros[8:16, 0].tolist() == [15] * 8  # forced z = 15
 

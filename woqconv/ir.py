@@ -43,6 +43,19 @@ def default_g_idx(in_features: int, group_size: int) -> torch.Tensor:
     return torch.arange(in_features, dtype=torch.int32) // group_size
 
 
+def _meta(t: torch.Tensor | None) -> torch.Tensor | None:
+    """Shape and dtype without the data (a tensor on torch's ``meta`` device)."""
+    return None if t is None else torch.empty(t.shape, dtype=t.dtype, device="meta")
+
+
+@dataclass(frozen=True)
+class LayerFacts:
+    """What a layer's released tensors said, kept by a :meth:`QuantLinear.shell`."""
+
+    is_symmetric: bool
+    g_idx_kind: "GIdxKind"
+
+
 def classify_g_idx(g_idx: torch.Tensor | None, group_size: int) -> GIdxKind:
     if g_idx is None:
         return GIdxKind.NONE
@@ -138,6 +151,7 @@ class QuantLinear:
     bias: torch.Tensor | None = None
     notes: list[str] = field(default_factory=list)  # reader observations worth reporting
     packed: PackedCodes | None = None  # the codes still packed (streaming conversion), instead of ``codes``
+    facts: LayerFacts | None = None  # set on a shell, whose tensors hold no data
 
     @property
     def num_groups(self) -> int:
@@ -145,11 +159,29 @@ class QuantLinear:
 
     @property
     def g_idx_kind(self) -> GIdxKind:
-        return classify_g_idx(self.g_idx, self.group_size)
+        return self.facts.g_idx_kind if self.facts else classify_g_idx(self.g_idx, self.group_size)
 
     @property
     def is_symmetric(self) -> bool:
-        return bool((self.zeros == (1 << (self.bits - 1))).all())
+        return self.facts.is_symmetric if self.facts else bool((self.zeros == (1 << (self.bits - 1))).all())
+
+    @property
+    def is_shell(self) -> bool:
+        return self.facts is not None
+
+    def shell(self) -> "QuantLinear":
+        """This layer with every tensor released: shapes, dtypes and the facts the tensors said stay.
+
+        A whole model's zero points and scales are about 1/43 of its bytes (uint8 zeros and fp16 scales
+        per group of 128): 1.6 GB for a 70B model. Planning keeps shells, and the writer reads each
+        layer's small tensors again when it gets to it, so memory does not grow with the model.
+        """
+        if self.facts:
+            return self
+        # The bias stays: it is one value per output (a 70B model's are 10 MB), and a target may ask
+        # whether it holds anything but zeros.
+        return replace(self, zeros=_meta(self.zeros), scales=_meta(self.scales), g_idx=_meta(self.g_idx),
+                       codes=None, packed=None, facts=LayerFacts(self.is_symmetric, self.g_idx_kind))
 
     def group_of_channel(self) -> torch.Tensor:
         return self.g_idx if self.g_idx is not None else default_g_idx(self.in_features, self.group_size)
@@ -259,6 +291,14 @@ class CodebookLinear:
     @property
     def numel(self) -> int:
         return self.out_features * self.in_features
+
+    @property
+    def is_shell(self) -> bool:
+        return self.absmax.device.type == "meta"
+
+    def shell(self) -> "CodebookLinear":
+        """This layer with its absmax released (1/16 of an NF4 model's bytes); bias and table stay."""
+        return replace(self, absmax=_meta(self.absmax), idx=None)
 
     @property
     def num_blocks(self) -> int:

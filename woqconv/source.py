@@ -1,7 +1,9 @@
 """Open a quantized checkpoint: detect its format, check the labels against the data, list its layers.
 
-Planning reads only the small tensors (qzeros, scales, g_idx, bias); codes are read layer by layer
-when :meth:`QuantizedCheckpoint.read_layer` is called, so memory stays bounded by one layer.
+Opening reads only the small tensors (qzeros, scales, g_idx, bias), layer by layer, and keeps of each
+layer only a shell: shapes, dtypes and what the data said (symmetric, g_idx kind). Whoever needs the
+values reads the layer again with :meth:`QuantizedCheckpoint.read_layer`, so memory stays bounded by a
+layer, not the model.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def _public(convention: str) -> str:
 class QuantizedCheckpoint:
     ckpt: Checkpoint
     format: SourceFormat  # zero_point_convention here is the one actually used to read
-    layers: list[QuantLinear | CodebookLinear]  # IR without codes, in name order
+    layers: list[QuantLinear | CodebookLinear]  # shells (no tensor data), in name order
     declared_convention: str
     convention_source: str  # "data" (zero points decide), "config" (they cannot), "format" (layout defines it), "user"
     warnings: list[str] = field(default_factory=list)
@@ -55,9 +57,9 @@ class QuantizedCheckpoint:
                 owned[t] = layer.name
         return owned
 
-    def read_layer(self, name: str) -> QuantLinear:
-        """Read one layer completely (codes included) into the IR."""
-        return self.family.read(self.ckpt, name, self.format, codes=True)
+    def read_layer(self, name: str, *, codes: bool = True) -> QuantLinear:
+        """Read one layer into the IR: completely, or without its codes (its small tensors only)."""
+        return self.family.read(self.ckpt, name, self.format, codes=codes)
 
     def iter_layers(self) -> Iterator[QuantLinear]:
         for layer in self.layers:
@@ -112,20 +114,24 @@ def _scan(ckpt: Checkpoint, requested: str) -> QuantizedCheckpoint:
     warnings: list[str] = []
     if family.codebook:
         # No zero points, so no convention to settle: the layers' own quant state says everything.
-        layers = [family.read(ckpt, p, fmt, codes=False) for p in prefixes]
+        layers = [family.read(ckpt, p, fmt, codes=False).shell() for p in prefixes]
         return QuantizedCheckpoint(ckpt, fmt, layers, fmt.zero_point_convention, "format", warnings)
     declared = fmt.zero_point_convention
 
     # What the stored zero points say. Only symmetric data decides it: every field equal to
     # 2^(b-1) is v2 (or AWQ raw), every field equal to 2^(b-1)-1 is v1.
+    # Counted layer by layer, nothing kept: all_ones and zero are what the v1 warnings below count.
     half = 1 << (fmt.bits - 1)
+    all_ones = (1 << fmt.bits) - 1
     stored_values: set[int] = set()
-    stored_fields = {}
+    stored_all_ones = stored_zeros = 0
     for p in prefixes:
         fields = family.stored_zero_fields(ckpt, p, fmt)
-        stored_fields[p] = fields
         if len(stored_values) <= 2:
             stored_values |= set(torch.unique(fields).tolist())
+        stored_all_ones += int((fields == all_ones).sum())
+        stored_zeros += int((fields == 0).sum())
+        del fields
     data_says = None
     if fmt.family == "gptq" and len(stored_values) == 1:
         only = next(iter(stored_values))
@@ -152,21 +158,18 @@ def _scan(ckpt: Checkpoint, requested: str) -> QuantizedCheckpoint:
     renamed = {"gptq": "gptq-v2", "gptq-v2": "gptq-v2"} if used == ZP_V2 else {"gptq": "gptq", "gptq-v2": "gptq"}
     fmt = replace(fmt, zero_point_convention=used, name=renamed.get(fmt.name, fmt.name))
 
-    layers = []
-    for p in prefixes:
-        layers.append(family.read(ckpt, p, fmt, codes=False))
+    layers = [family.read(ckpt, p, fmt, codes=False).shell() for p in prefixes]
 
     # v1 files cannot say z = 0 unambiguously (FORMATS.md 1.4): count what is suspicious.
     if fmt.family == "gptq" and _public(used) == ZP_V1:
-        all_ones = (1 << fmt.bits) - 1
-        ambiguous = sum(int((f == all_ones).sum()) for f in stored_fields.values())
+        ambiguous = stored_all_ones
         if ambiguous and used == ZP_V1:
             warnings.append(
                 f"{ambiguous} v1 zero points are stored as {all_ones:#x}: read as z = 0 (modular, as INC and exllama do); "
                 "a GPTQModel word-arithmetic file would mean something else"
             )
         if "auto-round" in fmt.producer.lower() or fmt.packing_format == "auto_round:auto_gptq":
-            clamped = sum(int((f == 0).sum()) for f in stored_fields.values())
+            clamped = stored_zeros
             if clamped and not all(layer.is_symmetric for layer in layers):
                 warnings.append(
                     f"{clamped} zero points are stored as 0 by AutoRound's v1 export, which clamps z = 0 to a stored 0: "

@@ -201,7 +201,18 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
             f"{to} cannot hold: folding it into the previous layer is a model rewrite woqconv does not do; convert to inc",
             file=src.root,
         )
-    prepared = {layer.name: _prepare(target, layer, requantize) for layer in src.layers}
+    # Each layer's small tensors are read again, prepared, and released: the plan keeps shells (shapes,
+    # dtypes, what changed and what it costs), and the writer reads the values once more.
+    prepared: dict[str, Prepared] = {}
+    cast_losses: dict[str, dict] = {}
+    for shell in src.layers:
+        p = _prepare(target, src.read_layer(shell.name, codes=False), requantize)
+        if target.loader_scale_dtype is not None and not p.refusal:
+            loss = scale_cast_loss(p.layer.scales, target.loader_scale_dtype)
+            if loss:
+                cast_losses[shell.name] = loss
+        p.layer = p.layer.shell()
+        prepared[shell.name] = p
     refused = {n: p for n, p in prepared.items() if p.refusal}
     if refused:
         raise RefusedConversion(_refusal_message(target, refused), file=src.root)
@@ -236,7 +247,7 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
     if (bf16 or casts) and not allow_bf16:
         raise RefusedConversion(_lossy_message(target, bf16, casts), file=src.root)
 
-    warnings = _loader_cast_warnings(target, prepared)
+    warnings = _loader_cast_warnings(target, cast_losses)
     kinds = {p.layer.g_idx_kind for p in prepared.values()}
     requant_groups = {p.requant.group_size for p in prepared.values() if isinstance(p.requant, AffineRecipe)}
     summary = ModelQuantSummary(
@@ -267,11 +278,8 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
     )
 
 
-def _loader_cast_warnings(target: Target, prepared: dict[str, Prepared]) -> list[str]:
-    if target.loader_scale_dtype is None:
-        return []
-    losses = {n: scale_cast_loss(p.layer.scales, target.loader_scale_dtype) for n, p in prepared.items()}
-    losses = {n: v for n, v in losses.items() if v}
+def _loader_cast_warnings(target: Target, losses: dict[str, dict]) -> list[str]:
+    """What the target's loader does to the scales the file keeps exactly (per layer, from planning)."""
     if not losses:
         return []
     changed = sum(v["scales_changed"] for v in losses.values())

@@ -120,21 +120,24 @@ def _layer_to_write(plan: ConversionPlan, name: str):
         return _prepared_again(plan, name, layer)
     if src.is_codebook:
         return _prepared_again(plan, name, src.read_layer(name))
-    return _layer_with_codes(plan, name)
+    return _layer_with_codes(plan, name, _prepared_again(plan, name, src.read_layer(name, codes=False)))
 
 
 def _prepared_again(plan: ConversionPlan, name: str, layer):
-    prepared = plan.target.prepare(layer)
-    if prepared.refusal:  # the data changed between planning and writing
+    """``layer`` (read again while writing) prepared for the target as it was while planning."""
+    prepared, planned = plan.target.prepare(layer), plan.prepared[name]
+    # The file changed between planning and writing: refuse rather than write what was not planned.
+    if prepared.refusal:
         raise FormatError(f"layer changed since planning: {prepared.refusal}", file=plan.source.ckpt.root, tensor=name)
+    if planned.requant is None and (prepared.lossy is None) != (planned.lossy is None):
+        raise FormatError("layer changed since planning: its loss is no longer what was planned", file=plan.source.ckpt.root, tensor=name)
     return prepared.layer
 
 
-def _layer_with_codes(plan: ConversionPlan, name: str) -> QuantLinear:
-    """The planned layer (zero points, scales and g_idx already read, checked and prepared) plus its
-    codes: still packed when both the source and the target speak packed words, else unpacked."""
+def _layer_with_codes(plan: ConversionPlan, name: str, layer: QuantLinear) -> QuantLinear:
+    """The prepared layer (zero points, scales and g_idx read and checked again) plus its codes: still
+    packed when both the source and the target speak packed words, else unpacked."""
     src, target = plan.source, plan.target
-    layer = plan.prepared[name].layer
     comp = target.companion
     if target.family.encodes_packed and (comp is None or comp.family.encodes_packed):
         words = src.family.packed_codes(src.ckpt, name, src.format)
