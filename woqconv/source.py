@@ -15,6 +15,7 @@ from typing import Iterator
 import torch
 
 from .checkpoint import Checkpoint
+from .compute import release_freed_memory
 from .errors import FormatError
 from .formats import LayerFamily
 from .formats.base import ZP_V1, ZP_V1_WORD, ZP_V2, SourceFormat
@@ -114,8 +115,7 @@ def _scan(ckpt: Checkpoint, requested: str) -> QuantizedCheckpoint:
     warnings: list[str] = []
     if family.codebook:
         # No zero points, so no convention to settle: the layers' own quant state says everything.
-        layers = [family.read(ckpt, p, fmt, codes=False).shell() for p in prefixes]
-        return QuantizedCheckpoint(ckpt, fmt, layers, fmt.zero_point_convention, "format", warnings)
+        return QuantizedCheckpoint(ckpt, fmt, _shells(ckpt, family, prefixes, fmt), fmt.zero_point_convention, "format", warnings)
     declared = fmt.zero_point_convention
 
     # What the stored zero points say. Only symmetric data decides it: every field equal to
@@ -132,6 +132,7 @@ def _scan(ckpt: Checkpoint, requested: str) -> QuantizedCheckpoint:
         stored_all_ones += int((fields == all_ones).sum())
         stored_zeros += int((fields == 0).sum())
         del fields
+        release_freed_memory()
     data_says = None
     if fmt.family == "gptq" and len(stored_values) == 1:
         only = next(iter(stored_values))
@@ -158,7 +159,7 @@ def _scan(ckpt: Checkpoint, requested: str) -> QuantizedCheckpoint:
     renamed = {"gptq": "gptq-v2", "gptq-v2": "gptq-v2"} if used == ZP_V2 else {"gptq": "gptq", "gptq-v2": "gptq"}
     fmt = replace(fmt, zero_point_convention=used, name=renamed.get(fmt.name, fmt.name))
 
-    layers = [family.read(ckpt, p, fmt, codes=False).shell() for p in prefixes]
+    layers = _shells(ckpt, family, prefixes, fmt)
 
     # v1 files cannot say z = 0 unambiguously (FORMATS.md 1.4): count what is suspicious.
     if fmt.family == "gptq" and _public(used) == ZP_V1:
@@ -180,3 +181,12 @@ def _scan(ckpt: Checkpoint, requested: str) -> QuantizedCheckpoint:
         if fmt.sym and not sym_data:
             warnings.append("config says sym = true, but zero points vary: the data is asymmetric")
     return QuantizedCheckpoint(ckpt, fmt, layers, declared, source, warnings)
+
+
+def _shells(ckpt: Checkpoint, family: type[LayerFamily], prefixes: list[str], fmt: SourceFormat) -> list:
+    """Read every layer's small tensors (validated by the reader), keep its shell, free the rest."""
+    layers = []
+    for p in prefixes:
+        layers.append(family.read(ckpt, p, fmt, codes=False).shell())
+        release_freed_memory()
+    return layers

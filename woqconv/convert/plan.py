@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..checkpoint import CONFIG_NAME, HPU_CACHES, QUANT_CONFIG_FILES
+from ..compute import release_freed_memory
 from ..errors import RefusedConversion
 from ..formats import TARGETS, Target
 from ..formats.base import ZP_V1
@@ -213,6 +214,7 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
                 cast_losses[shell.name] = loss
         p.layer = p.layer.shell()
         prepared[shell.name] = p
+        release_freed_memory()
     refused = {n: p for n, p in prepared.items() if p.refusal}
     if refused:
         raise RefusedConversion(_refusal_message(target, refused), file=src.root)
