@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from woqconv import packing
+from woqconv.ir import all_finite
 
 
 def u32(t: torch.Tensor) -> list[int]:
@@ -171,3 +172,14 @@ def test_relayout_works_in_chunks(monkeypatch):
     want = packing.pack(packing.unpack(words, 4, dim=0), 4, dim=1, slot_order=packing.AWQ_ORDER)
     assert torch.equal(packing.gptq4_to_rowwise(words, packing.AWQ_ORDER), want)
     assert torch.equal(packing.rowwise4_to_gptq(want, packing.AWQ_ORDER), words)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_all_finite_matches_isfinite(dtype):
+    x = torch.randn(4096).to(dtype)
+    x[7], x[8] = torch.finfo(dtype).max, -torch.finfo(dtype).max  # the largest finite values are finite
+    assert all_finite(x) and bool(torch.isfinite(x).all())
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        y = x.clone()
+        y[4000] = bad
+        assert not all_finite(y)

@@ -182,17 +182,19 @@ class SafetensorsFile:
     def __contains__(self, name: str) -> bool:
         return name in self.tensors
 
-    def read_bytes(self, name: str) -> bytearray:
+    def read_raw(self, name: str) -> torch.Tensor:
+        """The tensor's bytes as a fresh uint8 tensor. Read straight into uninitialised memory: a
+        zero-filled buffer (``bytearray``) cost a third of the read time on a 7B checkpoint."""
         info = self.tensors[name]
-        buf = bytearray(info.nbytes)
-        view = memoryview(buf)
+        raw = torch.empty(info.nbytes, dtype=torch.uint8)
+        view = memoryview(raw.numpy()) if info.nbytes else memoryview(b"")
         done = 0
         while done < info.nbytes:
             n = os.preadv(self._fd, [view[done:]], info.start + done)
             if n <= 0:
                 raise self._fail("file ended while reading tensor data (modified during the run?)", name)
             done += n
-        return buf
+        return raw
 
     def read(self, name: str) -> torch.Tensor:
         """Read one tensor into memory (a fresh CPU tensor that owns its bytes)."""
@@ -202,8 +204,7 @@ class SafetensorsFile:
         dtype = DTYPES[info.dtype]
         if info.nbytes == 0:
             return torch.empty(info.shape, dtype=dtype)
-        buf = self.read_bytes(name)
-        return torch.frombuffer(buf, dtype=dtype).reshape(info.shape)
+        return self.read_raw(name).view(dtype).reshape(info.shape)
 
     def copy_into(self, name: str, dst_fd: int, dst_offset: int) -> None:
         """Copy one tensor's bytes into another file without passing them through Python objects."""
@@ -329,14 +330,15 @@ class SafetensorsWriter:
         for r0 in range(0, total, rows):
             n = min(rows, total - r0)
             start, count = r0 * row * ITEMSIZE[info.dtype], n * row * ITEMSIZE[info.dtype]
-            buf = bytearray(count)
+            buf = torch.empty(count, dtype=torch.uint8)
+            view = memoryview(buf.numpy())
             done = 0
             while done < count:
-                got = os.preadv(source._fd, [memoryview(buf)[done:]], info.start + start + done)
+                got = os.preadv(source._fd, [view[done:]], info.start + start + done)
                 if got <= 0:
                     raise FormatError("file ended while reading tensor data (modified during the run?)", file=source.path, tensor=info.name)
                 done += got
-            cast = torch.frombuffer(buf, dtype=src_dtype).to(dst_dtype) if count else torch.empty(0, dtype=dst_dtype)
+            cast = buf.view(src_dtype).to(dst_dtype) if count else torch.empty(0, dtype=dst_dtype)
             self._pwrite(cast, offset + r0 * row * ITEMSIZE[spec.dtype])
         self._pending.discard(name)
 

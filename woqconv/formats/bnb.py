@@ -218,8 +218,8 @@ class BnbFamily(LayerFamily, key=KEY):
             code=ckpt.read(qm).reshape(16), absmax=absmax, dtype=state.dtype, bias=bias, double_quant=dq,
         )
         if codes:
-            raw = ckpt.shards[ckpt.locations[w]].read_bytes(w)  # any quant_storage dtype: the bytes count
-            layer.idx = packing.unpack_nibbles_high_first(torch.frombuffer(raw, dtype=torch.uint8), numel)
+            raw = ckpt.shards[ckpt.locations[w]].read_raw(w)  # any quant_storage dtype: the bytes count
+            layer.idx = packing.unpack_nibbles_high_first(raw, numel)
         problem = layer.validate()
         if problem:
             raise layer_error(ckpt, prefix, "weight", problem)
