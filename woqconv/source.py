@@ -118,6 +118,8 @@ def _scan(ckpt: Checkpoint, requested: str) -> QuantizedCheckpoint:
 
     # What the stored zero points say. Only symmetric data decides it: every field equal to
     # 2^(b-1) is v2 (or AWQ raw), every field equal to 2^(b-1)-1 is v1.
+    # Mixed precision: each layer's fields are compared with its own 2^(b-1) (``stored_values`` holds
+    # them relative to the model-level bits, so a uniform checkpoint reads exactly as before).
     half = 1 << (fmt.bits - 1)
     stored_values: set[int] = set()
     stored_fields = {}
@@ -125,7 +127,8 @@ def _scan(ckpt: Checkpoint, requested: str) -> QuantizedCheckpoint:
         fields = family.stored_zero_fields(ckpt, p, fmt)
         stored_fields[p] = fields
         if len(stored_values) <= 2:
-            stored_values |= set(torch.unique(fields).tolist())
+            shift = half - (1 << (fmt.for_layer(p).bits - 1))
+            stored_values |= {v + shift for v in torch.unique(fields).tolist()}
     data_says = None
     if fmt.family == "gptq" and len(stored_values) == 1:
         only = next(iter(stored_values))
@@ -159,7 +162,7 @@ def _scan(ckpt: Checkpoint, requested: str) -> QuantizedCheckpoint:
     # v1 files cannot say z = 0 unambiguously (FORMATS.md 1.4): count what is suspicious.
     if fmt.family == "gptq" and _public(used) == ZP_V1:
         all_ones = (1 << fmt.bits) - 1
-        ambiguous = sum(int((f == all_ones).sum()) for f in stored_fields.values())
+        ambiguous = sum(int((f == (1 << fmt.for_layer(p).bits) - 1).sum()) for p, f in stored_fields.items())
         if ambiguous and used == ZP_V1:
             warnings.append(
                 f"{ambiguous} v1 zero points are stored as {all_ones:#x}: read as z = 0 (modular, as INC and exllama do); "
