@@ -117,21 +117,17 @@ def precision_label(layer) -> str:
 
 
 def _mixed_refusal(src: QuantizedCheckpoint, target: Target, refused: dict[str, Prepared], base: tuple[int, int]) -> str | None:
-    """For a mixed checkpoint whose other-bit layers are what the target refuses: one line naming them."""
-    bits = {layer.bits for layer in src.layers}
-    if len(bits) < 2:
+    """For a mixed checkpoint whose off-base layers are exactly what the target refuses: one line naming them."""
+    layers = {layer.name: layer for layer in src.layers}
+    if len({precision_label(layer) for layer in layers.values()}) < 2:
         return None
-    other = sorted(n for n in refused if src_layer_bits(src, n) != base[0])
+    other = sorted(n for n in refused if not at_base_precision(layers[n], base))
     if not other or len(other) != len(refused):
         return None
-    widths = sorted({src_layer_bits(src, n) for n in other})
+    kinds = ", ".join(f"{len(v)} {k}" for k, v in precision_counts([layers[n] for n in other]).items())
     listed = ", ".join(other[:4]) + (f" and {len(other) - 4} more" if len(other) > 4 else "")
-    return (f"cannot convert to {target.name}: the checkpoint mixes {'/'.join(map(str, sorted(bits)))}-bit layers and {target.name} "
-            f"cannot hold {'/'.join(map(str, widths))}-bit ones: {listed} ({refused[other[0]].refusal})")
-
-
-def src_layer_bits(src: QuantizedCheckpoint, name: str) -> int:
-    return next(layer.bits for layer in src.layers if layer.name == name)
+    return (f"cannot convert to {target.name}: mixed precision, and {target.name} holds only {base[0]}-bit group size {base[1]} "
+            f"here; {kinds} layers are not: {listed}")
 
 
 def _unquantized_linears(src: QuantizedCheckpoint, owned: dict[str, str]) -> list[str]:

@@ -157,32 +157,10 @@ class GptqFamily(LayerFamily, key="gptq"):
 #
 # ``quantization_config.dynamic`` maps patterns to overrides, e.g. ``{"+:.*down_proj": {"bits": 8}}``.
 # GPTQModel (quantization/config.py, _resolve_dynamic_override) takes, for each module name, the FIRST
-# pattern in the mapping's order that matches it: a pattern with no unescaped regex character is an
-# exact module name, any other is a regex tried with ``match`` (anchored at the start only). ``-:``
-# means "not quantized"; ``+:`` or no prefix means quantized with the listed keys (bits, group_size,
-# sym, desc_act) replacing the model-level ones (utils/model.py, make_quant).
-
-DYNAMIC_KEYS = ("bits", "group_size", "sym", "desc_act")
-_REGEX_CHARS = set(".^$*+?{}[]()|")
-
-
-def _literal(pattern: str) -> str | None:
-    """The module name a pattern names exactly, or None when it is a regex (GPTQModel's
-    _extract_literal_regex_pattern: escaped punctuation is literal, any other escape is a regex)."""
-    out, i = [], 0
-    while i < len(pattern):
-        ch = pattern[i]
-        if ch == "\\":
-            if i + 1 >= len(pattern) or pattern[i + 1].isalnum():
-                return None
-            out.append(pattern[i + 1])
-            i += 2
-            continue
-        if ch in _REGEX_CHARS:
-            return None
-        out.append(ch)
-        i += 1
-    return "".join(out)
+# pattern in the mapping's order whose regex ``match``es it (anchored at the start only; a ``^name$``
+# pattern is looked up as an exact name, which is the same answer). ``-:`` means "not quantized";
+# ``+:`` or no prefix means quantized with the listed keys (bits, group_size, sym, desc_act) replacing
+# the model-level ones (utils/model.py, make_quant).
 
 
 def dynamic_override(dynamic: dict, module: str) -> dict | bool | None:
@@ -191,9 +169,8 @@ def dynamic_override(dynamic: dict, module: str) -> dict | bool | None:
     for pattern, overrides in dynamic.items():
         negative = pattern.startswith("-:")
         raw = pattern[2:] if pattern.startswith(("-:", "+:")) else pattern
-        literal = _literal(raw)
         try:
-            hit = module == literal if literal is not None else re.match(raw, module) is not None
+            hit = re.match(raw, module) is not None
         except re.error as e:
             raise ValueError(f"dynamic pattern {pattern!r} is not a valid regex ({e})") from None
         if hit:

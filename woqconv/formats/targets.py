@@ -250,7 +250,9 @@ class IncHfTarget(Target):
     keeps_g_idx = True
     v1_zero_point_zero = "modular"
     loader_scale_dtype = torch.float16
-    per_layer_precision = True
+    # INC's huggingface loader builds every module from the model-level bits/group_size and ignores
+    # GPTQModel's ``dynamic`` (a mixed checkpoint fails its state-dict load with size mismatches).
+    per_layer_precision = False
     description = "INC huggingface format: GPTQ v1 safetensors that INC's load() and transformers read"
 
     def check_bits(self, layer):
@@ -269,7 +271,6 @@ class IncHfTarget(Target):
             "model_name_or_path": None,
             "model_file_base_name": "model",
             "checkpoint_format": "gptq",
-            **_dynamic(summary),
         }
 
     def config_files(self, qc, summary):
@@ -278,7 +279,6 @@ class IncHfTarget(Target):
 
 class HpuTarget(IncHfTarget):
     name = "hpu"
-    per_layer_precision = False
     keeps_g_idx = False  # INC drops ordered g_idx, and older SynapseAI ignores any g_idx
     companion = Companion("hpu_model.safetensors", HpuFamily, ZP_V2, "BF16")
     description = "inc-hf plus the hpu_model.safetensors cache INC's Gaudi loader reads without repacking"
