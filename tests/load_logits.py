@@ -40,6 +40,12 @@ def load(loader: str, path: str):
         # INC assigns the checkpoint's own unquantized tensors (bf16 when AutoRound wrote them) into the
         # fp32 base; cast the loaded model to fp32, as a CPU user would, for fp32 logits.
         return inc_load(path, format="default", original_model=base, device="cpu").float()
+    if loader == "gptqmodel":
+        # GPTQModel's own loader honours per-module `dynamic` (mixed precision); its torch kernel builds in
+        # fp16 and the model is then cast to fp32 like the others.
+        from gptqmodel import BACKEND, GPTQModel
+
+        return GPTQModel.load(path, device="cpu", backend=BACKEND.TORCH, dtype=torch.float16).model.float()
     raise ValueError(f"unknown loader {loader}")
 
 

@@ -60,6 +60,13 @@ class InspectReport:
     # Fields above that only the tensor data can tell, left unknown because it was not read (a remote
     # inspect reads headers only). Empty for a local inspect.
     needs_tensor_data: list[str] = field(default_factory=list)
+    # The layers by precision, most populous first: [{"bits", "group_size", "sym", "layers", "names"}]. One
+    # entry for a uniform checkpoint; several for mixed precision (NNCF ratio/backup, GPTQModel dynamic).
+    precisions: list[dict] = field(default_factory=list)
+
+    @property
+    def mixed(self) -> bool:
+        return len(self.precisions) > 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,6 +74,15 @@ class InspectReport:
 
 def _public(convention: str) -> str:
     return "v1" if convention == ZP_V1_WORD else convention
+
+
+def precisions(layers: list[LayerInfo]) -> list[dict]:
+    """Layers grouped by (bits, group size, sym), most layers first, each with its layer names."""
+    groups: dict[tuple, list[str]] = {}
+    for layer in layers:
+        groups.setdefault((layer.bits, layer.group_size, layer.sym), []).append(layer.name)
+    ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0][0], kv[0][1]))
+    return [{"bits": b, "group_size": g, "sym": sym, "layers": len(names), "names": names} for (b, g, sym), names in ordered]
 
 
 def _totals(ckpt: Checkpoint, layers: list[LayerInfo], owned, q_bytes: int, total_bytes: int) -> dict:
@@ -80,6 +96,7 @@ def _totals(ckpt: Checkpoint, layers: list[LayerInfo], owned, q_bytes: int, tota
         "bits_per_weight": round(q_bytes * 8 / q_params, 3) if q_params else 0.0,
         "scales_dtypes": sorted({layer.scales_dtype for layer in layers}),
         "shards": len(ckpt.shards),
+        "precisions": precisions(layers),
     }
 
 
@@ -155,7 +172,7 @@ def header_report(ckpt: Checkpoint, *, label: str, total_bytes: int) -> InspectR
         has_g_idx = ckpt.has(f"{p}.g_idx")
         layers.append(
             LayerInfo(
-                name=p, in_features=in_features, out_features=out, bits=fmt.bits, group_size=gs,
+                name=p, in_features=in_features, out_features=out, bits=fmt.for_layer(p).bits, group_size=gs,
                 g_idx="unknown" if has_g_idx else "none", sym=None,
                 scales_dtype=str(DTYPES[ckpt.info(f"{p}.scales").dtype]).replace("torch.", ""),
                 bias=ckpt.has(f"{p}.bias"),

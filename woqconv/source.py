@@ -120,7 +120,9 @@ def _scan(ckpt: Checkpoint, requested: str) -> QuantizedCheckpoint:
 
     # What the stored zero points say. Only symmetric data decides it: every field equal to
     # 2^(b-1) is v2 (or AWQ raw), every field equal to 2^(b-1)-1 is v1.
-    # Counted layer by layer, nothing kept: all_ones and zero are what the v1 warnings below count.
+    # Mixed precision: each layer's fields are compared with its own 2^(b-1) (``stored_values`` holds
+    # them relative to the model-level bits, so a uniform checkpoint reads exactly as before).
+    # Counted layer by layer, nothing kept: all-ones and zero fields are what the v1 warnings count.
     half = 1 << (fmt.bits - 1)
     all_ones = (1 << fmt.bits) - 1
     stored_values: set[int] = set()
@@ -128,8 +130,9 @@ def _scan(ckpt: Checkpoint, requested: str) -> QuantizedCheckpoint:
     for p in prefixes:
         fields = family.stored_zero_fields(ckpt, p, fmt)
         if len(stored_values) <= 2:
-            stored_values |= set(torch.unique(fields).tolist())
-        stored_all_ones += int((fields == all_ones).sum())
+            shift = half - (1 << (fmt.for_layer(p).bits - 1))
+            stored_values |= {v + shift for v in torch.unique(fields).tolist()}
+        stored_all_ones += int((fields == (1 << fmt.for_layer(p).bits) - 1).sum())
         stored_zeros += int((fields == 0).sum())
         del fields
         release_freed_memory()

@@ -27,6 +27,14 @@ def _convention(label: str) -> str:
     return {"v1": "v1 (stored z-1)", "v2": "v2 (stored z)"}.get(label, label)
 
 
+def _precision_line(p: dict) -> str:
+    """"8-bit g32 sym: 2 layers (model.layers.0.mlp.down_proj, ...)": the largest group needs no names."""
+    sym = "" if p["sym"] is None else " sym" if p["sym"] else " asym"
+    names = p["names"]
+    shown = ", ".join(names[:3]) + (f", +{len(names) - 3} more" if len(names) > 3 else "")
+    return f"{p['bits']}-bit g{p['group_size']}{sym}: {p['layers']} layers ({shown})"
+
+
 def inspect_report(console: Console, r: InspectReport, *, layers: bool) -> None:
     t = Table(title=f"woqconv inspect {r.path}", show_header=False, title_justify="left")
     t.add_column("field", style="bold")
@@ -60,6 +68,9 @@ def inspect_report(console: Console, r: InspectReport, *, layers: bool) -> None:
         drop = {"sym", "zero-point convention", "g_idx", "scales dtype", "group size"}
         rows = [row for row in rows if row[0] not in drop]
         rows[3:3] = [("code table", table), ("weight dtype", ", ".join(cb["weight_dtypes"]))]
+    if r.mixed:
+        i = next(i for i, row in enumerate(rows) if row[0] == "group size") + 1
+        rows[i:i] = [("precision", "mixed: " + "; ".join(_precision_line(p) for p in r.precisions))]
     for k, v in rows:
         t.add_row(k, v)
     console.print(t)

@@ -7,6 +7,7 @@ learns about every layer that cannot be converted in one message, and nothing ha
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -17,6 +18,7 @@ from ..errors import RefusedConversion
 from ..formats import TARGETS, Target
 from ..formats.base import ZP_V1
 from ..formats.bnb import CODES
+from ..formats.gptq import effective_group_size
 from ..formats.inc import mul_linear_modules
 from ..formats.targets import BnbTarget, ModelQuantSummary, Prepared, scale_cast_loss
 from ..ir import CodebookLinear, GIdxKind, QuantLinear
@@ -85,6 +87,48 @@ def _refusal_message(target: Target, refused: dict[str, Prepared]) -> str:
     first = names[0]
     more = f" (and {len(names) - 1} more layers)" if len(names) > 1 else ""
     return f"cannot convert to {target.name}: {first}: {refused[first].refusal}{more}"
+
+
+def at_base_precision(layer, base: tuple[int, int]) -> bool:
+    """The layer has the model-level bits and (declared, so possibly -1) group size."""
+    return layer.bits == base[0] and layer.group_size == effective_group_size(base[1], layer.in_features)
+
+
+def _base_precision(src: QuantizedCheckpoint) -> tuple[int, int]:
+    """The model-level (bits, declared group size) a target config states: the source's own when some
+    layer has it, else the most common precision (mixed checkpoints state the others per layer)."""
+    declared = (src.format.bits, src.format.group_size)
+    counts = Counter((layer.bits, layer.group_size) for layer in src.layers)
+    if any(at_base_precision(layer, declared) for layer in src.layers):
+        return declared
+    (bits, gs), _ = counts.most_common(1)[0] if counts else (declared, 0)
+    return bits, gs
+
+
+def precision_counts(layers) -> dict[str, list[str]]:
+    """Layers by precision label ("4-bit g64 asym"), most populous first: how a mixed checkpoint is described."""
+    by: dict[str, list[str]] = {}
+    for layer in layers:
+        by.setdefault(precision_label(layer), []).append(layer.name)
+    return dict(sorted(by.items(), key=lambda kv: -len(kv[1])))
+
+
+def precision_label(layer) -> str:
+    return f"{layer.bits}-bit g{layer.group_size} {'sym' if layer.is_symmetric else 'asym'}"
+
+
+def _mixed_refusal(src: QuantizedCheckpoint, target: Target, refused: dict[str, Prepared], base: tuple[int, int]) -> str | None:
+    """For a mixed checkpoint whose off-base layers are exactly what the target refuses: one line naming them."""
+    layers = {layer.name: layer for layer in src.layers}
+    if len({precision_label(layer) for layer in layers.values()}) < 2:
+        return None
+    other = sorted(n for n in refused if not at_base_precision(layers[n], base))
+    if not other or len(other) != len(refused):
+        return None
+    kinds = ", ".join(f"{len(v)} {k}" for k, v in precision_counts([layers[n] for n in other]).items())
+    listed = ", ".join(other[:4]) + (f" and {len(other) - 4} more" if len(other) > 4 else "")
+    return (f"cannot convert to {target.name}: mixed precision, and {target.name} holds only {base[0]}-bit group size {base[1]} "
+            f"here; {kinds} layers are not: {listed}")
 
 
 def _unquantized_linears(src: QuantizedCheckpoint, owned: dict[str, str]) -> list[str]:
@@ -190,9 +234,7 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
         if not isinstance(target, BnbTarget):
             raise RefusedConversion(f"double quantization is a bitsandbytes option; {to} has none (use --to nf4 or fp4)")
         target = target.configured(double_quant=True)
-    bits = {layer.bits for layer in src.layers}
-    if len(bits) > 1:
-        raise RefusedConversion(f"layers mix {sorted(bits)} bits; mixed precision is not supported yet", file=src.root)
+    base = _base_precision(src)
 
     ckpt = src.ckpt
     wrapped = mul_linear_modules(ckpt)
@@ -215,9 +257,14 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
         p.layer = p.layer.shell()
         prepared[shell.name] = p
         release_freed_memory()
+    if not target.per_layer_precision:
+        for name, p in prepared.items():
+            if not p.refusal and p.requant is None and not at_base_precision(p.layer, base):
+                p.refusal = (f"{target.name} states one precision per checkpoint ({base[0]}-bit, group size {base[1]}); "
+                             f"this layer is {precision_label(p.layer)}")
     refused = {n: p for n, p in prepared.items() if p.refusal}
     if refused:
-        raise RefusedConversion(_refusal_message(target, refused), file=src.root)
+        raise RefusedConversion(_mixed_refusal(src, target, refused, base) or _refusal_message(target, refused), file=src.root)
 
     owned = src.owned_tensors()
     out_names = _output_shard_names(src)
@@ -252,10 +299,11 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
     warnings = _loader_cast_warnings(target, cast_losses)
     kinds = {p.layer.g_idx_kind for p in prepared.values()}
     requant_groups = {p.requant.group_size for p in prepared.values() if isinstance(p.requant, AffineRecipe)}
+    at_base = [p for p in prepared.values() if at_base_precision(p.layer, base)]
     summary = ModelQuantSummary(
-        bits=next(iter(bits)),
-        group_size=requant_groups.pop() if len(requant_groups) == 1 else src.format.group_size,
-        sym=all(p.layer.is_symmetric and p.requant is None for p in prepared.values()),
+        bits=base[0],
+        group_size=requant_groups.pop() if len(requant_groups) == 1 else base[1],
+        sym=bool(at_base) and all(p.layer.is_symmetric and p.requant is None for p in at_base),
         desc_act=bool(kinds & {GIdxKind.BLOCK_UNIFORM, GIdxKind.SCATTERED}),
         declared=src.format.declared_config,
         unquantized_linears=_unquantized_linears(src, owned),

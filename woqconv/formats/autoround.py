@@ -10,6 +10,8 @@ conventions (FORMATS.md 5, auto-round's ``inference/backend.py``):
 
 from __future__ import annotations
 
+import re
+
 from .base import ZP_V1, ZP_V2
 
 QUANT_METHODS = ("auto-round", "autoround", "intel/auto-round")
@@ -36,3 +38,23 @@ def resolve(quantization_config: dict) -> tuple[str, str, str, str] | str:
     if not isinstance(packing, str) or packing not in PACKINGS:  # a JSON list or object is no name (and unhashable)
         return f"AutoRound packing_format {packing!r} is not supported (known: {', '.join(sorted(PACKINGS))})"
     return (packing, *PACKINGS[packing])
+
+
+def extra_config_override(extra_config: dict, module: str) -> dict | bool | None:
+    """AutoRound's per-layer ``extra_config`` for one module: its overrides (bits, group_size, sym), False when
+    it is kept unquantized (bits >= 16), None when no entry applies. Keys are module names; a key that is no
+    module name is a regex searched in the name (AutoRound's to_standard_regex wraps plain names in ``.*``)."""
+    entry = extra_config.get(module)
+    if entry is None:
+        for key, value in extra_config.items():
+            try:
+                if re.search(key, module):
+                    entry = value
+                    break
+            except re.error as e:
+                raise ValueError(f"extra_config key {key!r} is not a module name or a valid regex ({e})") from None
+    if entry is None:
+        return None
+    if int((entry or {}).get("bits", 0) or 0) >= 16:
+        return False
+    return {k: v for k, v in (entry or {}).items() if k in ("bits", "group_size", "sym")}

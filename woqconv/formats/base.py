@@ -8,7 +8,7 @@ other; the converter talks to them only through these classes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import torch
@@ -39,6 +39,14 @@ class SourceFormat:
     desc_act: bool | None = None
     declared_config: dict = field(default_factory=dict)
     config_file: str = "config.json"
+    # Mixed precision: layers whose settings differ from the ones above (GPTQModel's ``dynamic``, INC's
+    # per-module entries, NNCF's ratio/backup_mode), layer prefix -> {"bits", "group_size", "sym"}.
+    layer_overrides: dict[str, dict] = field(default_factory=dict)
+
+    def for_layer(self, prefix: str) -> "SourceFormat":
+        """The format as it applies to one layer: the model-level settings with that layer's overrides."""
+        overrides = self.layer_overrides.get(prefix)
+        return replace(self, **overrides, layer_overrides={}) if overrides else self
 
 
 class LayerFamily:

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from ..checkpoint import Checkpoint, read_json
 from ..errors import FormatError
-from . import autoround, bnb, inc
+from . import autoround, bnb, gptq, inc
 from .base import ZP_V1, ZP_V1_WORD, ZP_V2, LayerFamily, SourceFormat
 
 GPTQ_CHECKPOINT_FORMATS = {"gptq": ZP_V1, "gptq_v2": ZP_V2}
@@ -77,8 +77,6 @@ def _detect_from_config(ckpt: Checkpoint) -> SourceFormat:
         pack_dtype = qc.get("pack_dtype", "int32")
         if pack_dtype != "int32":
             raise FormatError(f"GPTQ pack_dtype {pack_dtype!r} is not supported (only int32)", file=where)
-        if qc.get("dynamic"):
-            raise FormatError("GPTQModel per-module 'dynamic' overrides are not supported yet", file=where)
         family, convention = "gptq", GPTQ_CHECKPOINT_FORMATS[ckfmt]
         producer = _producer(qc, ckpt)
         # GPTQModel writes v1 by whole-word subtraction, so its v1 files decode by word addition.
@@ -130,7 +128,38 @@ def _detect_from_config(ckpt: Checkpoint) -> SourceFormat:
         declared_config=qc,
         config_file=file,
     )
+    for key, lookup in (("dynamic", gptq.dynamic_override), ("extra_config", autoround.extra_config_override)):
+        if qc.get(key) is not None:
+            fmt = replace(fmt, layer_overrides=_layer_overrides(ckpt, fmt, key, qc[key], lookup, where))
     return fmt
+
+
+def _layer_overrides(ckpt: Checkpoint, fmt: SourceFormat, key: str, table, lookup, where) -> dict[str, dict]:
+    """Per-layer settings from GPTQModel's ``dynamic`` (AutoRound's GPTQ exports write it too) or AutoRound's
+    ``extra_config``, resolved for every quantized layer as the producer's loader resolves them."""
+    if fmt.family != "gptq":
+        raise FormatError(f"per-module '{key}' overrides in a {fmt.name} checkpoint are not supported (GPTQ layout only)", file=where)
+    if not isinstance(table, dict) or not all(isinstance(v, dict) or v is None for v in table.values()):
+        raise FormatError(f"quantization_config.{key} must map module patterns to override objects", file=where)
+    overrides = {}
+    base = (fmt.bits, fmt.group_size, fmt.sym)
+    for prefix in LayerFamily.registry["gptq"].layer_prefixes(ckpt):
+        try:
+            o = lookup(table, prefix)
+        except ValueError as e:
+            raise FormatError(str(e), file=where) from None
+        if o is False:
+            raise FormatError(f"{key} excludes {prefix} from quantization, but it holds {prefix}.qweight", file=where)
+        if not o:
+            continue
+        bits, gs, sym = o.get("bits", base[0]), o.get("group_size", base[1]), o.get("sym", base[2])
+        if not isinstance(bits, int) or isinstance(bits, bool) or bits not in range(2, 9):
+            raise FormatError(f"{key} gives {prefix} bits {bits!r} (supported: 2..8)", file=where)
+        if not isinstance(gs, int) or isinstance(gs, bool) or gs == 0 or gs < -1:
+            raise FormatError(f"{key} gives {prefix} group_size {gs!r} (positive, or -1 for one group per row)", file=where)
+        if (bits, gs, sym) != base:
+            overrides[prefix] = {"bits": bits, "group_size": gs, "sym": sym if isinstance(sym, bool) else None}
+    return overrides
 
 
 def _detect_bnb(ckpt: Checkpoint, qc: dict, file: str) -> SourceFormat:

@@ -10,6 +10,8 @@ Per quantized linear (FORMATS.md 1.1-1.7):
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from .. import packing
@@ -43,6 +45,7 @@ class GptqFamily(LayerFamily, key="gptq"):
 
     @classmethod
     def _geometry(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> tuple[int, int, int]:
+        fmt = fmt.for_layer(prefix)
         for suffix, what in (("qweight", "qweight"), ("qzeros", "qzeros"), ("scales", "scales")):
             require(ckpt, f"{prefix}.{suffix}", what)
         expect_dtype(ckpt, f"{prefix}.qweight", ("I32",))
@@ -78,12 +81,12 @@ class GptqFamily(LayerFamily, key="gptq"):
     @classmethod
     def stored_zero_fields(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> torch.Tensor:
         cls._geometry(ckpt, prefix, fmt)
-        return packing.unpack(ckpt.read(f"{prefix}.qzeros"), fmt.bits, dim=1)
+        return packing.unpack(ckpt.read(f"{prefix}.qzeros"), fmt.for_layer(prefix).bits, dim=1)
 
     @classmethod
     def read(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat, *, codes: bool = True) -> QuantLinear:
         in_features, out, gs = cls._geometry(ckpt, prefix, fmt)
-        b = fmt.bits
+        b = fmt.for_layer(prefix).bits
         qzeros = ckpt.read(f"{prefix}.qzeros")
         if fmt.zero_point_convention == ZP_V1_WORD and 32 % b == 0:
             zeros = packing.unpack(packing.v1_word_decode(qzeros, b), b, dim=1)
@@ -108,7 +111,7 @@ class GptqFamily(LayerFamily, key="gptq"):
 
     @classmethod
     def packed_codes(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> PackedCodes:
-        return packed_source_words(ckpt, f"{prefix}.qweight", fmt.bits, 0, None)
+        return packed_source_words(ckpt, f"{prefix}.qweight", fmt.for_layer(prefix).bits, 0, None)
 
     @classmethod
     def check_writable(cls, layer: QuantLinear) -> str | None:
@@ -148,3 +151,48 @@ class GptqFamily(LayerFamily, key="gptq"):
         if layer.bias is not None:
             tensors[f"{p}.bias"] = layer.bias
         return tensors
+
+
+# -- GPTQModel's per-module ``dynamic`` overrides (mixed precision) ------------------------------------
+#
+# ``quantization_config.dynamic`` maps patterns to overrides, e.g. ``{"+:.*down_proj": {"bits": 8}}``.
+# GPTQModel (quantization/config.py, _resolve_dynamic_override) takes, for each module name, the FIRST
+# pattern in the mapping's order whose regex ``match``es it (anchored at the start only; a ``^name$``
+# pattern is looked up as an exact name, which is the same answer). ``-:`` means "not quantized";
+# ``+:`` or no prefix means quantized with the listed keys (bits, group_size, sym, desc_act) replacing
+# the model-level ones (utils/model.py, make_quant).
+
+
+def dynamic_override(dynamic: dict, module: str) -> dict | bool | None:
+    """GPTQModel's answer for one module: its override dict, False (``-:``, not quantized) or None (no
+    pattern matches: the model-level settings apply). Raises ValueError for a pattern that is no regex."""
+    for pattern, overrides in dynamic.items():
+        negative = pattern.startswith("-:")
+        raw = pattern[2:] if pattern.startswith(("-:", "+:")) else pattern
+        try:
+            hit = re.match(raw, module) is not None
+        except re.error as e:
+            raise ValueError(f"dynamic pattern {pattern!r} is not a valid regex ({e})") from None
+        if hit:
+            return False if negative else dict(overrides or {})
+    return None
+
+
+def dynamic_config(layers: list, bits: int, group_size: int, sym: bool, unquantized: list[str]) -> dict:
+    """``dynamic`` for a target whose model-level settings are (bits, group_size, sym): one ``+:`` regex per
+    other precision, naming its layers exactly (``^(?:a|b)$``), and a ``-:`` entry for the linears left
+    unquantized, which GPTQModel would otherwise build as quantized modules."""
+    groups: dict[tuple[int, int, bool], list[str]] = {}
+    for layer in layers:
+        gs = -1 if layer.group_size >= layer.in_features else layer.group_size
+        same = layer.bits == bits and layer.group_size == effective_group_size(group_size, layer.in_features)
+        if not same or (sym and not layer.is_symmetric):
+            groups.setdefault((layer.bits, gs, bool(layer.is_symmetric)), []).append(layer.name)
+    if not groups:
+        return {}
+    dynamic = {}
+    for (b, gs, s), names in sorted(groups.items()):
+        dynamic[f"+:^(?:{'|'.join(re.escape(n) for n in sorted(names))})$"] = {"bits": b, "group_size": gs, "sym": s}
+    if unquantized:
+        dynamic[f"-:^(?:{'|'.join(re.escape(n) for n in sorted(unquantized))})$"] = {}
+    return dynamic

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections import Counter
 
 import torch
 
@@ -102,10 +103,11 @@ def detect_default(ckpt: Checkpoint, *, layout_check: bool = True) -> SourceForm
         if not isinstance(gs, int) or isinstance(gs, bool) or gs == 0 or gs < -1:
             raise FormatError(f"entry for {module!r}: group_size {gs!r} is invalid (positive, or -1 for one group per row)", file=path)
     settings = {(e.get("bits", 4), e.get("group_size", 32), bool(e.get("use_sym", True))) for _, e in modules.values()}
-    bits_gs = {(b, g) for b, g, _ in settings}
-    if len(bits_gs) > 1:
-        raise FormatError(f"modules use different bits/group sizes {sorted(bits_gs)}; mixed precision is not supported yet", file=path)
-    bits, group_size = next(iter(bits_gs))
+    # Mixed precision: INC's loader builds each module from its own entry, so each entry's bits and group
+    # size hold for its layer; the most common pair is the model-level one and the others are overrides.
+    per_module = {m: (e.get("bits", 4), e.get("group_size", 32)) for m, (_, e) in modules.items()}
+    (bits, group_size), _ = Counter(per_module.values()).most_common(1)[0]
+    overrides = {_layer_prefix(ckpt, m): {"bits": b, "group_size": g} for m, (b, g) in per_module.items() if (b, g) != (bits, group_size)}
     algos = sorted({a for a, _ in modules.values()})
     first_algo = next(iter(modules.values()))[0]
     act_order = any(bool(e.get("act_order") or e.get("desc_act")) for _, e in modules.values())
@@ -120,6 +122,8 @@ def detect_default(ckpt: Checkpoint, *, layout_check: bool = True) -> SourceForm
         prefixes = nonopt.layer_prefixes(ckpt)
         layouts = nonopt.classify(ckpt, prefixes, int(bits), int(group_size))
         if layouts is not None:
+            if overrides:
+                raise FormatError("modules use different bits/group sizes in INC's non-optimum layout; not supported", file=path)
             name, family, convention = "inc-nonopt", "inc-nonopt", ZP_V2
             declared["inc_nonoptimum_layouts"] = {p: lay.describe() for p, lay in layouts.items()}
     return SourceFormat(
@@ -134,6 +138,7 @@ def detect_default(ckpt: Checkpoint, *, layout_check: bool = True) -> SourceForm
         desc_act=act_order,
         declared_config=declared,
         config_file=QCONFIG,
+        layer_overrides=overrides,
     )
 
 

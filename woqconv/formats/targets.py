@@ -17,7 +17,8 @@ from ..ir import CodebookLinear, GIdxKind, QuantLinear
 from .awq import AwqGemmFamily
 from .base import ZP_V1, ZP_V2, LayerFamily
 from .bnb import CODES, BnbFamily, double_quant, undo_double_quant, dynamic_map_signed, NESTED_BLOCKSIZE
-from .gptq import GptqFamily
+from .gptq import GptqFamily, effective_group_size
+from .gptq import dynamic_config as gptq_dynamic_config
 from .inc import HpuFamily
 
 
@@ -93,6 +94,9 @@ class Target:
     # The dtype the target's loader casts scales to on load (INC's optimum modules hold fp16 buffers);
     # the file keeps the scales exactly, but the user is told what the loader will do with them.
     loader_scale_dtype: torch.dtype | None = None
+    # The target's config can state bits / group size per layer (GPTQModel's ``dynamic``, INC's
+    # per-module entries); the others hold one precision per checkpoint.
+    per_layer_precision: bool = False
 
     def check_bits(self, layer: QuantLinear) -> str | None:
         return None
@@ -144,6 +148,16 @@ class Target:
         return {}
 
 
+def _dynamic(summary: ModelQuantSummary) -> dict:
+    """GPTQModel's per-module ``dynamic`` for layers whose precision differs from the model-level one
+    (mixed precision); nothing for a uniform checkpoint."""
+    declared = summary.declared.get("dynamic") if isinstance(summary.declared.get("dynamic"), dict) else {}
+    negatives = any(k.startswith("-:") for k in declared)
+    dynamic = gptq_dynamic_config(summary.layers, summary.bits, summary.group_size, summary.sym,
+                                  summary.unquantized_linears if negatives else [])
+    return {"dynamic": dynamic} if dynamic else {}
+
+
 def _valid_damp(declared: dict) -> float:
     meta = declared.get("meta") if isinstance(declared.get("meta"), dict) else {}
     for value in (declared.get("damp_percent"), meta.get("damp_percent")):
@@ -156,6 +170,7 @@ def _valid_damp(declared: dict) -> float:
 class _GptqTarget(Target):
     family = GptqFamily
     keeps_g_idx = True
+    per_layer_precision = True
     checkpoint_format: str
 
     def quantization_config(self, summary: ModelQuantSummary) -> dict:
@@ -174,6 +189,7 @@ class _GptqTarget(Target):
             "format": self.checkpoint_format,
             "pack_dtype": "int32",
             "model_file_base_name": "model",
+            **_dynamic(summary),
         }
 
     def config_files(self, qc, summary):
@@ -234,6 +250,9 @@ class IncHfTarget(Target):
     keeps_g_idx = True
     v1_zero_point_zero = "modular"
     loader_scale_dtype = torch.float16
+    # INC's huggingface loader builds every module from the model-level bits/group_size and ignores
+    # GPTQModel's ``dynamic`` (a mixed checkpoint fails its state-dict load with size mismatches).
+    per_layer_precision = False
     description = "INC huggingface format: GPTQ v1 safetensors that INC's load() and transformers read"
 
     def check_bits(self, layer):
@@ -273,6 +292,7 @@ class IncDefaultTarget(Target):
     v1_zero_point_zero = "modular"
     container = "inc-pt"
     holds_mul_linear = True
+    per_layer_precision = True
     loader_scale_dtype = torch.float16
     description = "INC default format: qconfig.json + quantized_weight.pt for load(..., original_model=...)"
 
@@ -297,7 +317,7 @@ class IncDefaultTarget(Target):
                     "dtype": "int",
                     "bits": layer.bits,
                     "use_sym": layer.is_symmetric,
-                    "group_size": summary.group_size,
+                    "group_size": _entry_group_size(layer, summary.group_size),
                     "group_dim": 1,
                     "use_full_range": False,
                     "use_mse_search": False,
@@ -308,6 +328,14 @@ class IncDefaultTarget(Target):
                 }
             }
         return {"qconfig.json": entries}
+
+
+def _entry_group_size(layer: QuantLinear, declared: int) -> int:
+    """A qconfig.json entry's group size: the model's declared one when it is this layer's, else the layer's
+    own (-1 for one group per row), so mixed group sizes survive."""
+    if layer.group_size == effective_group_size(declared, layer.in_features):
+        return declared
+    return -1 if layer.group_size >= layer.in_features else layer.group_size
 
 
 def table_mapping(code: torch.Tensor, table: torch.Tensor) -> torch.Tensor | None:
