@@ -15,6 +15,9 @@ import torch
 
 from .errors import FormatError
 from .safetensors_io import SafetensorsFile, TensorInfo
+from .openvino_file import BIN_NAME as OPENVINO_BIN
+from .openvino_file import XML_NAME as OPENVINO_XML
+from .openvino_file import OpenVinoFile
 from .torch_file import TorchFile
 
 CONFIG_NAME = "config.json"
@@ -76,7 +79,7 @@ class Checkpoint:
     locations: dict[str, str]  # tensor name -> shard file name
     index: dict | None  # parsed model.safetensors.index.json, if sharded
     other_files: list[str] = field(default_factory=list)  # relative paths copied as they are
-    container: str = "safetensors"  # "safetensors", "inc-pt" (quantized_weight.pt) or "hpu-cache"
+    container: str = "safetensors"  # "safetensors", "inc-pt" (quantized_weight.pt), "hpu-cache" or "openvino-ir"
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, hpu_cache: bool = False) -> "Checkpoint":
@@ -94,7 +97,10 @@ class Checkpoint:
         try:
             for name in shard_names:
                 shard_path = _inside(root, name, INDEX_NAME if weight_map is not None else name)
-                shards[name] = TorchFile(shard_path) if name.endswith(PICKLE_WEIGHTS_SUFFIXES) else SafetensorsFile(shard_path)
+                if container == "openvino-ir":
+                    shards[name] = OpenVinoFile(shard_path)
+                else:
+                    shards[name] = TorchFile(shard_path) if name.endswith(PICKLE_WEIGHTS_SUFFIXES) else SafetensorsFile(shard_path)
                 for tensor in shards[name].tensors:
                     if tensor in locations:
                         raise FormatError(f"tensor appears in two shards ({locations[tensor]}, {name})", file=shard_path, tensor=tensor)
@@ -110,7 +116,7 @@ class Checkpoint:
             for f in shards.values():
                 f.close()
             raise
-        weight_files = set(shard_names) | {INDEX_NAME, INC_SHARD_INDEX}
+        weight_files = set(shard_names) | {INDEX_NAME, INC_SHARD_INDEX} | ({OPENVINO_BIN} if container == "openvino-ir" else set())
         others = []
         for p in sorted(root.rglob("*")):
             rel = p.relative_to(root).as_posix()
@@ -177,6 +183,10 @@ def _weight_files(root: Path, *, hpu_cache: bool = False) -> tuple[list[str], di
         if not shards:
             raise FormatError("INC shard index but no .safetensors shards", file=root / INC_SHARD_INDEX)
         return shards, None, None, "safetensors"
+    if (root / OPENVINO_XML).exists():
+        # OpenVINO IR (optimum-intel's export, NNCF's compressed models): the graph names the weights
+        _inside(root, OPENVINO_BIN, OPENVINO_XML)
+        return [OPENVINO_XML], None, None, "openvino-ir"
     caches = [c for c in HPU_CACHES if (root / c).exists()]
     if caches:
         return [caches[0]], None, None, "hpu-cache"
@@ -186,7 +196,7 @@ def _weight_files(root: Path, *, hpu_cache: bool = False) -> tuple[list[str], di
     pickles = sorted(p.name for p in root.iterdir() if p.suffix in PICKLE_WEIGHTS_SUFFIXES)
     if pickles:
         raise FormatError(f"only pickle weights ({', '.join(pickles)}) and no INC qconfig.json; this format needs safetensors", file=root)
-    raise FormatError("no model.safetensors, model.safetensors.index.json or INC quantized_weight.pt", file=root)
+    raise FormatError(f"no model.safetensors, model.safetensors.index.json, INC quantized_weight.pt or {OPENVINO_XML}", file=root)
 
 
 def _link_roots(root: Path) -> tuple[Path, ...]:

@@ -24,7 +24,7 @@ from .ir import CodebookLinear, GIdxKind, QuantLinear
 
 CONVENTION_CHOICES = ("auto", ZP_V1, ZP_V2, ZP_V1_WORD)
 # Layouts whose zero points are raw by definition: the format, not the config, says so.
-RAW_ZERO_FAMILIES = ("awq", "hpu", "inc-nonopt")
+RAW_ZERO_FAMILIES = ("awq", "hpu", "inc-nonopt", "openvino")
 _G_IDX_SEVERITY = [GIdxKind.NONE, GIdxKind.TRIVIAL, GIdxKind.BLOCK_UNIFORM, GIdxKind.SCATTERED]
 
 

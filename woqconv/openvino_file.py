@@ -1,0 +1,283 @@
+"""An OpenVINO IR model (``openvino_model.xml`` + ``.bin``) with compressed weights, seen as named tensors,
+with the same interface as :class:`woqconv.safetensors_io.SafetensorsFile`.
+
+NNCF's ``compress_weights`` (and optimum-intel's export with it) leaves each compressed weight as a small
+decompression sub-graph in front of its consumer::
+
+    Constant u4 [out, G, gs] | u8 [out, in] | i4 / i8   (the codes; friendly name "self.<module>.weight")
+      -> Convert(f16|f32)
+      -> Subtract(Convert(Constant zero point, same integer type))      (absent for symmetric modes)
+      -> Multiply(Constant scale [out, G, 1] | [out, 1])
+      -> Reshape [out, in]                                              (grouped only)
+      -> Convert(f32)                                                   (optional)
+      -> MatMul(transpose_b=True)  or  Gather (an embedding)
+
+This file names what it finds by the Hugging Face module it came from (``self.`` and ``.weight`` stripped):
+
+* a compressed linear ``P`` becomes ``P.codes`` (U8 ``[out, in]``, the unsigned level q), ``P.zero_point``
+  (U8 ``[out, G]``, the true z) and ``P.scale`` (``[out, G]``, the stored float dtype). Signed i4/i8 codes
+  without a zero point are symmetric: ``q_signed * s == (q_signed + 2^(b-1) - 2^(b-1)) * s``, so they are
+  stored as unsigned ``q = q_signed + 2^(b-1)`` with ``P.zero_point`` absent, which the reader turns into
+  ``z = 2^(b-1)`` exactly.
+* a compressed embedding (feeds a Gather) and a compressed ``lm_head`` become dense F32 ``P.weight``, the
+  values OpenVINO's CPU plugin computes: ``(q - z) * s`` in fp32 (measured bit-exact, README). Hugging Face
+  GPTQ/AWQ/INC loaders keep both unquantized, so their codes cannot be carried over.
+* dense float constants keep their torch names where OpenVINO kept them (``self.<module>.<param>``). RMSNorm
+  weights lose theirs (``Constant_123``): one ``[1, 1, H]`` constant multiplied in ``__module.<module>/aten::mul``
+  is named ``<module>.weight``. A norm weight of exactly 1.0 everywhere is folded away by the converter; it
+  is absent here, and a Hugging Face loader initialises it to 1.0 again.
+
+Opening parses the graph (openvino is imported only then: woqconv works without it) and keeps the
+constants' numpy views; nothing is unpacked until a tensor is read.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import FormatError
+from .safetensors_io import DTYPE_NAMES, TensorInfo, open_regular
+
+XML_NAME = "openvino_model.xml"
+BIN_NAME = "openvino_model.bin"
+_INTEGER_TYPES = {"u4": (4, False), "i4": (4, True), "u8": (8, False), "i8": (8, True)}
+_FLOAT_TYPES = {"f16": torch.float16, "f32": torch.float32, "bf16": torch.bfloat16}
+# Ops a decompression sub-graph is made of; anything else between the codes and their consumer is a
+# pattern this reader does not know.
+_CHAIN_OPS = ("Convert", "Subtract", "Multiply", "Reshape")
+_NORM_MUL = re.compile(r"^__module\.(?P<module>[\w.]+)/aten::mul/")
+
+
+@dataclass
+class Compressed:
+    """One compressed weight: where its pieces are and what it feeds."""
+
+    name: str  # Hugging Face module name
+    bits: int
+    signed: bool
+    out_features: int
+    in_features: int
+    groups: int
+    codes: object  # openvino Constant nodes
+    zero_point: object | None
+    scale: object
+    consumer: str  # "MatMul" or "Gather"
+
+
+def _ov_type(node) -> str:
+    return node.get_output_element_type(0).get_type_name()
+
+
+def _raw(const) -> np.ndarray:
+    """A constant's bytes as stored: u4/i4 come packed two per byte."""
+    return np.ascontiguousarray(const.data).reshape(-1).view(np.uint8)
+
+
+def _integers(const, bits: int, signed: bool, count: int) -> torch.Tensor:
+    """A u4/i4/u8/i8 constant's values as unsigned levels, uint8 [count] (signed: +2^(b-1))."""
+    raw = torch.from_numpy(_raw(const).copy())
+    if bits == 4:
+        # Element 2k is the low nibble of byte k, 2k+1 the high one (checked against OpenVINO's own
+        # decompression of the fixture: every weight equal).
+        raw = torch.stack([raw & 0xF, raw >> 4], dim=-1).reshape(-1)
+    values = raw[:count]
+    if signed:
+        values = values ^ (1 << (bits - 1))  # two's complement + 2^(b-1), within b bits
+    return values
+
+
+class OpenVinoFile:
+    """An OpenVINO IR model's weights by Hugging Face name: compressed linears as codes/zero_point/scale."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.bin_path = self.path.with_suffix(".bin")
+        for p in (self.path, self.bin_path):
+            os.close(open_regular(p))  # a FIFO or a directory under the name is refused by name
+        self.size = self.path.stat().st_size + self.bin_path.stat().st_size
+        self.metadata: dict[str, str] = {"format": "openvino"}
+        self.compressed: dict[str, Compressed] = {}
+        self.densified: list[str] = []  # compressed embeddings / lm_head read as dense weights
+        self._readers: dict[str, Callable[[], torch.Tensor]] = {}
+        self.tensors: dict[str, TensorInfo] = {}
+        try:
+            import openvino as ov
+        except ImportError:
+            raise FormatError("reading OpenVINO IR needs the openvino package (pip install openvino)", file=self.path) from None
+        try:
+            model = ov.Core().read_model(str(self.path), str(self.bin_path))
+        except Exception as e:  # openvino raises RuntimeError with a multi-line trace for a bad IR
+            first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise FormatError(f"OpenVINO cannot read this IR: {first[:200]}", file=self.path) from None
+        self._model = model
+        self._scan(model)
+
+    # -- graph ------------------------------------------------------------------------------------
+    def _scan(self, model) -> None:
+        constants = [op for op in model.get_ordered_ops() if op.get_type_name() == "Constant"]
+        self._parts: set[str] = set()  # zero point and scale constants of a compressed weight
+        for op in constants:
+            if _ov_type(op) in _INTEGER_TYPES and op.get_friendly_name().endswith(".weight"):
+                self._add_compressed(op, *_INTEGER_TYPES[_ov_type(op)])
+        for op in constants:
+            if _ov_type(op) in _FLOAT_TYPES and op.get_friendly_name() not in self._parts:
+                self._add_dense(op)
+
+    def _add(self, name: str, dtype: torch.dtype, shape: tuple[int, ...], read: Callable[[], torch.Tensor], stored=None) -> None:
+        """Register a tensor. Its ``nbytes`` are the bytes the .bin holds for it (``stored``, a Constant),
+        so sizes and bits per weight report the file, not the unpacked view."""
+        if name in self.tensors:
+            raise FormatError(f"two constants are named {name}", file=self.path, tensor=name)
+        nbytes = stored.get_byte_size() if stored is not None else int(np.prod(shape, dtype=np.int64)) * torch.empty(0, dtype=dtype).element_size()
+        self.tensors[name] = TensorInfo(name, DTYPE_NAMES[dtype], tuple(shape), 0, nbytes)
+        self._readers[name] = read
+
+    def _add_dense(self, const) -> None:
+        """A float weight: named by torch (``self.<module>.<param>``), or a norm weight found by its consumer."""
+        name = const.get_friendly_name()
+        shape = tuple(const.get_output_shape(0))
+        consumers = [t.get_node() for t in const.output(0).get_target_inputs()]
+        if len(consumers) == 1 and consumers[0].get_type_name() == "Convert":
+            # saved with compress_to_fp16: an f16 constant, widened to f32 before its use
+            consumers = [t.get_node() for t in consumers[0].output(0).get_target_inputs()]
+        if name.startswith("self.") and len(shape) >= 1:
+            hf = name[len("self."):]
+        elif len(shape) == 3 and shape[:2] == (1, 1) and len(consumers) == 1 and consumers[0].get_type_name() == "Multiply":
+            m = _NORM_MUL.match(consumers[0].get_friendly_name())
+            if not m or not m.group("module").endswith("norm"):
+                return
+            hf, shape = f"{m.group('module')}.weight", shape[2:]
+        else:
+            return  # attention masks, rotary tables, eps: the graph's own constants, not weights
+        dtype = _FLOAT_TYPES[_ov_type(const)]
+        self._add(hf, dtype, shape, lambda c=const, s=shape, d=dtype: _float_tensor(c, d).reshape(s), const)
+
+    def _add_compressed(self, const, bits: int, signed: bool) -> None:
+        name = const.get_friendly_name()
+        hf = name[len("self."):] if name.startswith("self.") else name
+        prefix = hf[: -len(".weight")]
+        shape = tuple(const.get_output_shape(0))
+        zp, scale, consumer = self._decompression(const, hf)
+        out, inf = shape[0], int(np.prod(shape[1:], dtype=np.int64))
+        groups = shape[1] if len(shape) == 3 else 1
+        if len(shape) not in (2, 3) or inf == 0 or out == 0:
+            raise FormatError(f"compressed weight has shape {list(shape)}, expected [out, in] or [out, groups, group_size]", file=self.path, tensor=name)
+        for what, node in (("scale", scale), ("zero point", zp)):
+            if node is not None and int(np.prod(node.get_output_shape(0), dtype=np.int64)) not in (1, out * groups):
+                raise FormatError(f"{what} has shape {list(node.get_output_shape(0))}, expected {out * groups} values for weight {list(shape)}", file=self.path, tensor=name)
+        if zp is not None and _ov_type(zp) not in _INTEGER_TYPES:
+            raise FormatError(f"zero point is {_ov_type(zp)}, expected an integer constant like the codes", file=self.path, tensor=zp.get_friendly_name())
+        if _ov_type(scale) not in _FLOAT_TYPES:
+            raise FormatError(f"scale is {_ov_type(scale)}, expected a float constant", file=self.path, tensor=scale.get_friendly_name())
+        self._parts |= {n.get_friendly_name() for n in (zp, scale) if n is not None}
+        c = Compressed(hf, bits, signed, out, inf, groups, const, zp, scale, consumer)
+        if consumer == "Gather" or prefix.split(".")[-1] == "lm_head":
+            self.densified.append(prefix)
+            self._add(hf, torch.float32, (out, inf), lambda c=c: self._dequantized(c))
+            return
+        self.compressed[prefix] = c
+        self._add(f"{prefix}.codes", torch.uint8, (out, inf), lambda c=c: self.codes(c), const)
+        if zp is not None:
+            self._add(f"{prefix}.zero_point", torch.uint8, (out, groups), lambda c=c: self.zeros(c), zp)
+        self._add(f"{prefix}.scale", _FLOAT_TYPES[_ov_type(scale)], (out, groups), lambda c=c: self.scales(c), scale)
+
+    def _decompression(self, const, name: str):
+        """Follow the codes to their consumer: (zero point constant or None, scale constant, consumer type)."""
+        node, zp, scale = const, None, None
+        while True:
+            targets = list(node.output(0).get_target_inputs())
+            if len(targets) != 1:
+                raise FormatError(f"{node.get_type_name()} {node.get_friendly_name()!r} feeds {len(targets)} ops; "
+                                  "expected one decompression chain", file=self.path, tensor=name)
+            nxt, port = targets[0].get_node(), targets[0].get_index()
+            kind = nxt.get_type_name()
+            if kind in ("MatMul", "Gather"):
+                break
+            if kind not in _CHAIN_OPS:
+                raise FormatError(f"compressed weight reaches a {kind} op ({nxt.get_friendly_name()}); "
+                                  f"known decompression: {' -> '.join(_CHAIN_OPS)} -> MatMul or Gather", file=self.path, tensor=name)
+            if kind == "Subtract":
+                zp = self._source_constant(nxt.input_value(1 - port).get_node(), name)
+            elif kind == "Multiply":
+                scale = self._source_constant(nxt.input_value(1 - port).get_node(), name)
+            node = nxt
+        if kind == "MatMul":
+            attrs = nxt.get_attributes()
+            if port != 1 or attrs.get("transpose_a") or not attrs.get("transpose_b"):
+                raise FormatError(f"MatMul {nxt.get_friendly_name()!r} does not take the weight as [out, in] "
+                                  f"(input {port}, transpose_b {attrs.get('transpose_b')})", file=self.path, tensor=name)
+        elif port != 0:
+            raise FormatError(f"Gather {nxt.get_friendly_name()!r} takes the weight as input {port}, not the table", file=self.path, tensor=name)
+        if scale is None:
+            raise FormatError("decompression has no Multiply by a scale", file=self.path, tensor=name)
+        return zp, scale, kind
+
+    def _source_constant(self, node, name: str):
+        """The Constant behind a zero point or scale input (through a Convert, as NNCF writes zero points)."""
+        while node.get_type_name() == "Convert":
+            node = node.input_value(0).get_node()
+        if node.get_type_name() != "Constant":
+            raise FormatError(f"decompression input {node.get_friendly_name()!r} is a {node.get_type_name()}, not a constant", file=self.path, tensor=name)
+        return node
+
+    # -- values -----------------------------------------------------------------------------------
+    def codes(self, c: Compressed) -> torch.Tensor:
+        return _integers(c.codes, c.bits, c.signed, c.out_features * c.in_features).reshape(c.out_features, c.in_features)
+
+    def zeros(self, c: Compressed) -> torch.Tensor:
+        if c.zero_point is None:
+            return torch.full((c.out_features, c.groups), 1 << (c.bits - 1), dtype=torch.uint8)
+        zb, zs = _INTEGER_TYPES[_ov_type(c.zero_point)]
+        n = int(np.prod(c.zero_point.get_output_shape(0), dtype=np.int64))
+        z = _integers(c.zero_point, zb, zs, n)
+        if zs != c.signed or zb != c.bits:
+            raise FormatError(f"zero point is {_ov_type(c.zero_point)} but the codes are {_ov_type(c.codes)}", file=self.path, tensor=c.name)
+        return z.expand(c.out_features * c.groups).reshape(c.out_features, c.groups).contiguous()
+
+    def scales(self, c: Compressed) -> torch.Tensor:
+        s = _float_tensor(c.scale, _FLOAT_TYPES[_ov_type(c.scale)]).reshape(-1)
+        return s.expand(c.out_features * c.groups).reshape(c.out_features, c.groups).contiguous()
+
+    def _dequantized(self, c: Compressed) -> torch.Tensor:
+        """``(q - z) * s`` in fp32, per group: what OpenVINO's CPU plugin computes for this weight."""
+        gs = c.in_features // c.groups
+        q = self.codes(c).to(torch.float32).view(c.out_features, c.groups, gs)
+        z = self.zeros(c).to(torch.float32)[:, :, None]
+        s = self.scales(c).to(torch.float32)[:, :, None]
+        return ((q - z) * s).reshape(c.out_features, c.in_features)
+
+    # -- the SafetensorsFile interface ------------------------------------------------------------
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def read(self, name: str) -> torch.Tensor:
+        return self._readers[name]().contiguous()
+
+    def copy_into(self, name: str, dst_fd: int, dst_offset: int) -> None:
+        data = memoryview(self.read(name).view(-1).view(torch.uint8).numpy())
+        done = 0
+        while done < len(data):
+            done += os.pwrite(dst_fd, data[done:], dst_offset + done)
+
+    def close(self) -> None:
+        self._readers = {}
+        self._model = None
+        self.compressed = {}
+
+    def __enter__(self) -> "OpenVinoFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _float_tensor(const, dtype: torch.dtype) -> torch.Tensor:
+    raw = torch.from_numpy(_raw(const).copy())
+    return raw.view(dtype)
