@@ -102,7 +102,7 @@ class OpenVinoFile:
         for p in (self.path, self.bin_path):
             os.close(open_regular(p))  # a FIFO or a directory under the name is refused by name
         self.size = self.path.stat().st_size + self.bin_path.stat().st_size
-        self.metadata: dict[str, str] = {"format": "openvino"}
+        self.metadata: dict[str, str] = {}  # an output shard's header metadata: none, so the writer's {"format": "pt"}
         self.compressed: dict[str, Compressed] = {}
         self.densified: list[str] = []  # compressed embeddings / lm_head read as dense weights
         self._readers: dict[str, Callable[[], torch.Tensor]] = {}

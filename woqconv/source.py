@@ -112,7 +112,7 @@ def _scan(ckpt: Checkpoint, requested: str) -> QuantizedCheckpoint:
     fmt = detect(ckpt)
     family = LayerFamily.registry[fmt.family]
     prefixes = family.layer_prefixes(ckpt)
-    warnings: list[str] = []
+    warnings: list[str] = family.source_notes(ckpt)
     if family.codebook:
         # No zero points, so no convention to settle: the layers' own quant state says everything.
         return QuantizedCheckpoint(ckpt, fmt, _shells(ckpt, family, prefixes, fmt), fmt.zero_point_convention, "format", warnings)

@@ -77,6 +77,11 @@ class LayerFamily:
         return [f"{prefix}.{s}" for s in cls.suffixes if ckpt.has(f"{prefix}.{s}")]
 
     @classmethod
+    def source_notes(cls, ckpt: Checkpoint) -> list[str]:
+        """What this layout's reader changed or could not keep, for inspect and convert to report."""
+        return []
+
+    @classmethod
     def packed_codes(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> PackedCodes | None:
         """The layer's codes as stored, without unpacking them (None: this family cannot say)."""
         return None

@@ -35,6 +35,16 @@ class OpenVinoFamily(LayerFamily, key=KEY):
         return sorted(n[: -len(".codes")] for n in ckpt.locations if n.endswith(".codes"))
 
     @classmethod
+    def source_notes(cls, ckpt: Checkpoint) -> list[str]:
+        """The compressed weights read as dense ones: NNCF compresses the embedding and lm_head (8-bit by default),
+        which the Hugging Face quantized formats keep unquantized."""
+        (ir,) = ckpt.shards.values()
+        if not ir.densified:
+            return []
+        return [f"{len(ir.densified)} compressed weights feed an embedding lookup or the output head ({', '.join(ir.densified)}), "
+                "which Hugging Face quantized checkpoints keep dense: read as dense fp32 (q - z) * s, the values OpenVINO computes"]
+
+    @classmethod
     def _geometry(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> tuple[int, int, int]:
         require(ckpt, f"{prefix}.codes", "codes")
         require(ckpt, f"{prefix}.scale", "scale")
@@ -93,10 +103,3 @@ def detect(ckpt: Checkpoint) -> SourceFormat:
     )
 
 
-def densified_note(ckpt: Checkpoint) -> str | None:
-    """The compressed weights read as dense tensors (embedding, lm_head), for inspect and convert to report."""
-    (ir,) = ckpt.shards.values()
-    if not ir.densified:
-        return None
-    return (f"{len(ir.densified)} compressed weights ({', '.join(ir.densified)}) feed an embedding lookup or the output head, "
-            "which Hugging Face quantized checkpoints keep dense: read as (q - z) * s in fp32, as OpenVINO computes them")
