@@ -6,7 +6,7 @@ the dense export and the ``OVModelForCausalLM`` run happen in a second virtual e
 path there and imports nothing from woqconv (woqconv's own dependencies are not installed in it):
 
     python openvino_worker.py export DENSE_DIR OUT_DIR        # optimum-intel export of the architecture
-    python openvino_worker.py run RESULT_DIR PROFILE OV_DIR [...]   # OVModelForCausalLM on CPU, logits
+    python openvino_worker.py run RESULT_DIR PROFILE[,PROFILE] OV_DIR [...]   # OVModelForCausalLM on CPU, logits
     python openvino_worker.py route GPTQ_DIR OUT_DIR          # optimum-intel's own export of a GPTQ checkpoint
 
 Each prints one JSON line per job: a result, or {"error": ...}; the caller decides what a failure means.
@@ -108,7 +108,7 @@ def main(argv: list[str]) -> int:
     jobs = {
         "export": lambda: [export(args[0], args[1])],
         "route": lambda: [route(args[0], args[1])],
-        "run": lambda: [run(args[0], args[1], d, i) for i, d in enumerate(args[2:])],
+        "run": lambda: [run(args[0], p, d, i) for p in args[1].split(",") for i, d in enumerate(args[2:])],
     }
     if command not in jobs:
         print(json.dumps({"error": f"unknown command {command}"}), flush=True)
