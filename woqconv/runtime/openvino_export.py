@@ -79,7 +79,8 @@ def write_dense_stub(plan, into: Path) -> None:
     biases = {}
     for name in plan.prepared:
         layer = plan.prepared[name].layer
-        if layer.bias is not None:
+        # INC stores an all-zero bias for bias-free linears; the architecture has no place for it.
+        if layer.bias is not None and bool(layer.bias.any()):
             biases[f"{name}.bias"] = layer.bias
     specs = [TensorSpec(t, ckpt.info(t).dtype, ckpt.info(t).shape) for t in names]
     specs += [TensorSpec(n, {torch.float16: "F16", torch.bfloat16: "BF16"}.get(b.dtype, "F32"), tuple(b.shape)) for n, b in biases.items()]
