@@ -28,5 +28,8 @@ PIPOV=("$OV/bin/python" -m pip install --quiet --disable-pip-version-check -c sc
 "${PIPOV[@]}" torch==2.13.0
 "${PIPOV[@]}" --no-deps optimum-intel
 "${PIPOV[@]}" optimum transformers huggingface-hub nncf openvino openvino-tokenizers accelerate requests setuptools
+# gptqmodel lets optimum-intel load a GPTQ checkpoint itself: scripts/openvino_route.py runs that documented route.
+"${PIPOV[@]}" --no-deps gptqmodel
+"${PIPOV[@]}" device-smi logbar tokenicer defuser pypcre threadpoolctl protobuf pillow
 "$OV/bin/python" -c "import torch, optimum.intel.openvino, openvino; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 echo "$stamp_inputs" > "$VENV/.woqconv-setup"

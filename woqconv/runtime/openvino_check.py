@@ -29,9 +29,11 @@ XML = "openvino_model.xml"
 
 @dataclass
 class Decompressed:
-    codes: torch.Tensor  # the integer codes as OpenVINO converts them (f32 [out, G, group])
-    zeros: torch.Tensor | None  # f32 [out, G, 1], None without a zero point
-    weight: torch.Tensor  # the decompressed weight, [out, in], in the dtype OpenVINO computes it in
+    """One linear as OpenVINO computes it, laid out ``[out, in]`` whichever way the MatMul holds it."""
+
+    codes: torch.Tensor  # the integer codes as OpenVINO converts them, [out, in]
+    zeros: torch.Tensor | None  # [out, G], None without a zero point
+    weight: torch.Tensor  # the decompressed weight [out, in], in the dtype OpenVINO computes it in
     codes_type: str  # element type of the codes constant (u4, u8, ...)
 
 
@@ -88,9 +90,16 @@ def decompressed_weights(path: str | Path) -> dict[str, Decompressed]:
         # The weight sub-graph alone, compiled and run by the CPU plugin in f32 (what the graph says).
         probe = ov.Model([ops.result(o) for o in outputs], [], "decompression")
         values = core.compile_model(probe, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request().infer({})
-        arrays = [torch.from_numpy(np.array(values[i])) for i in range(len(outputs))]
+        codes_v, weight_v, *zeros_v = (torch.from_numpy(np.array(values[i])) for i in range(len(outputs)))
+        # optimum-intel's linears multiply by W^T (transpose_b); OpenVINO's GPTQ patch keeps GPTQ's [in, out].
+        transposed = not node.get_attributes().get("transpose_b", False)
+        out_f = weight_v.shape[1] if transposed else weight_v.shape[0]
+
+        def oriented(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(-1, out_f).T if transposed else t.reshape(out_f, -1)
+
         found[_module_of(node)] = Decompressed(
-            arrays[0], arrays[2] if sub is not None else None, arrays[1], const.get_output_element_type(0).get_type_name()
+            oriented(codes_v), oriented(zeros_v[0]) if zeros_v else None, oriented(weight_v), const.get_output_element_type(0).get_type_name()
         )
     return found
 
