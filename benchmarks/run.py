@@ -30,8 +30,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 # name -> (synth shape, shards)
-CASES = {"7b": ("7b", 1), "7b-sharded": ("7b", 2), "1b": ("1b", 1), "tiny": ("tiny", 1), "tiny-sharded": ("tiny", 2)}
+CASES = {"7b": ("7b", 1), "7b-sharded": ("7b", 2), "7b-8l": ("7b-8l", 1), "1b": ("1b", 1), "tiny": ("tiny", 1),
+         "tiny-sharded": ("tiny", 2)}
 TARGETS = ("awq", "gptq-v2", "inc-hf", "hpu")
+CP_SYNC = "cp + fsync"
 
 
 @dataclass
@@ -167,21 +169,24 @@ def inc_route(case: str, src: Path, scratch: Path, woqconv_hpu: Measurement | No
 
 def table(results: list[Measurement]) -> str:
     floors = {m.case: m for m in results if m.what == "cp" and m.ok}
+    synced = {m.case: m for m in results if m.what == CP_SYNC and m.ok}
     rows = [
-        "| case | step | median wall s | x cp (wall) | MB/s | median CPU s | x cp (CPU) | peak RSS MB | load (1m) | runs |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| case | step | median wall s | x cp (wall) | x cp+fsync (wall) | MB/s | median CPU s | x cp (CPU) | peak RSS MB | load (1m) | runs |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in results:
         if not m.runs:
             continue
         floor = floors.get(m.case) if m.what.startswith("convert") else None
+        floor_synced = synced.get(m.case) if m.what.startswith("convert") else None
         ratio = f"{m.seconds / floor.seconds:.2f}" if floor else ""
+        ratio_synced = f"{m.seconds / floor_synced.seconds:.2f}" if floor_synced else ""
         cpu_ratio = f"{m.cpu_seconds / floor.cpu_seconds:.2f}" if floor and floor.cpu_seconds else ""
         mbs = f"{m.source_bytes / m.seconds / 1e6:.0f}" if m.what != "inspect" else ""
         lo, hi = min(r.load_avg_1m for r in m.runs), max(r.load_avg_1m for r in m.runs)
         status = "" if m.ok else " (failed)"
         note = f"; {m.note}" if m.note else ""
-        rows.append(f"| {m.case} | {m.what}{status}{note} | {m.seconds:.2f} | {ratio} | {mbs} | {m.cpu_seconds:.2f} | {cpu_ratio} | "
+        rows.append(f"| {m.case} | {m.what}{status}{note} | {m.seconds:.2f} | {ratio} | {ratio_synced} | {mbs} | {m.cpu_seconds:.2f} | {cpu_ratio} | "
                     f"{m.peak_rss_mb:.0f} | {lo:.1f}-{hi:.1f} | {len(m.runs)} |")
     return "\n".join(rows)
 
@@ -231,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         nbytes = sum(p.stat().st_size for p in checkpoint_files(src))
         print(f"{case}: {nbytes / 2**30:.2f} GiB in {len(list(src.glob('*.safetensors')))} safetensors file(s)", flush=True)
         results.append(measure(case, "cp", lambda out: ["cp", "-r", str(src), str(out)], src, scratch, args.runs, args.cache, nbytes=nbytes))
+        # woqconv fsyncs every file before it renames the output into place; cp leaves the writeback
+        # for later. Both floors are reported.
+        results.append(measure(case, CP_SYNC, lambda out: ["sh", "-c", 'cp -r "$1" "$2" && sync "$2"/*', "sh", str(src), str(out)],
+                               src, scratch, args.runs, args.cache, nbytes=nbytes))
         by_target = {}
         for target in targets:
             extra = ["--allow-bf16"] if target == "hpu" else []  # random fp16 scales are not bf16-exact

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv
 PY=${PYTHON:-python3}
-stamp_inputs=$(cat pyproject.toml scripts/constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)
+stamp_inputs=$(cat pyproject.toml scripts/constraints.txt scripts/constraints-openvino.txt scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$VENV/.woqconv-setup" ] && [ "$(cat "$VENV/.woqconv-setup")" = "$stamp_inputs" ]; then
   exit 0
 fi
@@ -20,4 +20,16 @@ PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" --no-deps gptqmodel==7.7.0 optimum==2.3.0
 "${PIP[@]}" device-smi logbar tokenicer defuser pypcre threadpoolctl protobuf pillow
 "$VENV/bin/python" -c "import torch, woqconv; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+# The openvino target's second environment (scripts/constraints-openvino.txt says why): optimum-intel
+# without its torchvision requirement, then the rest of its needs at the pinned versions.
+OV=.venv-ov
+[ -x "$OV/bin/python" ] || "$PY" -m venv "$OV"
+PIPOV=("$OV/bin/python" -m pip install --quiet --disable-pip-version-check -c scripts/constraints-openvino.txt)
+"${PIPOV[@]}" torch==2.13.0
+"${PIPOV[@]}" --no-deps optimum-intel
+"${PIPOV[@]}" optimum transformers huggingface-hub nncf openvino openvino-tokenizers accelerate requests setuptools
+# gptqmodel lets optimum-intel load a GPTQ checkpoint itself: scripts/openvino_route.py runs that documented route.
+"${PIPOV[@]}" --no-deps gptqmodel
+"${PIPOV[@]}" device-smi logbar tokenicer defuser pypcre threadpoolctl protobuf pillow
+"$OV/bin/python" -c "import torch, optimum.intel.openvino, openvino; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 echo "$stamp_inputs" > "$VENV/.woqconv-setup"

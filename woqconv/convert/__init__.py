@@ -166,7 +166,12 @@ def convert(
                 progress(done, total)
 
         try:
-            written = write_plan(plan, partial, tick, workers=workers)
+            if plan.target.container == "openvino":  # an OpenVINO IR, built from optimum-intel's export
+                from ..runtime.openvino_export import write_openvino
+
+                written = write_openvino(plan, partial, tick)
+            else:
+                written = write_plan(plan, partial, tick, workers=workers)
             commit_partial(partial, out_path)
         except BaseException as e:
             discard_partial(partial)

@@ -442,7 +442,10 @@ class Fp4Target(BnbTarget):
     description = "bitsandbytes FP4 (transformers + bitsandbytes)"
 
 
+from .openvino_target import OpenvinoTarget  # noqa: E402  (it subclasses Target, defined above)
+
 TARGETS: dict[str, Target] = {
     t.name: t
-    for t in (GptqV1Target(), GptqV2Target(), AwqGemmTarget(), IncDefaultTarget(), IncHfTarget(), HpuTarget(), Nf4Target(), Fp4Target())
+    for t in (GptqV1Target(), GptqV2Target(), AwqGemmTarget(), IncDefaultTarget(), IncHfTarget(), HpuTarget(), Nf4Target(), Fp4Target(),
+              OpenvinoTarget())
 }

@@ -360,6 +360,12 @@ def verify(
     path = Path(path)
     if not path.exists():
         raise WoqconvError("no such file or directory", file=path)
+    if (path / "openvino_model.xml").exists():  # an openvino output: read back and run by OpenVINO itself
+        from .openvino_check import verify_openvino
+
+        report = VerifyReport(str(path), str(against) if against else None, format="openvino")
+        verify_openvino(path, Path(against) if against is not None else None, run, t, report)
+        return report
     dev = select_device(device).kind if run else None
     report = VerifyReport(str(path), str(against) if against else None, format="?")
     out = _open_as_loader_reads(path, report)
