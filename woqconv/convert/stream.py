@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import torch
 
 from ..checkpoint import CONFIG_NAME, INC_WEIGHTS, INDEX_NAME, dump_json
-from ..compute import compute_threads, release_freed_memory
+from ..compute import compute_threads
 from ..errors import FormatError
 from ..ir import PackedCodes, QuantLinear
 from ..safetensors_io import DTYPES, SafetensorsFile, SafetensorsWriter
@@ -47,8 +47,6 @@ def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = Non
         if companion:
             for tname, value in comp.family.encode(layer, comp.zero_point_convention).items():
                 _put(companion, tname, value)
-        del layer
-        release_freed_memory()
         return name, names
 
     with compute_threads(workers):
