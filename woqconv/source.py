@@ -128,13 +128,14 @@ def _scan(ckpt: Checkpoint, requested: str) -> QuantizedCheckpoint:
     stored_values: set[int] = set()
     stored_all_ones = stored_zeros = 0
     for p in prefixes:
-        fields = family.stored_zero_fields(ckpt, p, fmt)
+        bits = fmt.for_layer(p).bits
+        # One histogram pass answers all three questions (a sort for unique values cost 10x more).
+        counts = torch.bincount(family.stored_zero_fields(ckpt, p, fmt).reshape(-1), minlength=1 << bits).tolist()
         if len(stored_values) <= 2:
-            shift = half - (1 << (fmt.for_layer(p).bits - 1))
-            stored_values |= {v + shift for v in torch.unique(fields).tolist()}
-        stored_all_ones += int((fields == (1 << fmt.for_layer(p).bits) - 1).sum())
-        stored_zeros += int((fields == 0).sum())
-        del fields
+            shift = half - (1 << (bits - 1))
+            stored_values |= {v + shift for v, n in enumerate(counts) if n}
+        stored_all_ones += counts[(1 << bits) - 1]
+        stored_zeros += counts[0]
         release_freed_memory()
     data_says = None
     if fmt.family == "gptq" and len(stored_values) == 1:
