@@ -53,7 +53,7 @@ def all_finite(t: torch.Tensor) -> bool:
     if t.dtype not in _EXPONENT_MASKS or not t.numel():
         return bool(torch.isfinite(t).all())
     as_int, mask = _EXPONENT_MASKS[t.dtype]
-    return int((t.contiguous().view(as_int) & mask).max()) != mask
+    return int((t.view(as_int) & mask).max()) != mask  # a same-size view keeps any strides: no copy
 
 
 def _meta(t: torch.Tensor | None) -> torch.Tensor | None:

@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 
 from .checkpoint import Checkpoint
-from .compute import release_freed_memory
+from .compute import map_in_order, release_freed_memory
 from .errors import FormatError
 from .formats import LayerFamily
 from .formats.base import ZP_V1, ZP_V1_WORD, ZP_V2, SourceFormat
@@ -89,7 +89,8 @@ class QuantizedCheckpoint:
         self.close()
 
 
-def open_checkpoint(path: str | os.PathLike, *, zero_point_convention: str = "auto", hpu_cache: bool = False) -> QuantizedCheckpoint:
+def open_checkpoint(path: str | os.PathLike, *, zero_point_convention: str = "auto", hpu_cache: bool = False,
+                    workers: int = 1) -> QuantizedCheckpoint:
     """Open and scan a quantized checkpoint directory.
 
     Args:
@@ -97,25 +98,26 @@ def open_checkpoint(path: str | os.PathLike, *, zero_point_convention: str = "au
         zero_point_convention: ``"auto"`` decides from the data where it can (symmetric checkpoints)
             and from the config otherwise; ``"v1"`` / ``"v2"`` force a reading.
         hpu_cache: read INC's Gaudi cache (``hpu_model.safetensors``) beside the weights instead of them.
+        workers: layers scanned at once, in threads (each holds one layer's small tensors).
     """
     if zero_point_convention not in CONVENTION_CHOICES:
         raise FormatError(f"zero-point convention must be one of {', '.join(CONVENTION_CHOICES)}, not {zero_point_convention!r}")
     ckpt = Checkpoint.open(path, hpu_cache=hpu_cache)
     try:
-        return _scan(ckpt, zero_point_convention)
+        return _scan(ckpt, zero_point_convention, workers)
     except BaseException:
         ckpt.close()
         raise
 
 
-def _scan(ckpt: Checkpoint, requested: str) -> QuantizedCheckpoint:
+def _scan(ckpt: Checkpoint, requested: str, workers: int = 1) -> QuantizedCheckpoint:
     fmt = detect(ckpt)
     family = LayerFamily.registry[fmt.family]
     prefixes = family.layer_prefixes(ckpt)
     warnings: list[str] = family.source_notes(ckpt)
     if family.codebook:
         # No zero points, so no convention to settle: the layers' own quant state says everything.
-        return QuantizedCheckpoint(ckpt, fmt, _shells(ckpt, family, prefixes, fmt), fmt.zero_point_convention, "format", warnings)
+        return QuantizedCheckpoint(ckpt, fmt, _shells(ckpt, family, prefixes, fmt, workers), fmt.zero_point_convention, "format", warnings)
     declared = fmt.zero_point_convention
 
     # What the stored zero points say. Only symmetric data decides it: every field equal to
@@ -127,16 +129,22 @@ def _scan(ckpt: Checkpoint, requested: str) -> QuantizedCheckpoint:
     all_ones = (1 << fmt.bits) - 1
     stored_values: set[int] = set()
     stored_all_ones = stored_zeros = 0
-    for p in prefixes:
+
+    def histogram(p: str) -> list[int]:
+        # One histogram answers all three questions (a sort for unique values cost 10x more).
+        fields = family.stored_zero_fields(ckpt, p, fmt).reshape(-1)
+        counts = torch.bincount(fields, minlength=1 << fmt.for_layer(p).bits).tolist()
+        del fields
+        release_freed_memory()
+        return counts
+
+    for p, counts in zip(prefixes, map_in_order(histogram, prefixes, workers)):
         bits = fmt.for_layer(p).bits
-        # One histogram pass answers all three questions (a sort for unique values cost 10x more).
-        counts = torch.bincount(family.stored_zero_fields(ckpt, p, fmt).reshape(-1), minlength=1 << bits).tolist()
         if len(stored_values) <= 2:
             shift = half - (1 << (bits - 1))
             stored_values |= {v + shift for v, n in enumerate(counts) if n}
         stored_all_ones += counts[(1 << bits) - 1]
         stored_zeros += counts[0]
-        release_freed_memory()
     data_says = None
     if fmt.family == "gptq" and len(stored_values) == 1:
         only = next(iter(stored_values))
@@ -163,7 +171,7 @@ def _scan(ckpt: Checkpoint, requested: str) -> QuantizedCheckpoint:
     renamed = {"gptq": "gptq-v2", "gptq-v2": "gptq-v2"} if used == ZP_V2 else {"gptq": "gptq", "gptq-v2": "gptq"}
     fmt = replace(fmt, zero_point_convention=used, name=renamed.get(fmt.name, fmt.name))
 
-    layers = _shells(ckpt, family, prefixes, fmt)
+    layers = _shells(ckpt, family, prefixes, fmt, workers)
 
     # v1 files cannot say z = 0 unambiguously (FORMATS.md 1.4): count what is suspicious.
     if fmt.family == "gptq" and _public(used) == ZP_V1:
@@ -187,10 +195,12 @@ def _scan(ckpt: Checkpoint, requested: str) -> QuantizedCheckpoint:
     return QuantizedCheckpoint(ckpt, fmt, layers, declared, source, warnings)
 
 
-def _shells(ckpt: Checkpoint, family: type[LayerFamily], prefixes: list[str], fmt: SourceFormat) -> list:
+def _shells(ckpt: Checkpoint, family: type[LayerFamily], prefixes: list[str], fmt: SourceFormat, workers: int = 1) -> list:
     """Read every layer's small tensors (validated by the reader), keep its shell, free the rest."""
-    layers = []
-    for p in prefixes:
-        layers.append(family.read(ckpt, p, fmt, codes=False).shell())
+
+    def shell(p: str):
+        layer = family.read(ckpt, p, fmt, codes=False).shell()
         release_freed_memory()
-    return layers
+        return layer
+
+    return map_in_order(shell, prefixes, workers)
