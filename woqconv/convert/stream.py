@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -61,8 +61,12 @@ def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = Non
                 companion.copy_from(t, source_file)
         return [t], ckpt.info(t).nbytes
 
+    # Each finished file is fsynced and closed in the background while the next shard is converted:
+    # the flush of one shard (0.3-0.8 s per GB here) no longer stalls the pipeline.
+    closing: list[Future] = []
     with compute_threads(workers):
         pool = ThreadPoolExecutor(workers) if workers > 1 else None
+        closer = ThreadPoolExecutor(2)
         try:
             for shard in plan.shards:
                 writer = SafetensorsWriter(into / shard.name, shard.specs, shard.metadata)
@@ -73,21 +77,27 @@ def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = Non
                     for names, consumed in map_bounded(pool, lambda job: job[0](job[1], writer), work, workers):
                         weight_map.update(dict.fromkeys(names, shard.name))
                         tick(consumed)
-                    writer.close()
+                    writer.check_complete()
                 except BaseException:
                     writer.abort()
                     raise
+                closing.append(closer.submit(writer.close))
                 written_files.append(into / shard.name)
             if companion:
-                companion.close()
+                companion.check_complete()
+                closing.append(closer.submit(companion.close))
                 written_files.append(into / comp.file)
+            for f in closing:
+                f.result()
         except BaseException:
+            closer.shutdown(wait=True)  # a file being closed in the background is not aborted under it
             if companion:
                 companion.abort()
             raise
         finally:
             if pool:
                 pool.shutdown(wait=True, cancel_futures=True)
+            closer.shutdown(wait=True)  # every file closed (fsynced or not) before the caller cleans up
     if plan.sharded and target.container == "safetensors":
         index = {
             "metadata": {"total_size": sum(s.nbytes for sh in plan.shards for s in sh.specs)},
