@@ -48,6 +48,10 @@ _SERIALIZE_RANK = ["BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16"
 # A header larger than this is not a model header; refusing it avoids a giant allocation.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 _COPY_CHUNK = 64 * 1024 * 1024
+# Bytes per pwrite call. Writing 3.9 GB from memory took 5.8 s (median of 6) in 64 MiB calls and 2.7 s
+# in 256 KiB calls on the development VM (Linux 6.18, ext4), as fast as an in-kernel copy_file_range
+# of the same file; 64-256 KiB calls all measured alike.
+_WRITE_SLICE = 256 * 1024
 
 
 def open_regular(path: Path) -> int:
@@ -340,7 +344,7 @@ class SafetensorsWriter:
         data = memoryview(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy())
         done = 0
         while done < len(data):
-            done += os.pwrite(self._fd, data[done:], offset + done)
+            done += os.pwrite(self._fd, data[done : done + _WRITE_SLICE], offset + done)
 
     def check_complete(self) -> None:
         """Raise unless every planned tensor has been written."""
