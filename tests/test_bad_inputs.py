@@ -26,7 +26,9 @@ TARGET = "gptq-v2"  # lossless from every fixture used by the corpus, so only th
 def commands(src: Path, out: Path, good: Path) -> list[list[str]]:
     return [
         ["inspect", str(src)],
-        ["convert", str(src), "-o", str(out), "--to", TARGET],
+        # Two workers: the scan and the plan read layers in parallel threads, and must still fail on the
+        # first bad layer in order, with the same one line (inspect and verify scan with one).
+        ["convert", str(src), "-o", str(out), "--to", TARGET, "--workers", "2"],
         ["verify", str(src)],  # the damaged checkpoint as the output to check
         ["verify", str(good), "--against", str(src), "--format", "json"],  # ... and as the source
     ]

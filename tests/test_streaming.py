@@ -12,6 +12,7 @@ from woqconv.safetensors_io import SafetensorsFile, SafetensorsWriter, TensorSpe
 
 def test_cast_from_in_row_slices_equals_save_file(tmp_path, monkeypatch):
     monkeypatch.setattr(safetensors_io, "_COPY_CHUNK", 4096)  # many slices, a ragged last one
+    monkeypatch.setattr(safetensors_io, "_WRITE_SLICE", 333)  # and each written in unaligned pwrite calls
     g = torch.Generator().manual_seed(0)
     tensors = {
         "embed": torch.randn(1000, 37, generator=g).to(torch.float16),
@@ -33,7 +34,8 @@ def test_cast_from_in_row_slices_equals_save_file(tmp_path, monkeypatch):
     ("ar-g128-asym-auto_gptq", "awq", "ar-g128-asym-auto_awq"),  # 8x8 nibble transpose in parallel workers
     ("ar-g32-sym-auto_awq", "gptq-v2", "ar-g32-sym-auto_round_gptqmodel"),  # the inverse transpose
 ])
-def test_parallel_workers_write_autoround_own_export(src, target, reference, tmp_path):
+def test_parallel_workers_write_autoround_own_export(src, target, reference, tmp_path, monkeypatch):
+    monkeypatch.setattr(safetensors_io, "_WRITE_SLICE", 1000)  # every re-laid-out tensor in several pwrite calls
     woqconv.convert(fixture_path(src), tmp_path / "out", to=target, workers=3)
     ours = load_file(tmp_path / "out" / "model.safetensors")
     theirs = load_file(fixture_path(reference) / "model.safetensors")
