@@ -234,7 +234,7 @@ def test_mixed_layouts_are_refused(tmp_path):
     for k in ("qweight", "qzeros", "scales"):
         state[f"{layer}.{k}"] = nonopt[f"{layer}.{k}"]
     torch.save(state, dst / "quantized_weight.pt")
-    with pytest.raises(FormatError, match=r"mix INC's optimum layout \(13 layers.*use_optimum_format=False layout \(1 layers, e.g. model.layers.1.mlp.up_proj: qweight I8 \[192, 128\]"):
+    with pytest.raises(FormatError, match=r"mix INC's optimum layout \(13 layers.*use_optimum_format=False layout \(1 layer, e.g. model.layers.1.mlp.up_proj: qweight I8 \[192, 128\]"):
         woqconv.inspect(dst)
 
 

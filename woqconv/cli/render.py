@@ -10,6 +10,7 @@ from ..hub.push import PushReport
 from ..inspection import InspectReport
 from ..migrate import MigrationEntry, MigrationReport
 from ..runtime.verify import VerifyReport
+from ..wording import counted
 
 
 def _size(n: int) -> str:
@@ -101,7 +102,7 @@ def convert_report(console: Console, r: ConvertReport) -> None:
         for c in changes:
             changed[c] = changed.get(c, 0) + 1
     for c, n in sorted(changed.items()):
-        t.add_row("", f"{n} layers: {c}")
+        t.add_row("", f"{counted(n, 'layer')}: {c}")
     for line in r.lossy_lines():
         t.add_row("[yellow]lossy[/yellow]", line)
     if r.cast_tensors:
@@ -144,7 +145,7 @@ def verify_report(console: Console, r: VerifyReport) -> None:
     if not failed:
         n = sum(1 for c in r.checks if c.check == "weights")
         if n:
-            t.add_row("weights", f"{n} layers", "[green]ok[/green]", "every layer as the source")
+            t.add_row("weights", counted(n, "layer"), "[green]ok[/green]", "every layer as the source")
     console.print(t)
     if r.reference:
         console.print(f"reference: {r.reference}; {r.seconds:.2f} s")

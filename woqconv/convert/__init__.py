@@ -13,6 +13,7 @@ from ..source import open_checkpoint
 from .output import check_output, commit_partial, discard_partial, start_partial, write_error
 from .plan import ConversionPlan, plan_conversion
 from .stream import measure_requantization, total_source_bytes, write_plan
+from ..wording import counted
 
 
 @dataclass
@@ -63,19 +64,19 @@ def lossy_lines(lossy_layers: dict[str, dict], requantized: dict[str, dict]) -> 
             changed = sum(v[f"{unit}_changed"] for v in layers.values())
             total = sum(v[f"{unit}_total"] for v in layers.values())
             worst = max(v["max_rel_change"] for v in layers.values())
-            lines.append(f"{what}: {changed} of {total} changed in {len(layers)} layers, largest relative change {worst:.3g}")
+            lines.append(f"{what}: {changed} of {total} changed in {counted(len(layers), 'layer')}, largest relative change {worst:.3g}")
     if requantized:
         rel = [v["rel_fro"] for v in requantized.values()]
         snr = [v["snr_db"] for v in requantized.values()]
         method = next(iter(requantized.values()))["method"]
-        line = (f"requantized {len(rel)} layers ({method}): relative Frobenius error {min(rel):.4f}..{max(rel):.4f}, "
+        line = (f"requantized {counted(len(rel), 'layer')} ({method}): relative Frobenius error {min(rel):.4f}..{max(rel):.4f}, "
                 f"SNR {min(snr):.2f}..{max(snr):.2f} dB")
         minmax = [v["minmax"]["rel_fro"] for v in requantized.values() if "minmax" in v]
         if minmax:
             line += f" (min-max rounding: {min(minmax):.4f}..{max(minmax):.4f})"
         lines.append(line)
     elif "requantize" in by_kind:
-        lines.append(f"{len(by_kind['requantize'])} layers to requantize")
+        lines.append(f"{counted(len(by_kind['requantize']), 'layer')} to requantize")
     return lines
 
 

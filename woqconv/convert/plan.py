@@ -25,6 +25,7 @@ from ..ir import CodebookLinear, GIdxKind, QuantLinear
 from ..requant import METHODS, AffineRecipe, CodebookRecipe
 from ..safetensors_io import TensorSpec
 from ..source import QuantizedCheckpoint
+from ..wording import counted
 
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
@@ -81,7 +82,7 @@ def _refusal_message(target: Target, refused: dict[str, Prepared]) -> str:
         listed = ", ".join(f"{n} ({k})" for n, k in list(zp0.items())[:3])
         more = f" and {len(zp0) - 3} more" if len(zp0) > 3 else ""
         return (
-            f"GPTQ v1 cannot store zero point 0 (it stores z-1): {sum(zp0.values())} groups in {len(zp0)} layers "
+            f"GPTQ v1 cannot store zero point 0 (it stores z-1): {counted(sum(zp0.values()), 'group')} in {counted(len(zp0), 'layer')} "
             f"have z = 0: {listed}{more}. Use --to gptq-v2, which stores zero points as they are"
         )
     first = names[0]
@@ -149,7 +150,7 @@ def _lossy_message(target: Target, lossy: dict[str, dict], casts: dict[str, str]
         changed = sum(v["scales_changed"] for v in lossy.values())
         total = sum(v["scales_total"] for v in lossy.values())
         worst = max(v["max_rel_change"] for v in lossy.values())
-        parts.append(f"changes {changed} of {total} scales in {len(lossy)} layers (largest relative change {worst:.3g})")
+        parts.append(f"changes {changed} of {total} scales in {counted(len(lossy), 'layer')} (largest relative change {worst:.3g})")
     if casts:
         parts.append(f"casts {len(casts)} unquantized tensors ({', '.join(sorted(set(casts.values())))}) to bf16")
     return (
@@ -344,7 +345,7 @@ def _loader_cast_warnings(target: Target, losses: dict[str, dict]) -> list[str]:
     dtype = str(target.loader_scale_dtype).replace("torch.", "")
     return [
         f"the file keeps the scales exactly, but INC's loader casts them to {dtype}: {changed} of {total} scales in "
-        f"{len(losses)} layers change when loaded (largest relative change {worst:.3g})"
+        f"{counted(len(losses), 'layer')} change{'s' if len(losses) == 1 else ''} when loaded (largest relative change {worst:.3g})"
     ]
 
 

@@ -42,6 +42,7 @@ from .base import (
     validated,
 )
 from .gptq import SCALE_DTYPES, effective_group_size
+from ..wording import counted
 
 KEY = "inc-nonopt"
 # safetensors dtype name -> bits of INC's compression_dtype
@@ -285,9 +286,9 @@ class IncNonOptimumFamily(LayerFamily, key=KEY):
         if only_optimum:
             a, b = only_optimum[0], only_nonopt[0]
             raise FormatError(
-                f"layers mix INC's optimum layout ({len(only_optimum)} layers, e.g. {a}: qweight "
+                f"layers mix INC's optimum layout ({counted(len(only_optimum), 'layer')}, e.g. {a}: qweight "
                 f"{ckpt.info(f'{a}.qweight').dtype} {list(ckpt.info(f'{a}.qweight').shape)}, scales [G, out]) and its "
-                f"use_optimum_format=False layout ({len(only_nonopt)} layers, e.g. {b}: qweight "
+                f"use_optimum_format=False layout ({counted(len(only_nonopt), 'layer')}, e.g. {b}: qweight "
                 f"{ckpt.info(f'{b}.qweight').dtype} {list(ckpt.info(f'{b}.qweight').shape)}, scales [out, G])",
                 file=ckpt.file_of(f"{b}.qweight"),
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..convert import lossy_lines
+from ..wording import counted
 
 # Targets read by INC (neural-compressor), and how; the others load in transformers (+ gptqmodel).
 _INC_LOAD = {
@@ -52,7 +53,7 @@ def _conversion_section(c: dict) -> list[str]:
         for change in layer_changes:
             changes[change] = changes.get(change, 0) + 1
     for change, n in sorted(changes.items()):
-        lines.append(f"- {n} layers: {change}")
+        lines.append(f"- {counted(n, 'layer')}: {change}")
     lines += [f"- {line}" for line in lossy_lines(c["lossy_layers"], requantized)]
     if requantized:
         lines += ["", "| layer | method | relative Frobenius error | max abs error | SNR (dB) | min-max rounding: rel. error |",
@@ -90,7 +91,7 @@ def _verify_section(v: dict | None) -> list[str]:
         detail = str(c.get("detail", "")).replace("|", "\\|").replace("\n", " ")
         lines.append(f"| {c['check']} | {c.get('layer') or ''} | {'ok' if c['passed'] else 'FAIL'} | {detail} |")
     if weights and all(c["passed"] for c in weights):
-        lines.append(f"| weights | {len(weights)} layers | ok | every layer as the source |")
+        lines.append(f"| weights | {counted(len(weights), 'layer')} | ok | every layer as the source |")
     return lines
 
 
