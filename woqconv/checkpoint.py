@@ -11,14 +11,12 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
+from ._lazy import torch
 from .errors import FormatError
 from .safetensors_io import SafetensorsFile, TensorInfo
 from .openvino_file import BIN_NAME as OPENVINO_BIN
 from .openvino_file import XML_NAME as OPENVINO_XML
 from .openvino_file import OpenVinoFile
-from .torch_file import TorchFile
 
 CONFIG_NAME = "config.json"
 SINGLE_WEIGHTS = "model.safetensors"
@@ -100,7 +98,7 @@ class Checkpoint:
                 if container == "openvino-ir":
                     shards[name] = OpenVinoFile(shard_path)
                 else:
-                    shards[name] = TorchFile(shard_path) if name.endswith(PICKLE_WEIGHTS_SUFFIXES) else SafetensorsFile(shard_path)
+                    shards[name] = _torch_file(shard_path) if name.endswith(PICKLE_WEIGHTS_SUFFIXES) else SafetensorsFile(shard_path)
                 for tensor in shards[name].tensors:
                     if tensor in locations:
                         raise FormatError(f"tensor appears in two shards ({locations[tensor]}, {name})", file=shard_path, tensor=tensor)
@@ -158,6 +156,13 @@ class Checkpoint:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _torch_file(path: Path):
+    """INC's ``torch.save`` weights: read with torch's own loader, which this module imports only then."""
+    from .torch_file import TorchFile
+
+    return TorchFile(path)
 
 
 def _weight_files(root: Path, *, hpu_cache: bool = False) -> tuple[list[str], dict | None, dict | None, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-import torch
+from ._lazy import torch
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from .formats import LayerFamily
 from .formats.base import ZP_V1_WORD
 from .compute import compute_threads
 from .formats.detect import detect
-from .safetensors_io import DTYPES
+from .safetensors_io import TORCH_NAMES
 from .source import RAW_ZERO_FAMILIES, QuantizedCheckpoint, open_checkpoint
 
 
@@ -174,7 +174,7 @@ def header_report(ckpt: Checkpoint, *, label: str, total_bytes: int) -> InspectR
             LayerInfo(
                 name=p, in_features=in_features, out_features=out, bits=fmt.for_layer(p).bits, group_size=gs,
                 g_idx="unknown" if has_g_idx else "none", sym=None,
-                scales_dtype=str(DTYPES[ckpt.info(f"{p}.scales").dtype]).replace("torch.", ""),
+                scales_dtype=TORCH_NAMES[ckpt.info(f"{p}.scales").dtype],
                 bias=ckpt.has(f"{p}.bias"),
             )
         )

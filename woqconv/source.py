@@ -12,20 +12,18 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
-import torch
-
+from ._lazy import torch
 from .checkpoint import Checkpoint
 from .compute import release_freed_memory
 from .errors import FormatError
 from .formats import LayerFamily
 from .formats.base import ZP_V1, ZP_V1_WORD, ZP_V2, SourceFormat
 from .formats.detect import detect
-from .ir import CodebookLinear, GIdxKind, QuantLinear
+from .ir import CodebookLinear, GIdxKind, QuantLinear, least_regular
 
 CONVENTION_CHOICES = ("auto", ZP_V1, ZP_V2, ZP_V1_WORD)
 # Layouts whose zero points are raw by definition: the format, not the config, says so.
 RAW_ZERO_FAMILIES = ("awq", "hpu", "inc-nonopt", "openvino")
-_G_IDX_SEVERITY = [GIdxKind.NONE, GIdxKind.TRIVIAL, GIdxKind.BLOCK_UNIFORM, GIdxKind.SCATTERED]
 
 
 def _public(convention: str) -> str:
@@ -68,8 +66,7 @@ class QuantizedCheckpoint:
 
     @property
     def g_idx_kind(self) -> GIdxKind:
-        kinds = [layer.g_idx_kind for layer in self.layers]
-        return max(kinds, key=_G_IDX_SEVERITY.index) if kinds else GIdxKind.NONE
+        return least_regular(layer.g_idx_kind for layer in self.layers)
 
     @property
     def is_codebook(self) -> bool:
