@@ -11,6 +11,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ._lazy import torch
 from .errors import FormatError
 from .safetensors_io import SafetensorsFile, TensorInfo
@@ -135,6 +137,12 @@ class Checkpoint:
         if name not in self.locations:
             raise FormatError("tensor not found in checkpoint", file=self.root, tensor=name)
         return self.shards[self.locations[name]].read(name)
+
+    def read_bytes(self, name: str) -> np.ndarray:
+        """A tensor's bytes as stored (uint8), without torch; safetensors shards only."""
+        if name not in self.locations:
+            raise FormatError("tensor not found in checkpoint", file=self.root, tensor=name)
+        return self.shards[self.locations[name]].read_bytes(name)
 
     def file_of(self, name: str) -> Path:
         return self.shards[self.locations[name]].path

@@ -6,14 +6,25 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+from . import numpy_scan
 from .checkpoint import Checkpoint
-from .errors import FormatError
-from .formats import LayerFamily
-from .formats.base import ZP_V1_WORD
 from .compute import compute_threads
+from .errors import FormatError, WoqconvError
+from .formats import LayerFamily
+from .formats.base import ZP_V1_WORD, SourceFormat
 from .formats.detect import detect
+from .ir import GIdxKind, least_regular
 from .safetensors_io import TORCH_NAMES
-from .source import RAW_ZERO_FAMILIES, QuantizedCheckpoint, open_checkpoint
+from .source import (
+    CONVENTION_CHOICES,
+    RAW_ZERO_FAMILIES,
+    QuantizedCheckpoint,
+    StoredZeros,
+    open_checkpoint,
+    reading_warnings,
+    settle_convention,
+    symmetric_field,
+)
 
 
 @dataclass
@@ -101,8 +112,6 @@ def _totals(ckpt: Checkpoint, layers: list[LayerInfo], owned, q_bytes: int, tota
 
 
 def report_for(src: QuantizedCheckpoint) -> InspectReport:
-    ckpt = src.ckpt
-    owned = src.owned_tensors()
     layers = [
         LayerInfo(
             name=layer.name,
@@ -117,14 +126,6 @@ def report_for(src: QuantizedCheckpoint) -> InspectReport:
         )
         for layer in src.layers
     ]
-    q_bytes = sum(ckpt.info(t).nbytes for t, owner in owned.items() if not t.endswith(".bias"))
-    kind_counts = Counter(layer.g_idx for layer in layers)
-    warnings = list(src.warnings)
-    fmt = src.format
-    g_kind = src.g_idx_kind.value
-    if fmt.desc_act is False and g_kind in ("block-uniform", "scattered"):
-        warnings.append(f"config says desc_act = false, but {kind_counts[g_kind]} layers have a {g_kind} g_idx: kernels that ignore g_idx would compute wrong weights")
-    total_bytes = ckpt.weight_bytes + sum((ckpt.root / f).stat().st_size for f in ckpt.other_files)
     codebook = None
     if src.is_codebook:
         codebook = {
@@ -133,6 +134,21 @@ def report_for(src: QuantizedCheckpoint) -> InspectReport:
             "double_quant": any(layer.double_quant for layer in src.layers),
             "weight_dtypes": sorted({str(layer.dtype).replace("torch.", "") for layer in src.layers}),
         }
+    return _local_report(src.ckpt, src.format, layers, src.warnings, src.declared_convention, src.convention_source, codebook)
+
+
+def _local_report(ckpt: Checkpoint, fmt: SourceFormat, layers: list[LayerInfo], warnings: list[str], declared: str, source: str,
+                  codebook: dict | None = None) -> InspectReport:
+    """The report of a checkpoint whose data was read: ``fmt`` as read, each layer's facts, the scan's warnings."""
+    family = LayerFamily.registry[fmt.family]
+    owned = {t for layer in layers for t in family.owned_tensors(ckpt, layer.name)}
+    q_bytes = sum(ckpt.info(t).nbytes for t in owned if not t.endswith(".bias"))
+    kind_counts = Counter(layer.g_idx for layer in layers)
+    warnings = list(warnings)
+    g_kind = least_regular(GIdxKind(layer.g_idx) for layer in layers).value
+    if fmt.desc_act is False and g_kind in ("block-uniform", "scattered"):
+        warnings.append(f"config says desc_act = false, but {kind_counts[g_kind]} layers have a {g_kind} g_idx: kernels that ignore g_idx would compute wrong weights")
+    total_bytes = ckpt.weight_bytes + sum((ckpt.root / f).stat().st_size for f in ckpt.other_files)
     return InspectReport(
         path=str(ckpt.root),
         format=fmt.name,
@@ -141,11 +157,11 @@ def report_for(src: QuantizedCheckpoint) -> InspectReport:
         packing_format=fmt.packing_format,
         bits=fmt.bits,
         group_size=fmt.group_size,
-        sym=src.is_symmetric,
+        sym=all(layer.sym for layer in layers),
         sym_declared=fmt.sym,
         zero_point_convention=_public(fmt.zero_point_convention),
-        zero_point_convention_declared=_public(src.declared_convention),
-        zero_point_convention_source=src.convention_source,
+        zero_point_convention_declared=_public(declared),
+        zero_point_convention_source=source,
         g_idx=g_kind,
         desc_act_declared=fmt.desc_act,
         **_totals(ckpt, layers, owned, q_bytes, total_bytes),
@@ -153,6 +169,38 @@ def report_for(src: QuantizedCheckpoint) -> InspectReport:
         warnings=warnings,
         codebook=codebook,
     )
+
+
+def _scanned_report(ckpt: Checkpoint, requested: str) -> InspectReport | None:
+    """:func:`report_for` of the torch scan, computed from the headers and a numpy pass over each layer's
+    qzeros, scales and g_idx (numpy_scan.py), for the layouts that pass can read. None when it cannot
+    stand in for the torch scan: another layout or container, or a layer the torch reader would reject."""
+    fmt = detect(ckpt)
+    if not numpy_scan.reads(ckpt, fmt.family):
+        return None
+    family = LayerFamily.registry[fmt.family]
+    warnings = family.source_notes(ckpt)
+    stored = StoredZeros(fmt.bits)
+    scans = []
+    for p in family.layer_prefixes(ckpt):
+        in_features, out, gs = family._geometry(ckpt, p, fmt)
+        bits = fmt.for_layer(p).bits
+        scan = numpy_scan.scan_layer(ckpt, p, bits=bits, out_features=out, groups=-(-in_features // gs), group_size=gs)
+        if scan is None:
+            return None
+        stored.add(scan.zero_counts, bits)
+        scans.append((p, in_features, out, gs, bits, scan))
+    read_as, source, notes = settle_convention(fmt, requested, stored)
+    layers = [
+        LayerInfo(
+            name=p, in_features=in_features, out_features=out, bits=bits, group_size=gs, g_idx=scan.g_idx_kind.value,
+            sym=scan.zero_counts[symmetric_field(read_as, bits)] == sum(scan.zero_counts),
+            scales_dtype=TORCH_NAMES[ckpt.info(f"{p}.scales").dtype], bias=ckpt.has(f"{p}.bias"),
+        )
+        for p, in_features, out, gs, bits, scan in scans
+    ]
+    warnings += notes + reading_warnings(read_as, stored, all(layer.sym for layer in layers))
+    return _local_report(ckpt, read_as, layers, warnings, fmt.zero_point_convention, source)
 
 
 def header_report(ckpt: Checkpoint, *, label: str, total_bytes: int) -> InspectReport:
@@ -217,5 +265,20 @@ def inspect(path: str | os.PathLike, *, zero_point_convention: str = "auto") -> 
         report = woqconv.inspect("llama-gptq")
         print(report.format, report.bits, report.group_size, report.zero_point_convention)
     """
+    report = _inspect_without_torch(path, zero_point_convention)
+    if report is not None:
+        return report
     with compute_threads(1), open_checkpoint(path, zero_point_convention=zero_point_convention) as src:
         return report_for(src)
+
+
+def _inspect_without_torch(path: str | os.PathLike, requested: str) -> InspectReport | None:
+    """The report from headers and numpy alone (GPTQ and AWQ GEMM layers in safetensors), or None: then the
+    torch scan runs, and any problem with the checkpoint is reported by it, in its words."""
+    if requested not in CONVENTION_CHOICES:
+        return None
+    try:
+        with Checkpoint.open(path) as ckpt:
+            return _scanned_report(ckpt, requested)
+    except WoqconvError:
+        return None
