@@ -96,8 +96,10 @@ def precisions(layers: list[LayerInfo]) -> list[dict]:
     return [{"bits": b, "group_size": g, "sym": sym, "layers": len(names), "names": names} for (b, g, sym), names in ordered]
 
 
-def _totals(ckpt: Checkpoint, layers: list[LayerInfo], owned, q_bytes: int, total_bytes: int) -> dict:
+def _totals(ckpt: Checkpoint, family: type[LayerFamily], layers: list[LayerInfo], total_bytes: int) -> dict:
     """The InspectReport fields a local and a header-only inspect compute the same way."""
+    owned = {t for layer in layers for t in family.owned_tensors(ckpt, layer.name)}
+    q_bytes = sum(ckpt.info(t).nbytes for t in owned if not t.endswith(".bias"))
     q_params = sum(layer.in_features * layer.out_features for layer in layers)
     return {
         "quantized_modules": len(layers),
@@ -140,9 +142,6 @@ def report_for(src: QuantizedCheckpoint) -> InspectReport:
 def _local_report(ckpt: Checkpoint, fmt: SourceFormat, layers: list[LayerInfo], warnings: list[str], declared: str, source: str,
                   codebook: dict | None = None) -> InspectReport:
     """The report of a checkpoint whose data was read: ``fmt`` as read, each layer's facts, the scan's warnings."""
-    family = LayerFamily.registry[fmt.family]
-    owned = {t for layer in layers for t in family.owned_tensors(ckpt, layer.name)}
-    q_bytes = sum(ckpt.info(t).nbytes for t in owned if not t.endswith(".bias"))
     kind_counts = Counter(layer.g_idx for layer in layers)
     warnings = list(warnings)
     g_kind = least_regular(GIdxKind(layer.g_idx) for layer in layers).value
@@ -164,7 +163,7 @@ def _local_report(ckpt: Checkpoint, fmt: SourceFormat, layers: list[LayerInfo], 
         zero_point_convention_source=source,
         g_idx=g_kind,
         desc_act_declared=fmt.desc_act,
-        **_totals(ckpt, layers, owned, q_bytes, total_bytes),
+        **_totals(ckpt, LayerFamily.registry[fmt.family], layers, total_bytes),
         layers=layers,
         warnings=warnings,
         codebook=codebook,
@@ -181,26 +180,33 @@ def _scanned_report(ckpt: Checkpoint, requested: str) -> InspectReport | None:
     family = LayerFamily.registry[fmt.family]
     warnings = family.source_notes(ckpt)
     stored = StoredZeros(fmt.bits)
-    scans = []
+    layers, zero_counts = [], []
     for p in family.layer_prefixes(ckpt):
-        in_features, out, gs = family._geometry(ckpt, p, fmt)
-        bits = fmt.for_layer(p).bits
-        scan = numpy_scan.scan_layer(ckpt, p, bits=bits, out_features=out, groups=-(-in_features // gs), group_size=gs)
+        layer = _from_headers(ckpt, family, fmt, p)
+        scan = numpy_scan.scan_layer(ckpt, p, bits=layer.bits, out_features=layer.out_features,
+                                     groups=-(-layer.in_features // layer.group_size), group_size=layer.group_size)
         if scan is None:
             return None
-        stored.add(scan.zero_counts, bits)
-        scans.append((p, in_features, out, gs, bits, scan))
+        layer.g_idx = scan.g_idx_kind.value
+        stored.add(scan.zero_counts, layer.bits)
+        layers.append(layer)
+        zero_counts.append(scan.zero_counts)
     read_as, source, notes = settle_convention(fmt, requested, stored)
-    layers = [
-        LayerInfo(
-            name=p, in_features=in_features, out_features=out, bits=bits, group_size=gs, g_idx=scan.g_idx_kind.value,
-            sym=scan.zero_counts[symmetric_field(read_as, bits)] == sum(scan.zero_counts),
-            scales_dtype=TORCH_NAMES[ckpt.info(f"{p}.scales").dtype], bias=ckpt.has(f"{p}.bias"),
-        )
-        for p, in_features, out, gs, bits, scan in scans
-    ]
+    for layer, counts in zip(layers, zero_counts):
+        layer.sym = counts[symmetric_field(read_as, layer.bits)] == sum(counts)
     warnings += notes + reading_warnings(read_as, stored, all(layer.sym for layer in layers))
     return _local_report(ckpt, read_as, layers, warnings, fmt.zero_point_convention, source)
+
+
+def _from_headers(ckpt: Checkpoint, family: type[LayerFamily], fmt: SourceFormat, prefix: str) -> LayerInfo:
+    """A layer as its headers describe it (checked by the family's geometry); what only its data can tell,
+    symmetry and the class of a stored g_idx, is left unknown."""
+    in_features, out, gs = family._geometry(ckpt, prefix, fmt)
+    return LayerInfo(
+        name=prefix, in_features=in_features, out_features=out, bits=fmt.for_layer(prefix).bits, group_size=gs,
+        g_idx="unknown" if ckpt.has(f"{prefix}.g_idx") else "none", sym=None,
+        scales_dtype=TORCH_NAMES[ckpt.info(f"{prefix}.scales").dtype], bias=ckpt.has(f"{prefix}.bias"),
+    )
 
 
 def header_report(ckpt: Checkpoint, *, label: str, total_bytes: int) -> InspectReport:
@@ -211,23 +217,9 @@ def header_report(ckpt: Checkpoint, *, label: str, total_bytes: int) -> InspectR
     """
     fmt = detect(ckpt)
     family = LayerFamily.registry[fmt.family]
-    geometry = getattr(family, "_geometry", None)
-    if geometry is None:
+    if getattr(family, "_geometry", None) is None:
         raise FormatError(f"{fmt.name} layers cannot be described from headers alone", file=label)
-    layers, q_bytes = [], 0
-    for p in family.layer_prefixes(ckpt):
-        in_features, out, gs = geometry(ckpt, p, fmt)
-        has_g_idx = ckpt.has(f"{p}.g_idx")
-        layers.append(
-            LayerInfo(
-                name=p, in_features=in_features, out_features=out, bits=fmt.for_layer(p).bits, group_size=gs,
-                g_idx="unknown" if has_g_idx else "none", sym=None,
-                scales_dtype=TORCH_NAMES[ckpt.info(f"{p}.scales").dtype],
-                bias=ckpt.has(f"{p}.bias"),
-            )
-        )
-        q_bytes += sum(ckpt.info(t).nbytes for t in family.owned_tensors(ckpt, p) if not t.endswith(".bias"))
-    owned = {t for layer in layers for t in family.owned_tensors(ckpt, layer.name)}
+    layers = [_from_headers(ckpt, family, fmt, p) for p in family.layer_prefixes(ckpt)]
     declared = _public(fmt.zero_point_convention)
     g_kind = "unknown" if any(layer.g_idx == "unknown" for layer in layers) else "none"
     # The layout itself fixes AWQ's raw zero points, and a layer without g_idx has none to classify.
@@ -247,7 +239,7 @@ def header_report(ckpt: Checkpoint, *, label: str, total_bytes: int) -> InspectR
         zero_point_convention_source="format" if fmt.family in RAW_ZERO_FAMILIES else "config",
         g_idx=g_kind,
         desc_act_declared=fmt.desc_act,
-        **_totals(ckpt, layers, owned, q_bytes, total_bytes),
+        **_totals(ckpt, family, layers, total_bytes),
         layers=layers,
         warnings=[],
         needs_tensor_data=needs,
@@ -258,7 +250,8 @@ def inspect(path: str | os.PathLike, *, zero_point_convention: str = "auto") -> 
     """Describe a quantized checkpoint: format, conventions found in the data, layers, warnings.
 
     Reads the safetensors headers and only the small tensors (qzeros, scales, g_idx, bitsandbytes absmax and
-    quant state); never the codes.
+    quant state); never the codes. GPTQ and AWQ GEMM checkpoints in safetensors are read with numpy
+    alone (no torch import, which costs more than the rest); the report is the same.
 
     Example::
 
