@@ -10,15 +10,19 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ._lazy import torch
 from .errors import FormatError
-from .safetensors_io import SafetensorsFile, TensorInfo
 from .openvino_file import BIN_NAME as OPENVINO_BIN
 from .openvino_file import XML_NAME as OPENVINO_XML
 from .openvino_file import OpenVinoFile
+from .safetensors_io import SafetensorsFile, TensorInfo
+
+if TYPE_CHECKING:  # imported when a checkpoint holds one (see _torch_file)
+    from .torch_file import TorchFile
 
 CONFIG_NAME = "config.json"
 SINGLE_WEIGHTS = "model.safetensors"

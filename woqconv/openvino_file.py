@@ -41,9 +41,9 @@ from typing import Callable
 
 import numpy as np
 
+from . import safetensors_io
 from ._lazy import torch
 from .errors import FormatError
-from . import safetensors_io
 from .safetensors_io import TensorInfo, open_regular
 
 XML_NAME = "openvino_model.xml"

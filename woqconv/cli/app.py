@@ -152,7 +152,8 @@ def convert(
                 bar.stop()
         checked = None
         if then_verify and not dry_run:
-            from ..runtime.verify import verify as verify_checkpoint  # loads torch and the loaders: only when asked
+            # runtime.verify brings torch and the loaders: imported only when asked to verify
+            from ..runtime.verify import verify as verify_checkpoint
 
             checked = verify_checkpoint(output, against=local_src)
         if hub_src is not None:
@@ -222,7 +223,8 @@ def verify(
     Exit 0 when every check passes, 1 when one fails (the layer and check are named), 2 on bad input.
     Example: woqconv verify ./Llama-2-7B-AWQ --against ./Llama-2-7B-GPTQ
     """
-    from ..runtime.verify import parse_thresholds, verify as verify_checkpoint
+    from ..runtime.verify import parse_thresholds
+    from ..runtime.verify import verify as verify_checkpoint
 
     with mapped_errors():
         report = verify_checkpoint(path, against=against, device=device, run=not no_run, thresholds=parse_thresholds(threshold or []))

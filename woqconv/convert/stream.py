@@ -15,8 +15,8 @@ from ..checkpoint import CONFIG_NAME, INC_WEIGHTS, INDEX_NAME, dump_json
 from ..compute import compute_threads
 from ..errors import FormatError
 from ..ir import PackedCodes, QuantLinear
-from ..safetensors_io import SafetensorsFile, SafetensorsWriter
 from ..requant import requantize
+from ..safetensors_io import SafetensorsFile, SafetensorsWriter
 from .inc_container import safetensors_to_torch_save
 from .plan import ConversionPlan
 

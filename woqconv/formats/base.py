@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
+from .. import safetensors_io
 from .._lazy import torch
 from ..checkpoint import Checkpoint
 from ..errors import FormatError
 from ..ir import PackedCodes, QuantLinear
-from .. import safetensors_io
 from ..safetensors_io import SafetensorsFile, TensorSpec
 
 ZP_V1 = "v1"  # stored z - 1 per field (GPTQ checkpoint_format "gptq")
