@@ -43,6 +43,8 @@ class Run:
     peak_rss_mb: float
     load_avg_1m: float
     returncode: int
+    written_bytes: int = 0  # size of the output it left (0 for inspect)
+    round: int = 0  # which round of the run: steps of one round ran back to back
 
 
 @dataclass
@@ -134,18 +136,29 @@ def settle(out: Path) -> None:
     os.sync()
 
 
-def measure(case: str, what: str, cmd_for, src: Path, scratch: Path, runs: int, cache: str, *, nbytes: int, timeout=None, log=None) -> Measurement:
-    m = Measurement(case, what, nbytes)
+def measure_rounds(steps: list[tuple[Measurement, object]], src: Path, scratch: Path, runs: int, cache: str, log=None) -> None:
+    """Run every step once per round, ``runs`` rounds. This VM's page-cache speed drifts by 3x over
+    minutes (``cp`` of the same 3.9 GB took 3.8 s and 13.6 s in one session); interleaving puts each
+    conversion beside a ``cp`` that ran under the same conditions, and the paired ratios show it."""
     out = scratch / "out"
-    for _ in range(runs):
-        settle(out)
-        evict(src) if cache == "cold" else warm(src)
-        run = timed(cmd_for(out), cwd=scratch, timeout=timeout, log=log)
-        m.runs.append(run)
-        print(f"  {case:12s} {what:30s} {run.seconds:8.2f} s  cpu {run.cpu_seconds:7.2f} s  {run.peak_rss_mb:8.0f} MB  load {run.load_avg_1m:.2f}"
-              + ("" if run.returncode == 0 else f"  EXIT {run.returncode}"), flush=True)
+    for r in range(runs):
+        for m, cmd_for in steps:
+            settle(out)
+            evict(src) if cache == "cold" else warm(src)
+            run = timed(cmd_for(out), cwd=scratch, log=log)
+            run.round = r
+            run.written_bytes = sum(p.stat().st_size for p in checkpoint_files(out)) if out.exists() else 0
+            m.runs.append(run)
+            print(f"  {m.case:12s} {m.what:30s} {run.seconds:8.2f} s  cpu {run.cpu_seconds:7.2f} s  {run.peak_rss_mb:8.0f} MB  "
+                  f"load {run.load_avg_1m:.2f}  round {r + 1}" + ("" if run.returncode == 0 else f"  EXIT {run.returncode}"), flush=True)
     settle(out)
-    return m
+
+
+def paired_ratio(m: Measurement, floor: Measurement) -> float | None:
+    """Median over rounds of this step's wall time over the floor's wall time in the same round."""
+    by_round = {r.round: r.seconds for r in floor.runs}
+    ratios = [r.seconds / by_round[r.round] for r in m.runs if by_round.get(r.round)]
+    return statistics.median(ratios) if ratios else None
 
 
 def inc_route(case: str, src: Path, scratch: Path, woqconv_hpu: Measurement | None, timeout: float, log: Path) -> Measurement:
@@ -171,8 +184,8 @@ def table(results: list[Measurement]) -> str:
     floors = {m.case: m for m in results if m.what == "cp" and m.ok}
     synced = {m.case: m for m in results if m.what == CP_SYNC and m.ok}
     rows = [
-        "| case | step | median wall s | x cp (wall) | x cp+fsync (wall) | MB/s | median CPU s | x cp (CPU) | peak RSS MB | load (1m) | runs |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| case | step | median wall s | x cp (wall) | x cp, paired | x cp+fsync (wall) | MB/s | median CPU s | x cp (CPU) | peak RSS MB | written GB | load (1m) | runs |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in results:
         if not m.runs:
@@ -180,14 +193,18 @@ def table(results: list[Measurement]) -> str:
         floor = floors.get(m.case) if m.what.startswith("convert") else None
         floor_synced = synced.get(m.case) if m.what.startswith("convert") else None
         ratio = f"{m.seconds / floor.seconds:.2f}" if floor else ""
+        paired = paired_ratio(m, floor) if floor else None
+        paired = f"{paired:.2f}" if paired else ""
+        written = statistics.median(r.written_bytes for r in m.runs)
+        written = f"{written / 1e9:.2f}" if written else ""
         ratio_synced = f"{m.seconds / floor_synced.seconds:.2f}" if floor_synced else ""
         cpu_ratio = f"{m.cpu_seconds / floor.cpu_seconds:.2f}" if floor and floor.cpu_seconds else ""
         mbs = f"{m.source_bytes / m.seconds / 1e6:.0f}" if m.what != "inspect" else ""
         lo, hi = min(r.load_avg_1m for r in m.runs), max(r.load_avg_1m for r in m.runs)
         status = "" if m.ok else " (failed)"
         note = f"; {m.note}" if m.note else ""
-        rows.append(f"| {m.case} | {m.what}{status}{note} | {m.seconds:.2f} | {ratio} | {ratio_synced} | {mbs} | {m.cpu_seconds:.2f} | {cpu_ratio} | "
-                    f"{m.peak_rss_mb:.0f} | {lo:.1f}-{hi:.1f} | {len(m.runs)} |")
+        rows.append(f"| {m.case} | {m.what}{status}{note} | {m.seconds:.2f} | {ratio} | {paired} | {ratio_synced} | {mbs} | {m.cpu_seconds:.2f} | "
+                    f"{cpu_ratio} | {m.peak_rss_mb:.0f} | {written} | {lo:.1f}-{hi:.1f} | {len(m.runs)} |")
     return "\n".join(rows)
 
 
@@ -235,20 +252,20 @@ def main(argv: list[str] | None = None) -> int:
             made.append(src)
         nbytes = sum(p.stat().st_size for p in checkpoint_files(src))
         print(f"{case}: {nbytes / 2**30:.2f} GiB in {len(list(src.glob('*.safetensors')))} safetensors file(s)", flush=True)
-        results.append(measure(case, "cp", lambda out: ["cp", "-r", str(src), str(out)], src, scratch, args.runs, args.cache, nbytes=nbytes))
-        # woqconv fsyncs every file before it renames the output into place; cp leaves the writeback
-        # for later. Both floors are reported.
-        results.append(measure(case, CP_SYNC, lambda out: ["sh", "-c", 'cp -r "$1" "$2" && sync "$2"/*', "sh", str(src), str(out)],
-                               src, scratch, args.runs, args.cache, nbytes=nbytes))
+        steps = [(Measurement(case, "cp", nbytes), lambda out: ["cp", "-r", str(src), str(out)]),
+                 # woqconv fsyncs every file before it renames the output into place; cp leaves the
+                 # writeback for later. Both floors are reported.
+                 (Measurement(case, CP_SYNC, nbytes), lambda out: ["sh", "-c", 'cp -r "$1" "$2" && sync "$2"/*', "sh", str(src), str(out)])]
         by_target = {}
         for target in targets:
             extra = ["--allow-bf16"] if target == "hpu" else []  # random fp16 scales are not bf16-exact
             cmd = lambda out, t=target, e=extra: [*python, "convert", str(src), "-o", str(out), "--to", t, "-q",
                                                    "--workers", str(args.workers), *e]
-            by_target[target] = measure(case, f"convert {target}", cmd, src, scratch, args.runs, args.cache, nbytes=nbytes, log=log)
-            results.append(by_target[target])
-        results.append(measure(case, "inspect", lambda out: [*python, "inspect", str(src)], src, scratch, args.runs, args.cache,
-                               nbytes=nbytes, log=log))
+            by_target[target] = Measurement(case, f"convert {target}", nbytes)
+            steps.append((by_target[target], cmd))
+        steps.append((Measurement(case, "inspect", nbytes), lambda out: [*python, "inspect", str(src)]))
+        measure_rounds(steps, src, scratch, args.runs, args.cache, log=log)
+        results.extend(m for m, _ in steps)
         if case in inc_cases:
             results.append(inc_route(case, src, scratch, by_target.get("hpu"), args.inc_timeout, log))
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from ._lazy import torch
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @contextmanager
@@ -43,3 +49,35 @@ def release_freed_memory() -> None:
     scan and the plan call it after every layer and resident memory stays flat with model size.
     """
     _trim()
+
+
+def map_bounded(pool: ThreadPoolExecutor | None, fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """``map(fn, items)`` in order, with at most ``workers`` items in flight (each may hold one layer).
+
+    Results come back in the order of ``items``, so the first failing item in that order is the one
+    whose error is raised, however the threads were scheduled.
+    """
+    if pool is None:
+        yield from map(fn, items)
+        return
+    pending: deque[Future] = deque()
+    try:
+        for item in items:
+            if len(pending) >= workers:
+                yield pending.popleft().result()
+            pending.append(pool.submit(fn, item))
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        # On failure the caller closes its files next: no worker may still be reading or writing them.
+        for f in pending:
+            f.cancel()
+        wait(pending)
+
+
+def map_in_order(fn: Callable[[T], R], items: Iterable[T], workers: int = 1) -> list[R]:
+    """:func:`map_bounded` on a pool of its own: a pass over every layer, ``workers`` at a time."""
+    if workers <= 1:
+        return list(map(fn, items))
+    with ThreadPoolExecutor(workers) as pool:
+        return list(map_bounded(pool, fn, items, workers))

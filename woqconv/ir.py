@@ -57,7 +57,7 @@ def all_finite(t: torch.Tensor) -> bool:
     if mask is None or not t.numel():
         return bool(torch.isfinite(t).all())
     as_int = torch.int16 if t.element_size() == 2 else torch.int32
-    return int((t.contiguous().view(as_int) & mask).max()) != mask
+    return int((t.view(as_int) & mask).max()) != mask  # a same-size view keeps any strides: no copy
 
 
 def _meta(t: torch.Tensor | None) -> torch.Tensor | None:

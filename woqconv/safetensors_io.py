@@ -370,12 +370,16 @@ class SafetensorsWriter:
         while done < len(data):
             done += os.pwrite(self._fd, data[done:], offset + done)
 
+    def check_complete(self) -> None:
+        """Raise unless every planned tensor has been written."""
+        if self._pending:
+            raise RuntimeError(f"{self.path}: {len(self._pending)} planned tensors never written, e.g. {sorted(self._pending)[0]}")
+
     def close(self) -> None:
         if self._fd < 0:
             return
         try:
-            if self._pending:
-                raise RuntimeError(f"{self.path}: {len(self._pending)} planned tensors never written, e.g. {sorted(self._pending)[0]}")
+            self.check_complete()
             os.fsync(self._fd)
         finally:
             os.close(self._fd)

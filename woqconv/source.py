@@ -14,7 +14,7 @@ from typing import Iterator
 
 from ._lazy import torch
 from .checkpoint import Checkpoint
-from .compute import release_freed_memory
+from .compute import map_in_order, release_freed_memory
 from .errors import FormatError
 from .formats import LayerFamily
 from .formats.base import ZP_V1, ZP_V1_WORD, ZP_V2, SourceFormat
@@ -86,7 +86,8 @@ class QuantizedCheckpoint:
         self.close()
 
 
-def open_checkpoint(path: str | os.PathLike, *, zero_point_convention: str = "auto", hpu_cache: bool = False) -> QuantizedCheckpoint:
+def open_checkpoint(path: str | os.PathLike, *, zero_point_convention: str = "auto", hpu_cache: bool = False,
+                    workers: int = 1) -> QuantizedCheckpoint:
     """Open and scan a quantized checkpoint directory.
 
     Args:
@@ -94,34 +95,41 @@ def open_checkpoint(path: str | os.PathLike, *, zero_point_convention: str = "au
         zero_point_convention: ``"auto"`` decides from the data where it can (symmetric checkpoints)
             and from the config otherwise; ``"v1"`` / ``"v2"`` force a reading.
         hpu_cache: read INC's Gaudi cache (``hpu_model.safetensors``) beside the weights instead of them.
+        workers: layers scanned at once, in threads (each holds one layer's small tensors).
     """
     if zero_point_convention not in CONVENTION_CHOICES:
         raise FormatError(f"zero-point convention must be one of {', '.join(CONVENTION_CHOICES)}, not {zero_point_convention!r}")
     ckpt = Checkpoint.open(path, hpu_cache=hpu_cache)
     try:
-        return _scan(ckpt, zero_point_convention)
+        return _scan(ckpt, zero_point_convention, workers)
     except BaseException:
         ckpt.close()
         raise
 
 
-def _scan(ckpt: Checkpoint, requested: str) -> QuantizedCheckpoint:
+def _scan(ckpt: Checkpoint, requested: str, workers: int = 1) -> QuantizedCheckpoint:
     fmt = detect(ckpt)
     family = LayerFamily.registry[fmt.family]
     prefixes = family.layer_prefixes(ckpt)
     warnings: list[str] = family.source_notes(ckpt)
     if family.codebook:
         # No zero points, so no convention to settle: the layers' own quant state says everything.
-        return QuantizedCheckpoint(ckpt, fmt, _shells(ckpt, family, prefixes, fmt), fmt.zero_point_convention, "format", warnings)
+        return QuantizedCheckpoint(ckpt, fmt, _shells(ckpt, family, prefixes, fmt, workers), fmt.zero_point_convention, "format", warnings)
     declared = fmt.zero_point_convention
-    stored = StoredZeros(fmt.bits)
-    for p in prefixes:
-        bits = fmt.for_layer(p).bits
-        # One histogram pass answers all the questions (a sort for unique values cost 10x more).
-        stored.add(torch.bincount(family.stored_zero_fields(ckpt, p, fmt).reshape(-1), minlength=1 << bits).tolist(), bits)
+
+    def histogram(p: str) -> list[int]:
+        # One histogram answers all the questions (a sort for unique values cost 10x more).
+        fields = family.stored_zero_fields(ckpt, p, fmt).reshape(-1)
+        counts = torch.bincount(fields, minlength=1 << fmt.for_layer(p).bits).tolist()
+        del fields
         release_freed_memory()
+        return counts
+
+    stored = StoredZeros(fmt.bits)
+    for p, counts in zip(prefixes, map_in_order(histogram, prefixes, workers)):
+        stored.add(counts, fmt.for_layer(p).bits)
     fmt, source, notes = settle_convention(fmt, requested, stored)
-    layers = _shells(ckpt, family, prefixes, fmt)
+    layers = _shells(ckpt, family, prefixes, fmt, workers)
     warnings += notes + reading_warnings(fmt, stored, all(layer.is_symmetric for layer in layers))
     return QuantizedCheckpoint(ckpt, fmt, layers, declared, source, warnings)
 
@@ -229,10 +237,12 @@ def reading_warnings(fmt: SourceFormat, stored: StoredZeros, symmetric: bool) ->
     return warnings
 
 
-def _shells(ckpt: Checkpoint, family: type[LayerFamily], prefixes: list[str], fmt: SourceFormat) -> list:
+def _shells(ckpt: Checkpoint, family: type[LayerFamily], prefixes: list[str], fmt: SourceFormat, workers: int = 1) -> list:
     """Read every layer's small tensors (validated by the reader), keep its shell, free the rest."""
-    layers = []
-    for p in prefixes:
-        layers.append(family.read(ckpt, p, fmt, codes=False).shell())
+
+    def shell(p: str):
+        layer = family.read(ckpt, p, fmt, codes=False).shell()
         release_freed_memory()
-    return layers
+        return layer
+
+    return map_in_order(shell, prefixes, workers)

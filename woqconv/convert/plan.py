@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from .._lazy import torch
 from ..checkpoint import CONFIG_NAME, HPU_CACHES, QUANT_CONFIG_FILES
-from ..compute import release_freed_memory
+from ..compute import map_in_order, release_freed_memory
 from ..errors import RefusedConversion
 from ..formats import TARGETS, Target
 from ..formats.base import ZP_V1
@@ -221,9 +221,10 @@ def _prepare(target: Target, layer, requantize: str | None) -> Prepared:
 
 
 def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = False, requantize: str | None = None,
-                    double_quant: bool = False) -> ConversionPlan:
+                    double_quant: bool = False, workers: int = 1) -> ConversionPlan:
     """Plan ``src`` -> ``to``. ``requantize`` ("search" or "minmax") lets layers that no lossless path
-    reaches be refitted; ``double_quant`` stores bitsandbytes absmax double-quantized (nf4/fp4 only)."""
+    reaches be refitted; ``double_quant`` stores bitsandbytes absmax double-quantized (nf4/fp4 only);
+    ``workers`` layers are prepared at once, in threads."""
     if to not in TARGETS:
         raise RefusedConversion(f"unknown target {to!r} (choose from {', '.join(TARGETS)})")
     if requantize is not None and requantize not in METHODS:
@@ -245,17 +246,22 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
         )
     # Each layer's small tensors are read again, prepared, and released: the plan keeps shells (shapes,
     # dtypes, what changed and what it costs), and the writer reads the values once more.
-    prepared: dict[str, Prepared] = {}
-    cast_losses: dict[str, dict] = {}
-    for shell in src.layers:
-        p = _prepare(target, src.read_layer(shell.name, codes=False), requantize)
+    def prepare(name: str) -> tuple[Prepared, dict | None]:
+        p = _prepare(target, src.read_layer(name, codes=False), requantize)
+        loss = None
         if target.loader_scale_dtype is not None and not p.refusal:
             loss = scale_cast_loss(p.layer.scales, getattr(torch, target.loader_scale_dtype))
-            if loss:
-                cast_losses[shell.name] = loss
         p.layer = p.layer.shell()
-        prepared[shell.name] = p
         release_freed_memory()
+        return p, loss
+
+    names = [shell.name for shell in src.layers]
+    prepared: dict[str, Prepared] = {}
+    cast_losses: dict[str, dict] = {}
+    for name, (p, loss) in zip(names, map_in_order(prepare, names, workers)):
+        prepared[name] = p
+        if loss:
+            cast_losses[name] = loss
     if not target.per_layer_precision:
         for name, p in prepared.items():
             if not p.refusal and p.requant is None and not at_base_precision(p.layer, base):
