@@ -88,12 +88,7 @@ class Checkpoint:
     @classmethod
     def open(cls, path: str | os.PathLike, *, hpu_cache: bool = False) -> "Checkpoint":
         """Open a checkpoint directory; ``hpu_cache=True`` reads INC's Gaudi cache instead of the weights."""
-        root = Path(path)
-        if not root.exists():
-            raise FormatError("no such file or directory", file=root)
-        if not root.is_dir():
-            raise FormatError("expected a checkpoint directory", file=root)
-        _refuse_escaping_links(root)
+        root = _checked_root(path)
         config = read_json(root / CONFIG_NAME) if (root / CONFIG_NAME).exists() else {}
         shard_names, weight_map, index, container = _weight_files(root, hpu_cache=hpu_cache)
         shards: dict[str, SafetensorsFile | TorchFile] = {}
@@ -168,6 +163,22 @@ class Checkpoint:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def weights_container(path: str | os.PathLike) -> str:
+    """What holds a checkpoint directory's weights, from its file names alone (no weight file is opened):
+    "safetensors", "inc-pt", "hpu-cache" or "openvino-ir". Checks and raises as :meth:`Checkpoint.open` does."""
+    return _weight_files(_checked_root(path))[3]
+
+
+def _checked_root(path: str | os.PathLike) -> Path:
+    root = Path(path)
+    if not root.exists():
+        raise FormatError("no such file or directory", file=root)
+    if not root.is_dir():
+        raise FormatError("expected a checkpoint directory", file=root)
+    _refuse_escaping_links(root)
+    return root
 
 
 def _torch_file(path: Path):

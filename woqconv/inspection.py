@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from . import numpy_scan
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, weights_container
 from .compute import compute_threads
 from .errors import FormatError, WoqconvError
 from .formats import LayerFamily
@@ -271,7 +271,9 @@ def _inspect_without_torch(path: str | os.PathLike, requested: str) -> InspectRe
     if requested not in CONVENTION_CHOICES:
         return None
     try:
+        if weights_container(path) != "safetensors":  # never open a torch pickle or an OpenVINO model twice
+            return None
         with Checkpoint.open(path) as ckpt:
             return _scanned_report(ckpt, requested)
-    except WoqconvError:
+    except (WoqconvError, OSError):
         return None
