@@ -187,3 +187,16 @@ def test_unusual_data_goes_to_the_torch_scan(name, tmp_path):
     edit_tensors(EXTRA[name])(src)
     assert inspection._inspect_without_torch(src, "auto") is None
     assert _outcome(lambda: woqconv.inspect(src)) == _torch_outcome(src)
+
+
+@pytest.mark.parametrize("name", ["inc-default-rtn-g32-asym", "ov-nncf-int4-asym-g64-r08"])
+def test_other_containers_are_not_opened_by_the_torch_free_attempt(name, monkeypatch):
+    """A torch pickle or an OpenVINO model is opened once, by the torch scan, not first by the attempt."""
+    from woqconv import checkpoint
+
+    def opened(*a, **k):
+        raise AssertionError("the torch-free attempt opened the weights")
+
+    monkeypatch.setattr(checkpoint, "_torch_file", opened)
+    monkeypatch.setattr(checkpoint, "OpenVinoFile", opened)
+    assert inspection._inspect_without_torch(fixture_path(name), "auto") is None
