@@ -81,12 +81,13 @@ def test_inspect_reads_no_codes(monkeypatch):
     from woqconv import safetensors_io
 
     read = []
-    original = safetensors_io.SafetensorsFile.read
+    original = safetensors_io.SafetensorsFile.read_bytes  # every read of tensor data goes through it
 
-    def spy(self, name):
+    def spy(self, name, *args):
         read.append(name)
-        return original(self, name)
+        return original(self, name, *args)
 
-    monkeypatch.setattr(safetensors_io.SafetensorsFile, "read", spy)
-    woqconv.inspect(fixture_path("ar-g32-asym-auto_gptq"))
+    monkeypatch.setattr(safetensors_io.SafetensorsFile, "read_bytes", spy)
+    woqconv.inspect(fixture_path("ar-g32-asym-auto_gptq"))  # without torch
+    woqconv.inspect(fixture_path("ar-w3-g32-asym-auto_gptq"))  # 3 bits: the torch scan
     assert read and not any(n.endswith(".qweight") for n in read)

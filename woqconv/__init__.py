@@ -10,6 +10,11 @@ Python API (the CLI is a thin layer over it)::
             w = layer.dequantize()
 """
 
+# Importing woqconv imports no torch: every module takes it from ``_lazy``, which imports it on first use
+# (see _lazy.py), so the API below costs about 0.15 s to import, most of it numpy. It is imported
+# eagerly, not through a module ``__getattr__``: ``woqconv.convert`` is both this function and a
+# subpackage, and the first ``import woqconv.convert.<x>`` anywhere would rebind a lazily provided name
+# to the subpackage.
 from .convert import ConvertReport, convert
 from .errors import FormatError, OutputError, RefusedConversion, WoqconvError
 from .formats import TARGETS

@@ -10,15 +10,19 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
+from ._lazy import torch
 from .errors import FormatError
-from .safetensors_io import SafetensorsFile, TensorInfo
 from .openvino_file import BIN_NAME as OPENVINO_BIN
 from .openvino_file import XML_NAME as OPENVINO_XML
 from .openvino_file import OpenVinoFile
-from .torch_file import TorchFile
+from .safetensors_io import SafetensorsFile, TensorInfo
+
+if TYPE_CHECKING:  # imported when a checkpoint holds one (see _torch_file)
+    from .torch_file import TorchFile
 
 CONFIG_NAME = "config.json"
 SINGLE_WEIGHTS = "model.safetensors"
@@ -84,12 +88,7 @@ class Checkpoint:
     @classmethod
     def open(cls, path: str | os.PathLike, *, hpu_cache: bool = False) -> "Checkpoint":
         """Open a checkpoint directory; ``hpu_cache=True`` reads INC's Gaudi cache instead of the weights."""
-        root = Path(path)
-        if not root.exists():
-            raise FormatError("no such file or directory", file=root)
-        if not root.is_dir():
-            raise FormatError("expected a checkpoint directory", file=root)
-        _refuse_escaping_links(root)
+        root = _checked_root(path)
         config = read_json(root / CONFIG_NAME) if (root / CONFIG_NAME).exists() else {}
         shard_names, weight_map, index, container = _weight_files(root, hpu_cache=hpu_cache)
         shards: dict[str, SafetensorsFile | TorchFile] = {}
@@ -100,7 +99,7 @@ class Checkpoint:
                 if container == "openvino-ir":
                     shards[name] = OpenVinoFile(shard_path)
                 else:
-                    shards[name] = TorchFile(shard_path) if name.endswith(PICKLE_WEIGHTS_SUFFIXES) else SafetensorsFile(shard_path)
+                    shards[name] = _torch_file(shard_path) if name.endswith(PICKLE_WEIGHTS_SUFFIXES) else SafetensorsFile(shard_path)
                 for tensor in shards[name].tensors:
                     if tensor in locations:
                         raise FormatError(f"tensor appears in two shards ({locations[tensor]}, {name})", file=shard_path, tensor=tensor)
@@ -138,6 +137,12 @@ class Checkpoint:
             raise FormatError("tensor not found in checkpoint", file=self.root, tensor=name)
         return self.shards[self.locations[name]].read(name)
 
+    def read_bytes(self, name: str) -> np.ndarray:
+        """A tensor's bytes as stored (uint8), without torch; safetensors shards only."""
+        if name not in self.locations:
+            raise FormatError("tensor not found in checkpoint", file=self.root, tensor=name)
+        return self.shards[self.locations[name]].read_bytes(name)
+
     def file_of(self, name: str) -> Path:
         return self.shards[self.locations[name]].path
 
@@ -158,6 +163,29 @@ class Checkpoint:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def weights_container(path: str | os.PathLike) -> str:
+    """What holds a checkpoint directory's weights, from its file names alone (no weight file is opened):
+    "safetensors", "inc-pt", "hpu-cache" or "openvino-ir". Checks and raises as :meth:`Checkpoint.open` does."""
+    return _weight_files(_checked_root(path))[3]
+
+
+def _checked_root(path: str | os.PathLike) -> Path:
+    root = Path(path)
+    if not root.exists():
+        raise FormatError("no such file or directory", file=root)
+    if not root.is_dir():
+        raise FormatError("expected a checkpoint directory", file=root)
+    _refuse_escaping_links(root)
+    return root
+
+
+def _torch_file(path: Path):
+    """INC's ``torch.save`` weights: read with torch's own loader, which this module imports only then."""
+    from .torch_file import TorchFile
+
+    return TorchFile(path)
 
 
 def _weight_files(root: Path, *, hpu_cache: bool = False) -> tuple[list[str], dict | None, dict | None, str]:

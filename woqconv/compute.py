@@ -7,7 +7,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, TypeVar
 
-import torch
+from ._lazy import torch
 
 T = TypeVar("T")
 R = TypeVar("R")

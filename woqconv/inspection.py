@@ -6,14 +6,25 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from .checkpoint import Checkpoint
-from .errors import FormatError
-from .formats import LayerFamily
-from .formats.base import ZP_V1_WORD
+from . import numpy_scan
+from .checkpoint import Checkpoint, weights_container
 from .compute import compute_threads
+from .errors import FormatError, WoqconvError
+from .formats import LayerFamily
+from .formats.base import ZP_V1_WORD, SourceFormat
 from .formats.detect import detect
-from .safetensors_io import DTYPES
-from .source import RAW_ZERO_FAMILIES, QuantizedCheckpoint, open_checkpoint
+from .ir import GIdxKind, least_regular
+from .safetensors_io import TORCH_NAMES
+from .source import (
+    CONVENTION_CHOICES,
+    RAW_ZERO_FAMILIES,
+    QuantizedCheckpoint,
+    StoredZeros,
+    open_checkpoint,
+    reading_warnings,
+    settle_convention,
+    symmetric_field,
+)
 
 
 @dataclass
@@ -85,8 +96,10 @@ def precisions(layers: list[LayerInfo]) -> list[dict]:
     return [{"bits": b, "group_size": g, "sym": sym, "layers": len(names), "names": names} for (b, g, sym), names in ordered]
 
 
-def _totals(ckpt: Checkpoint, layers: list[LayerInfo], owned, q_bytes: int, total_bytes: int) -> dict:
+def _totals(ckpt: Checkpoint, family: type[LayerFamily], layers: list[LayerInfo], total_bytes: int) -> dict:
     """The InspectReport fields a local and a header-only inspect compute the same way."""
+    owned = {t for layer in layers for t in family.owned_tensors(ckpt, layer.name)}
+    q_bytes = sum(ckpt.info(t).nbytes for t in owned if not t.endswith(".bias"))
     q_params = sum(layer.in_features * layer.out_features for layer in layers)
     return {
         "quantized_modules": len(layers),
@@ -101,8 +114,6 @@ def _totals(ckpt: Checkpoint, layers: list[LayerInfo], owned, q_bytes: int, tota
 
 
 def report_for(src: QuantizedCheckpoint) -> InspectReport:
-    ckpt = src.ckpt
-    owned = src.owned_tensors()
     layers = [
         LayerInfo(
             name=layer.name,
@@ -117,14 +128,6 @@ def report_for(src: QuantizedCheckpoint) -> InspectReport:
         )
         for layer in src.layers
     ]
-    q_bytes = sum(ckpt.info(t).nbytes for t, owner in owned.items() if not t.endswith(".bias"))
-    kind_counts = Counter(layer.g_idx for layer in layers)
-    warnings = list(src.warnings)
-    fmt = src.format
-    g_kind = src.g_idx_kind.value
-    if fmt.desc_act is False and g_kind in ("block-uniform", "scattered"):
-        warnings.append(f"config says desc_act = false, but {kind_counts[g_kind]} layers have a {g_kind} g_idx: kernels that ignore g_idx would compute wrong weights")
-    total_bytes = ckpt.weight_bytes + sum((ckpt.root / f).stat().st_size for f in ckpt.other_files)
     codebook = None
     if src.is_codebook:
         codebook = {
@@ -133,6 +136,18 @@ def report_for(src: QuantizedCheckpoint) -> InspectReport:
             "double_quant": any(layer.double_quant for layer in src.layers),
             "weight_dtypes": sorted({str(layer.dtype).replace("torch.", "") for layer in src.layers}),
         }
+    return _local_report(src.ckpt, src.format, layers, src.warnings, src.declared_convention, src.convention_source, codebook)
+
+
+def _local_report(ckpt: Checkpoint, fmt: SourceFormat, layers: list[LayerInfo], warnings: list[str], declared: str, source: str,
+                  codebook: dict | None = None) -> InspectReport:
+    """The report of a checkpoint whose data was read: ``fmt`` as read, each layer's facts, the scan's warnings."""
+    kind_counts = Counter(layer.g_idx for layer in layers)
+    warnings = list(warnings)
+    g_kind = least_regular(GIdxKind(layer.g_idx) for layer in layers).value
+    if fmt.desc_act is False and g_kind in ("block-uniform", "scattered"):
+        warnings.append(f"config says desc_act = false, but {kind_counts[g_kind]} layers have a {g_kind} g_idx: kernels that ignore g_idx would compute wrong weights")
+    total_bytes = ckpt.weight_bytes + sum((ckpt.root / f).stat().st_size for f in ckpt.other_files)
     return InspectReport(
         path=str(ckpt.root),
         format=fmt.name,
@@ -141,17 +156,56 @@ def report_for(src: QuantizedCheckpoint) -> InspectReport:
         packing_format=fmt.packing_format,
         bits=fmt.bits,
         group_size=fmt.group_size,
-        sym=src.is_symmetric,
+        sym=all(layer.sym for layer in layers),
         sym_declared=fmt.sym,
         zero_point_convention=_public(fmt.zero_point_convention),
-        zero_point_convention_declared=_public(src.declared_convention),
-        zero_point_convention_source=src.convention_source,
+        zero_point_convention_declared=_public(declared),
+        zero_point_convention_source=source,
         g_idx=g_kind,
         desc_act_declared=fmt.desc_act,
-        **_totals(ckpt, layers, owned, q_bytes, total_bytes),
+        **_totals(ckpt, LayerFamily.registry[fmt.family], layers, total_bytes),
         layers=layers,
         warnings=warnings,
         codebook=codebook,
+    )
+
+
+def _scanned_report(ckpt: Checkpoint, requested: str) -> InspectReport | None:
+    """:func:`report_for` of the torch scan, computed from the headers and a numpy pass over each layer's
+    qzeros, scales and g_idx (numpy_scan.py), for the layouts that pass can read. None when it cannot
+    stand in for the torch scan: another layout or container, or a layer the torch reader would reject."""
+    fmt = detect(ckpt)
+    if not numpy_scan.reads(ckpt, fmt.family):
+        return None
+    family = LayerFamily.registry[fmt.family]
+    warnings = family.source_notes(ckpt)
+    stored = StoredZeros(fmt.bits)
+    layers, zero_counts = [], []
+    for p in family.layer_prefixes(ckpt):
+        layer = _from_headers(ckpt, family, fmt, p)
+        scan = numpy_scan.scan_layer(ckpt, p, bits=layer.bits, out_features=layer.out_features,
+                                     groups=-(-layer.in_features // layer.group_size), group_size=layer.group_size)
+        if scan is None:
+            return None
+        layer.g_idx = scan.g_idx_kind.value
+        stored.add(scan.zero_counts, layer.bits)
+        layers.append(layer)
+        zero_counts.append(scan.zero_counts)
+    read_as, source, notes = settle_convention(fmt, requested, stored)
+    for layer, counts in zip(layers, zero_counts):
+        layer.sym = counts[symmetric_field(read_as, layer.bits)] == sum(counts)
+    warnings += notes + reading_warnings(read_as, stored, all(layer.sym for layer in layers))
+    return _local_report(ckpt, read_as, layers, warnings, fmt.zero_point_convention, source)
+
+
+def _from_headers(ckpt: Checkpoint, family: type[LayerFamily], fmt: SourceFormat, prefix: str) -> LayerInfo:
+    """A layer as its headers describe it (checked by the family's geometry); what only its data can tell,
+    symmetry and the class of a stored g_idx, is left unknown."""
+    in_features, out, gs = family._geometry(ckpt, prefix, fmt)
+    return LayerInfo(
+        name=prefix, in_features=in_features, out_features=out, bits=fmt.for_layer(prefix).bits, group_size=gs,
+        g_idx="unknown" if ckpt.has(f"{prefix}.g_idx") else "none", sym=None,
+        scales_dtype=TORCH_NAMES[ckpt.info(f"{prefix}.scales").dtype], bias=ckpt.has(f"{prefix}.bias"),
     )
 
 
@@ -163,23 +217,9 @@ def header_report(ckpt: Checkpoint, *, label: str, total_bytes: int) -> InspectR
     """
     fmt = detect(ckpt)
     family = LayerFamily.registry[fmt.family]
-    geometry = getattr(family, "_geometry", None)
-    if geometry is None:
+    if getattr(family, "_geometry", None) is None:
         raise FormatError(f"{fmt.name} layers cannot be described from headers alone", file=label)
-    layers, q_bytes = [], 0
-    for p in family.layer_prefixes(ckpt):
-        in_features, out, gs = geometry(ckpt, p, fmt)
-        has_g_idx = ckpt.has(f"{p}.g_idx")
-        layers.append(
-            LayerInfo(
-                name=p, in_features=in_features, out_features=out, bits=fmt.for_layer(p).bits, group_size=gs,
-                g_idx="unknown" if has_g_idx else "none", sym=None,
-                scales_dtype=str(DTYPES[ckpt.info(f"{p}.scales").dtype]).replace("torch.", ""),
-                bias=ckpt.has(f"{p}.bias"),
-            )
-        )
-        q_bytes += sum(ckpt.info(t).nbytes for t in family.owned_tensors(ckpt, p) if not t.endswith(".bias"))
-    owned = {t for layer in layers for t in family.owned_tensors(ckpt, layer.name)}
+    layers = [_from_headers(ckpt, family, fmt, p) for p in family.layer_prefixes(ckpt)]
     declared = _public(fmt.zero_point_convention)
     g_kind = "unknown" if any(layer.g_idx == "unknown" for layer in layers) else "none"
     # The layout itself fixes AWQ's raw zero points, and a layer without g_idx has none to classify.
@@ -199,7 +239,7 @@ def header_report(ckpt: Checkpoint, *, label: str, total_bytes: int) -> InspectR
         zero_point_convention_source="format" if fmt.family in RAW_ZERO_FAMILIES else "config",
         g_idx=g_kind,
         desc_act_declared=fmt.desc_act,
-        **_totals(ckpt, layers, owned, q_bytes, total_bytes),
+        **_totals(ckpt, family, layers, total_bytes),
         layers=layers,
         warnings=[],
         needs_tensor_data=needs,
@@ -210,12 +250,30 @@ def inspect(path: str | os.PathLike, *, zero_point_convention: str = "auto") -> 
     """Describe a quantized checkpoint: format, conventions found in the data, layers, warnings.
 
     Reads the safetensors headers and only the small tensors (qzeros, scales, g_idx, bitsandbytes absmax and
-    quant state); never the codes.
+    quant state); never the codes. GPTQ and AWQ GEMM checkpoints in safetensors are read with numpy
+    alone (no torch import, which costs more than the rest); the report is the same.
 
     Example::
 
         report = woqconv.inspect("llama-gptq")
         print(report.format, report.bits, report.group_size, report.zero_point_convention)
     """
+    report = _inspect_without_torch(path, zero_point_convention)
+    if report is not None:
+        return report
     with compute_threads(1), open_checkpoint(path, zero_point_convention=zero_point_convention) as src:
         return report_for(src)
+
+
+def _inspect_without_torch(path: str | os.PathLike, requested: str) -> InspectReport | None:
+    """The report from headers and numpy alone (GPTQ and AWQ GEMM layers in safetensors), or None: then the
+    torch scan runs, and any problem with the checkpoint is reported by it, in its words."""
+    if requested not in CONVENTION_CHOICES:
+        return None
+    try:
+        if weights_container(path) != "safetensors":  # never open a torch pickle or an OpenVINO model twice
+            return None
+        with Checkpoint.open(path) as ckpt:
+            return _scanned_report(ckpt, requested)
+    except (WoqconvError, OSError):
+        return None

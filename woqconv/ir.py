@@ -23,11 +23,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
-import torch
+import numpy as np
 
 from . import packing
+from ._lazy import torch
 
 
 class GIdxKind(str, Enum):
@@ -43,16 +44,19 @@ def default_g_idx(in_features: int, group_size: int) -> torch.Tensor:
     return torch.arange(in_features, dtype=torch.int32) // group_size
 
 
-# Exponent bits of each float dtype: a value is NaN or infinite exactly when they are all ones.
-_EXPONENT_MASKS = {torch.float16: (torch.int16, 0x7C00), torch.bfloat16: (torch.int16, 0x7F80), torch.float32: (torch.int32, 0x7F800000)}
+# Exponent bits of each float dtype, by torch's name for it: a value is NaN or infinite exactly when
+# they are all ones. Read on the value's bits as an integer of the same width (inspect's numpy scan
+# tests scales the same way).
+EXPONENT_MASKS = {"float16": 0x7C00, "bfloat16": 0x7F80, "float32": 0x7F800000}
 
 
 def all_finite(t: torch.Tensor) -> bool:
     """``torch.isfinite(t).all()``, as one integer max over the exponent bits where the dtype allows
     (a bool reduction over fp16 took 0.2 s per 7B checkpoint scan; this takes a tenth of that)."""
-    if t.dtype not in _EXPONENT_MASKS or not t.numel():
+    mask = EXPONENT_MASKS.get(str(t.dtype).removeprefix("torch."))
+    if mask is None or not t.numel():
         return bool(torch.isfinite(t).all())
-    as_int, mask = _EXPONENT_MASKS[t.dtype]
+    as_int = torch.int16 if t.element_size() == 2 else torch.int32
     return int((t.view(as_int) & mask).max()) != mask  # a same-size view keeps any strides: no copy
 
 
@@ -69,29 +73,42 @@ class LayerFacts:
     g_idx_kind: "GIdxKind"
 
 
-def classify_g_idx(g_idx: torch.Tensor | None, group_size: int) -> GIdxKind:
+# From the most to the least regular: a model's g_idx class is that of its least regular layer.
+_G_IDX_ORDER = (GIdxKind.NONE, GIdxKind.TRIVIAL, GIdxKind.BLOCK_UNIFORM, GIdxKind.SCATTERED)
+
+
+def least_regular(kinds: Iterable[GIdxKind]) -> GIdxKind:
+    return max(kinds, key=_G_IDX_ORDER.index, default=GIdxKind.NONE)
+
+
+def classify_g_idx(g_idx: torch.Tensor | np.ndarray | None, group_size: int) -> GIdxKind:
+    """The class of a layer's g_idx: a tensor, or a numpy array (inspect's scan reads g_idx without torch)."""
     if g_idx is None:
         return GIdxKind.NONE
-    in_features = g_idx.numel()
-    if torch.equal(g_idx, default_g_idx(in_features, group_size)):
+    g = _as_array(g_idx)
+    if np.array_equal(g, np.arange(g.size, dtype=np.int32) // group_size):
         return GIdxKind.TRIVIAL
-    if _block_labels(g_idx, group_size) is not None:
+    if _block_labels(g, group_size) is not None:
         return GIdxKind.BLOCK_UNIFORM
     return GIdxKind.SCATTERED
 
 
-def _block_labels(g_idx: torch.Tensor, group_size: int) -> torch.Tensor | None:
+def _as_array(g_idx: torch.Tensor | np.ndarray) -> np.ndarray:
+    return (g_idx if isinstance(g_idx, np.ndarray) else g_idx.numpy()).reshape(-1)
+
+
+def _block_labels(g_idx: np.ndarray, group_size: int) -> np.ndarray | None:
     """Labels of the aligned blocks if each block has one label and the labels are a permutation."""
-    n = g_idx.numel()
+    n = g_idx.size
     groups = -(-n // group_size)
-    padded = torch.full((groups * group_size,), -1, dtype=torch.int64)
-    padded[:n] = g_idx.to(torch.int64)
-    blocks = padded.view(groups, group_size)
+    padded = np.full(groups * group_size, -1, dtype=np.int64)
+    padded[:n] = g_idx
+    blocks = padded.reshape(groups, group_size)
     labels = blocks[:, 0]
     valid = blocks >= 0
     if not bool(((blocks == labels[:, None]) | ~valid).all()):
         return None
-    if not torch.equal(torch.sort(labels).values, torch.arange(groups)):
+    if not np.array_equal(np.sort(labels), np.arange(groups)):
         return None
     return labels
 
@@ -261,7 +278,7 @@ class QuantLinear:
         if kind in (GIdxKind.NONE, GIdxKind.TRIVIAL):
             return replace(self, g_idx=None)
         if kind is GIdxKind.BLOCK_UNIFORM:
-            labels = _block_labels(self.g_idx, self.group_size)
+            labels = torch.from_numpy(_block_labels(_as_array(self.g_idx), self.group_size))
             # Block b used group labels[b]; after relabelling block b uses group b.
             return replace(self, g_idx=None, zeros=self.zeros[:, labels].contiguous(), scales=self.scales[:, labels].contiguous())
         raise ValueError(f"{self.name}: scattered g_idx cannot be expressed without g_idx")

@@ -40,15 +40,16 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
+from . import safetensors_io
+from ._lazy import torch
 from .errors import FormatError
-from .safetensors_io import DTYPE_NAMES, TensorInfo, open_regular
+from .safetensors_io import TensorInfo, open_regular
 
 XML_NAME = "openvino_model.xml"
 BIN_NAME = "openvino_model.bin"
 _INTEGER_TYPES = {"u4": (4, False), "i4": (4, True), "u8": (8, False), "i8": (8, True)}
-_FLOAT_TYPES = {"f16": torch.float16, "f32": torch.float32, "bf16": torch.bfloat16}
+_FLOAT_TYPES = {"f16": "float16", "f32": "float32", "bf16": "bfloat16"}  # OpenVINO type -> torch dtype name
 # Ops a decompression sub-graph is made of; anything else between the codes and their consumer is a
 # pattern this reader does not know.
 _CHAIN_OPS = ("Convert", "Subtract", "Multiply", "Reshape")
@@ -136,7 +137,7 @@ class OpenVinoFile:
         if name in self.tensors:
             raise FormatError(f"two constants are named {name}", file=self.path, tensor=name)
         nbytes = stored.get_byte_size() if stored is not None else int(np.prod(shape, dtype=np.int64)) * torch.empty(0, dtype=dtype).element_size()
-        self.tensors[name] = TensorInfo(name, DTYPE_NAMES[dtype], tuple(shape), 0, nbytes)
+        self.tensors[name] = TensorInfo(name, safetensors_io.DTYPE_NAMES[dtype], tuple(shape), 0, nbytes)
         self._readers[name] = read
 
     def _add_dense(self, const) -> None:
@@ -156,7 +157,7 @@ class OpenVinoFile:
             hf, shape = f"{m.group('module')}.weight", shape[2:]
         else:
             return  # attention masks, rotary tables, eps: the graph's own constants, not weights
-        dtype = _FLOAT_TYPES[_ov_type(const)]
+        dtype = getattr(torch, _FLOAT_TYPES[_ov_type(const)])
         self._add(hf, dtype, shape, lambda c=const, s=shape, d=dtype: _float_tensor(c, d).reshape(s), const)
 
     def _add_compressed(self, const, bits: int, signed: bool) -> None:
@@ -186,7 +187,7 @@ class OpenVinoFile:
         self._add(f"{prefix}.codes", torch.uint8, (out, inf), lambda c=c: self.codes(c), const)
         if zp is not None:
             self._add(f"{prefix}.zero_point", torch.uint8, (out, groups), lambda c=c: self.zeros(c), zp)
-        self._add(f"{prefix}.scale", _FLOAT_TYPES[_ov_type(scale)], (out, groups), lambda c=c: self.scales(c), scale)
+        self._add(f"{prefix}.scale", getattr(torch, _FLOAT_TYPES[_ov_type(scale)]), (out, groups), lambda c=c: self.scales(c), scale)
 
     def _decompression(self, const, name: str):
         """Follow the codes to their consumer: (zero point constant or None, scale constant, consumer type)."""
@@ -242,7 +243,7 @@ class OpenVinoFile:
         return z.expand(c.out_features * c.groups).reshape(c.out_features, c.groups).contiguous()
 
     def scales(self, c: Compressed) -> torch.Tensor:
-        s = _float_tensor(c.scale, _FLOAT_TYPES[_ov_type(c.scale)]).reshape(-1)
+        s = _float_tensor(c.scale, getattr(torch, _FLOAT_TYPES[_ov_type(c.scale)])).reshape(-1)
         return s.expand(c.out_features * c.groups).reshape(c.out_features, c.groups).contiguous()
 
     def _dequantized(self, c: Compressed) -> torch.Tensor:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-import torch
+from ._lazy import torch
 
 # AutoAWQ's GEMM kernels read nibble k of a word as out-channel 8c + AWQ_ORDER[k]
 # (AutoAWQ awq/modules/linear/gemm.py); AWQ_REVERSE_ORDER is its inverse permutation.

@@ -28,16 +28,21 @@ than 30 % of the range never won, so those candidates are not paid for.)
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
-import torch
-
+from ._lazy import torch
 from .ir import CodebookLinear, QuantLinear
 
 METHODS = ("search", "minmax")
-SHRINK_GRID = torch.linspace(1.0, 0.7, 31)  # p = 1.00, 0.99, ..., 0.70
 _CHUNK_ELEMENTS = 1 << 22  # rows per chunk are chosen so a chunk holds about this many weights
+
+
+@functools.cache
+def _shrink_grid() -> list[float]:
+    """The shrink factors after 1.0 (p = 0.99, ..., 0.70) as torch's fp32 linspace gives them, built on first use."""
+    return torch.linspace(1.0, 0.7, 31)[1:].tolist()
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,7 @@ def _fit_affine_groups(x: torch.Tensor, mask: torch.Tensor, recipe: AffineRecipe
     q, z, s, err = _affine_candidate(x, mask, xmin, xmax, recipe, maxq)
     if recipe.method == "minmax":
         return q, z, s
-    for p in SHRINK_GRID[1:].tolist():
+    for p in _shrink_grid():
         q1, z1, s1, e1 = _affine_candidate(x, mask, p * xmin, p * xmax, recipe, maxq)
         better = e1 < err
         q[better], z[better], s[better], err[better] = q1[better], z1[better], s1[better], e1[better]
@@ -209,7 +214,7 @@ def fit_codebook(name: str, w: torch.Tensor, recipe: CodebookRecipe, bias: torch
         pos, err = _codebook_candidate(x, mask, base, table)
         a = base.clone()
         if recipe.method == "search":
-            for p in SHRINK_GRID[1:].tolist():
+            for p in _shrink_grid():
                 p1, e1 = _codebook_candidate(x, mask, base * p, table)
                 better = e1 < err
                 pos[better], err[better], a[better] = p1[better], e1[better], (base * p)[better]

@@ -10,6 +10,7 @@ header length, a JSON header, then the data buffer.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import stat
@@ -18,28 +19,49 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-import torch
+import numpy as np
 
+from ._lazy import torch
 from .errors import FormatError
 
-DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
+# The dtypes woqconv computes on, by safetensors name -> torch's name for them. The torch dtypes
+# themselves (``DTYPES``, ``DTYPE_NAMES``) are looked up on first use: reading headers needs no torch.
+TORCH_NAMES: dict[str, str] = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
 }
-DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 # Dtypes we pass through byte for byte but never compute on.
 _OPAQUE_SIZES = {"U16": 2, "U32": 4, "U64": 8}
-ITEMSIZE: dict[str, int] = {**{k: torch.empty(0, dtype=v).element_size() for k, v in DTYPES.items()}, **_OPAQUE_SIZES}
+ITEMSIZE: dict[str, int] = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+    **_OPAQUE_SIZES,
+}
+
+
+@functools.cache
+def _torch_dtypes() -> tuple[dict[str, torch.dtype], dict[torch.dtype, str]]:
+    dtypes = {name: getattr(torch, torch_name) for name, torch_name in TORCH_NAMES.items()}
+    return dtypes, {v: k for k, v in dtypes.items()}
+
+
+def __getattr__(name: str):
+    """``DTYPES`` (safetensors name -> torch dtype) and ``DTYPE_NAMES`` (its inverse), built on first use."""
+    if name == "DTYPES":
+        return _torch_dtypes()[0]
+    if name == "DTYPE_NAMES":
+        return _torch_dtypes()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # The order of safetensors' own serializer (its Rust Dtype enum, descending): data sorted by this rank,
 # then by name. Writing the same order makes our files byte-identical to ``save_file`` output.
@@ -187,13 +209,17 @@ class SafetensorsFile:
         return name in self.tensors
 
     def read_raw(self, name: str, start: int = 0, count: int | None = None) -> torch.Tensor:
-        """Bytes ``[start, start + count)`` of a tensor (all of it by default) as a fresh uint8 tensor.
+        """Bytes ``[start, start + count)`` of a tensor (all of it by default) as a fresh uint8 tensor."""
+        return torch.from_numpy(self.read_bytes(name, start, count))
+
+    def read_bytes(self, name: str, start: int = 0, count: int | None = None) -> np.ndarray:
+        """Bytes ``[start, start + count)`` of a tensor (all of it by default) as a fresh uint8 array.
         Read straight into uninitialised memory: a zero-filled buffer (``bytearray``) cost a third of
         the read time on a 7B checkpoint."""
         info = self.tensors[name]
         count = info.nbytes - start if count is None else count
-        raw = torch.empty(count, dtype=torch.uint8)
-        view = memoryview(raw.numpy()) if count else memoryview(b"")
+        raw = np.empty(count, dtype=np.uint8)
+        view = memoryview(raw) if count else memoryview(b"")
         done = 0
         while done < count:
             n = os.preadv(self._fd, [view[done:]], info.start + start + done)
@@ -207,7 +233,7 @@ class SafetensorsFile:
         info = self.tensors[name]
         if info.dtype in _OPAQUE_SIZES:
             raise self._fail(f"dtype {info.dtype} can be copied but not computed on", name)
-        dtype = DTYPES[info.dtype]
+        dtype = _torch_dtypes()[0][info.dtype]
         if info.nbytes == 0:
             return torch.empty(info.shape, dtype=dtype)
         return self.read_raw(name).view(dtype).reshape(info.shape)
@@ -305,9 +331,10 @@ class SafetensorsWriter:
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         spec, offset = self._place(name)
-        if DTYPE_NAMES.get(tensor.dtype) != spec.dtype or tuple(tensor.shape) != spec.shape:
+        got = _torch_dtypes()[1].get(tensor.dtype)
+        if got != spec.dtype or tuple(tensor.shape) != spec.shape:
             raise ValueError(
-                f"{name}: planned {spec.dtype} {list(spec.shape)}, got {DTYPE_NAMES.get(tensor.dtype)} {list(tensor.shape)}"
+                f"{name}: planned {spec.dtype} {list(spec.shape)}, got {got} {list(tensor.shape)}"
             )
         if spec.nbytes:
             self._pwrite(tensor, offset)
@@ -326,9 +353,10 @@ class SafetensorsWriter:
         embedding never exists in memory twice (read and cast) at once."""
         spec, offset = self._place(name)
         info = source.tensors[source_name or name]
-        if info.shape != spec.shape or info.dtype not in DTYPES or spec.dtype not in DTYPES:
+        if info.shape != spec.shape or info.dtype not in TORCH_NAMES or spec.dtype not in TORCH_NAMES:
             raise ValueError(f"{name}: planned {spec.dtype} {list(spec.shape)}, source has {info.dtype} {list(info.shape)}")
-        src_dtype, dst_dtype = DTYPES[info.dtype], DTYPES[spec.dtype]
+        dtypes = _torch_dtypes()[0]
+        src_dtype, dst_dtype = dtypes[info.dtype], dtypes[spec.dtype]
         # Slices of whole rows (the first axis); a 0-d or empty tensor is one slice.
         total = spec.shape[0] if spec.shape and spec.shape[0] else 1
         row = info.numel // total

@@ -14,10 +14,10 @@ import stat
 import zipfile
 from pathlib import Path
 
-import torch
-
+from . import safetensors_io
+from ._lazy import torch
 from .errors import FormatError
-from .safetensors_io import DTYPE_NAMES, TensorInfo
+from .safetensors_io import TensorInfo
 
 
 class TorchFile:
@@ -45,10 +45,10 @@ class TorchFile:
         self.metadata: dict[str, str] = {"format": "pt"}
         self.tensors: dict[str, TensorInfo] = {}
         for name, t in state.items():
-            if t.dtype not in DTYPE_NAMES:
+            if t.dtype not in safetensors_io.DTYPE_NAMES:
                 raise FormatError(f"unsupported dtype {t.dtype}", file=self.path, tensor=name)
             nbytes = t.numel() * t.element_size()
-            self.tensors[name] = TensorInfo(name, DTYPE_NAMES[t.dtype], tuple(t.shape), 0, nbytes)
+            self.tensors[name] = TensorInfo(name, safetensors_io.DTYPE_NAMES[t.dtype], tuple(t.shape), 0, nbytes)
 
     def __contains__(self, name: str) -> bool:
         return name in self.tensors

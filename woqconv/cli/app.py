@@ -24,8 +24,6 @@ from ..convert import convert as convert_checkpoint
 from ..formats import TARGETS
 from ..inspection import inspect as inspect_checkpoint
 from ..requant import METHODS as REQUANT_METHODS
-from ..runtime.verify import parse_thresholds
-from ..runtime.verify import verify as verify_checkpoint
 from ..source import CONVENTION_CHOICES
 from . import hub_commands, render
 from ._errors import mapped_errors
@@ -154,6 +152,9 @@ def convert(
                 bar.stop()
         checked = None
         if then_verify and not dry_run:
+            # runtime.verify brings torch and the loaders: imported only when asked to verify
+            from ..runtime.verify import verify as verify_checkpoint
+
             checked = verify_checkpoint(output, against=local_src)
         if hub_src is not None:
             hub_src.relabel(report)
@@ -222,6 +223,9 @@ def verify(
     Exit 0 when every check passes, 1 when one fails (the layer and check are named), 2 on bad input.
     Example: woqconv verify ./Llama-2-7B-AWQ --against ./Llama-2-7B-GPTQ
     """
+    from ..runtime.verify import parse_thresholds
+    from ..runtime.verify import verify as verify_checkpoint
+
     with mapped_errors():
         report = verify_checkpoint(path, against=against, device=device, run=not no_run, thresholds=parse_thresholds(threshold or []))
     if fmt is OutputFormat.json:

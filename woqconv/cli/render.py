@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.table import Table
 
-from ..convert import ConvertReport
-from ..hub.push import PushReport
-from ..inspection import InspectReport
-from ..migrate import MigrationEntry, MigrationReport
-from ..runtime.verify import VerifyReport
 from ..wording import counted
+
+if TYPE_CHECKING:  # annotations only: rendering imports nothing that computes
+    from ..convert import ConvertReport
+    from ..hub.push import PushReport
+    from ..inspection import InspectReport
+    from ..migrate import MigrationEntry, MigrationReport
+    from ..runtime.verify import VerifyReport
 
 
 def _size(n: int) -> str:

@@ -11,9 +11,9 @@ import mmap
 import os
 from pathlib import Path
 
-import torch
-
-from ..safetensors_io import DTYPES, SafetensorsFile
+from .. import safetensors_io
+from .._lazy import torch
+from ..safetensors_io import SafetensorsFile
 
 
 def safetensors_to_torch_save(shards: list[Path], out: Path) -> None:
@@ -28,7 +28,7 @@ def safetensors_to_torch_save(shards: list[Path], out: Path) -> None:
                 maps.append(mm)
                 for name in sorted(meta.tensors):
                     info = meta.tensors[name]
-                    dtype = DTYPES[info.dtype]
+                    dtype = safetensors_io.DTYPES[info.dtype]
                     if info.nbytes == 0:
                         state[name] = torch.empty(info.shape, dtype=dtype)
                         continue

@@ -10,14 +10,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-import torch
-
+from .._lazy import torch
 from ..checkpoint import CONFIG_NAME, HPU_CACHES, QUANT_CONFIG_FILES
 from ..compute import map_in_order, release_freed_memory
 from ..errors import RefusedConversion
 from ..formats import TARGETS, Target
 from ..formats.base import ZP_V1
-from ..formats.bnb import CODES
+from ..formats.bnb import code_table
 from ..formats.gptq import effective_group_size
 from ..formats.inc import mul_linear_modules
 from ..formats.targets import BnbTarget, ModelQuantSummary, Prepared, scale_cast_loss
@@ -177,7 +176,7 @@ def _output_shard_names(src: QuantizedCheckpoint) -> dict[str, str]:
 
 # Requantized affine layers store fp16 scales (what GPTQ/AWQ kernels and INC's loader use); Gaudi
 # computes with bf16, so for hpu the fitted scales are also kept on the bf16 grid (exact in both files).
-REQUANT_SCALE_DTYPE = torch.float16
+REQUANT_SCALE_DTYPE = "float16"  # torch dtype name
 REQUANT_BLOCKSIZE = 64  # bitsandbytes' blocksize under transformers
 
 
@@ -186,11 +185,11 @@ def requant_recipe(target: Target, layer, method: str):
     blocksize for a codebook source) at the source's bits, or bitsandbytes blocks of 64."""
     if isinstance(target, BnbTarget):
         dtype = layer.dtype if isinstance(layer, CodebookLinear) else layer.scales.dtype
-        return CodebookRecipe(target.quant_type, CODES[target.quant_type], REQUANT_BLOCKSIZE, dtype, method)
+        return CodebookRecipe(target.quant_type, code_table(target.quant_type), REQUANT_BLOCKSIZE, dtype, method)
     bits = 4 if isinstance(layer, CodebookLinear) else layer.bits
     grid = torch.bfloat16 if target.companion and target.companion.float_dtype == "BF16" else None
     zero_min = 1 if target.zero_point_convention == ZP_V1 and target.v1_zero_point_zero == "refuse" else 0
-    return AffineRecipe(bits, min(layer.group_size, layer.in_features), REQUANT_SCALE_DTYPE, grid, zero_min, method)
+    return AffineRecipe(bits, min(layer.group_size, layer.in_features), getattr(torch, REQUANT_SCALE_DTYPE), grid, zero_min, method)
 
 
 def _skeleton(layer, recipe):
@@ -252,7 +251,7 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
         p = _prepare(target, src.read_layer(name, codes=False), requantize)
         loss = None
         if target.loader_scale_dtype is not None and not p.refusal:
-            loss = scale_cast_loss(p.layer.scales, target.loader_scale_dtype)
+            loss = scale_cast_loss(p.layer.scales, getattr(torch, target.loader_scale_dtype))
         p.layer = p.layer.shell()
         release_freed_memory()
         return p, loss
@@ -342,7 +341,7 @@ def _loader_cast_warnings(target: Target, losses: dict[str, dict]) -> list[str]:
     changed = sum(v["scales_changed"] for v in losses.values())
     total = sum(v["scales_total"] for v in losses.values())
     worst = max(v["max_rel_change"] for v in losses.values())
-    dtype = str(target.loader_scale_dtype).replace("torch.", "")
+    dtype = target.loader_scale_dtype
     return [
         f"the file keeps the scales exactly, but INC's loader casts them to {dtype}: {changed} of {total} scales in "
         f"{counted(len(losses), 'layer')} change{'s' if len(losses) == 1 else ''} when loaded (largest relative change {worst:.3g})"

@@ -8,14 +8,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-import torch
-
+from .. import safetensors_io
+from .._lazy import torch
 from ..checkpoint import CONFIG_NAME, INC_WEIGHTS, INDEX_NAME, dump_json
 from ..compute import compute_threads, map_bounded
 from ..errors import FormatError
 from ..ir import PackedCodes, QuantLinear
-from ..safetensors_io import DTYPES, SafetensorsFile, SafetensorsWriter
 from ..requant import requantize
+from ..safetensors_io import SafetensorsFile, SafetensorsWriter
 from .inc_container import safetensors_to_torch_save
 from .plan import ConversionPlan
 
@@ -56,7 +56,7 @@ def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = Non
                 if isinstance(source_file, SafetensorsFile):
                     companion.cast_from(t, source_file)
                 else:
-                    companion.write(t, source_file.read(t).to(DTYPES[comp.float_dtype]))
+                    companion.write(t, source_file.read(t).to(safetensors_io.DTYPES[comp.float_dtype]))
             else:
                 companion.copy_from(t, source_file)
         return [t], ckpt.info(t).nbytes

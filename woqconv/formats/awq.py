@@ -10,9 +10,8 @@ No g_idx: groups are always the contiguous blocks i // group_size. 4 bits only.
 
 from __future__ import annotations
 
-import torch
-
 from .. import packing
+from .._lazy import torch
 from ..checkpoint import Checkpoint
 from ..ir import PackedCodes, QuantLinear
 from ..safetensors_io import TensorSpec

@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
-import torch
-
+from .. import safetensors_io
+from .._lazy import torch
 from ..checkpoint import Checkpoint
 from ..errors import FormatError
 from ..ir import PackedCodes, QuantLinear
-from ..safetensors_io import DTYPE_NAMES, SafetensorsFile, TensorSpec
+from ..safetensors_io import SafetensorsFile, TensorSpec
 
 ZP_V1 = "v1"  # stored z - 1 per field (GPTQ checkpoint_format "gptq")
 ZP_V2 = "v2"  # stored z (GPTQ v2, AWQ, AutoRound raw)
@@ -114,7 +114,7 @@ def expect_dtype(ckpt: Checkpoint, name: str, dtypes: tuple[str, ...]) -> None:
 
 
 def spec_of(name: str, t: torch.Tensor) -> TensorSpec:
-    return TensorSpec(name, DTYPE_NAMES[t.dtype], tuple(t.shape))
+    return TensorSpec(name, safetensors_io.DTYPE_NAMES[t.dtype], tuple(t.shape))
 
 
 def validated(ckpt: Checkpoint, prefix: str, layer: QuantLinear) -> QuantLinear:

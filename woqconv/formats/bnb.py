@@ -19,12 +19,12 @@ Blocksize and dtype are per layer (in the JSON), not in config.json.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 
-import torch
-
 from .. import packing
+from .._lazy import torch
 from ..checkpoint import Checkpoint
 from ..errors import FormatError
 from ..ir import CodebookLinear
@@ -36,24 +36,29 @@ QUANT_TYPES = ("nf4", "fp4")
 STATE_SUFFIX = ".weight.quant_state.bitsandbytes__"
 # bitsandbytes' kernels take these blocksizes (its quantize_4bit asserts on this list).
 BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
-WEIGHT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-DTYPE_NAMES = {v: k for k, v in WEIGHT_DTYPES.items()}
+WEIGHT_DTYPES = ("float16", "bfloat16", "float32")  # torch dtype names
 NESTED_BLOCKSIZE = 256  # what bitsandbytes uses for double quantization
 
 # bitsandbytes' tables (functional.get_4bit_type), as the fp32 values it stores in quant_map.
-NF4_CODE = torch.tensor(
-    [
-        -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
-        -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
-        0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
-        0.7229568362236023, 1.0,
-    ],
-    dtype=torch.float32,
+NF4_VALUES = (
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+    -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+    0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+    0.7229568362236023, 1.0,
 )
 # FP4: index = sign bit | 3 magnitude bits, values normalised by their largest magnitude (12), in fp32.
 # Index 8 ("negative zero") holds +0.0 in the stored table, as bitsandbytes builds it from the integer 0.
-FP4_CODE = torch.tensor([0, 0.0625, 8, 12, 4, 6, 2, 3, 0, -0.0625, -8, -12, -4, -6, -2, -3], dtype=torch.float32) / 12
-CODES = {"nf4": NF4_CODE, "fp4": FP4_CODE}
+FP4_VALUES = (0, 0.0625, 8, 12, 4, 6, 2, 3, 0, -0.0625, -8, -12, -4, -6, -2, -3)
+
+
+@functools.cache
+def code_table(quant_type: str) -> torch.Tensor:
+    """bitsandbytes' fp32 table for ``quant_type`` ("nf4" or "fp4"), built on first use."""
+    if quant_type == "nf4":
+        return torch.tensor(NF4_VALUES, dtype=torch.float32)
+    if quant_type == "fp4":
+        return torch.tensor(FP4_VALUES, dtype=torch.float32) / 12
+    raise KeyError(quant_type)
 
 
 def dynamic_map_signed() -> torch.Tensor:
@@ -115,7 +120,8 @@ def parse_quant_state(ckpt: Checkpoint, prefix: str) -> QuantState:
         raise bad(f"blocksize {bs!r} is not a power of two")
     if bs not in BLOCKSIZES:
         raise bad(f"blocksize {bs} is outside what bitsandbytes supports ({BLOCKSIZES[0]}..{BLOCKSIZES[-1]})")
-    dtype = WEIGHT_DTYPES.get(str(state.get("dtype")).replace("torch.", ""))
+    dtype_name = str(state.get("dtype")).replace("torch.", "")
+    dtype = getattr(torch, dtype_name) if dtype_name in WEIGHT_DTYPES else None
     if dtype is None:
         raise bad(f"dtype {state.get('dtype')!r} is not one of {', '.join(WEIGHT_DTYPES)}")
     shape = state.get("shape")
@@ -232,7 +238,7 @@ class BnbFamily(LayerFamily, key=KEY):
             return "bitsandbytes stores a 16-entry code table per layer, not affine integers"
         if layer.blocksize not in BLOCKSIZES:
             return f"blocksize {layer.blocksize} is not one bitsandbytes supports ({BLOCKSIZES[0]}..{BLOCKSIZES[-1]}, powers of two)"
-        if layer.dtype not in DTYPE_NAMES:
+        if _dtype_name(layer.dtype) not in WEIGHT_DTYPES:
             return f"weight dtype {layer.dtype} is not float16, bfloat16 or float32"
         return None
 
@@ -241,7 +247,7 @@ class BnbFamily(LayerFamily, key=KEY):
         """The per-layer JSON. With double quantization its length must not depend on the offset's digits
         (tensor sizes are planned before the offset is known), so it is padded with trailing spaces to
         the length the longest float repr would give."""
-        state = {"quant_type": layer.quant_type, "blocksize": layer.blocksize, "dtype": DTYPE_NAMES[layer.dtype],
+        state = {"quant_type": layer.quant_type, "blocksize": layer.blocksize, "dtype": _dtype_name(layer.dtype),
                  "shape": [layer.out_features, layer.in_features]}
         if not layer.double_quant:
             return json.dumps(state).encode("utf-8")
@@ -287,3 +293,7 @@ class BnbFamily(LayerFamily, key=KEY):
         if layer.bias is not None:
             tensors[f"{p}.bias"] = layer.bias.contiguous()
         return tensors
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import re
 
-import torch
-
 from .. import packing
+from .._lazy import torch
 from ..checkpoint import Checkpoint
 from ..ir import PackedCodes, QuantLinear, default_g_idx
 from ..safetensors_io import TensorSpec

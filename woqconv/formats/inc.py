@@ -18,9 +18,8 @@ import ast
 import re
 from collections import Counter
 
-import torch
-
 from .. import packing
+from .._lazy import torch
 from ..checkpoint import Checkpoint, read_json
 from ..errors import FormatError
 from ..ir import PackedCodes, QuantLinear

@@ -14,8 +14,7 @@ indices as they are. Groups run along each row; they become the IR's flat blocks
 
 from __future__ import annotations
 
-import torch
-
+from .._lazy import torch
 from ..checkpoint import Checkpoint
 from ..errors import FormatError
 from ..ir import CodebookLinear

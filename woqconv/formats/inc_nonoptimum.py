@@ -27,8 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
+from .._lazy import torch
 from ..checkpoint import Checkpoint
 from ..errors import FormatError
 from ..ir import QuantLinear
@@ -48,7 +47,7 @@ KEY = "inc-nonopt"
 # safetensors dtype name -> bits of INC's compression_dtype
 WORD_BITS = {"I8": 8, "I16": 16, "I32": 32, "I64": 64}
 COMPRESSION_DTYPES = {8: "int8", 16: "int16", 32: "int32", 64: "int64"}
-_TORCH_WORD_BITS = {torch.int8: 8, torch.int16: 16, torch.int32: 32, torch.int64: 64}
+_NAME_WORD_BITS = {name: bits for bits, name in COMPRESSION_DTYPES.items()}  # torch dtype name -> word bits
 LAYOUTS_KEY = "inc_nonoptimum_layouts"  # SourceFormat.declared_config entry: {prefix: {compression_dim, compression_dtype}}
 
 
@@ -61,9 +60,10 @@ def unpack_words(words: torch.Tensor, bits: int, dim: int, count: int) -> torch.
     """
     if not 1 <= bits <= 8:
         raise ValueError(f"bits must be in 1..8, got {bits}")
-    if words.dtype not in _TORCH_WORD_BITS:
+    word_bits = _NAME_WORD_BITS.get(str(words.dtype).removeprefix("torch."))
+    if word_bits is None:
         raise TypeError(f"packed words must be int8, int16, int32 or int64, got {words.dtype}")
-    per_word = _TORCH_WORD_BITS[words.dtype] // bits
+    per_word = word_bits // bits
     d = dim % words.dim()
     w = words.movedim(d, 0) if d else words
     nwords, rest = w.shape[0], tuple(w.shape[1:])

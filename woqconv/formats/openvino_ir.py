@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-import torch
-
+from .._lazy import torch
 from ..checkpoint import Checkpoint
 from ..errors import FormatError
 from ..ir import QuantLinear

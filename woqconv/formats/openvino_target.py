@@ -27,8 +27,8 @@ from __future__ import annotations
 from typing import Iterable
 
 import numpy as np
-import torch
 
+from .._lazy import torch
 from ..ir import QuantLinear
 from .base import LayerFamily
 from .targets import Prepared, Target

@@ -11,12 +11,11 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field, replace
 
-import torch
-
+from .._lazy import torch
 from ..ir import CodebookLinear, GIdxKind, QuantLinear
 from .awq import AwqGemmFamily
 from .base import ZP_V1, ZP_V2, LayerFamily
-from .bnb import CODES, BnbFamily, double_quant, undo_double_quant, dynamic_map_signed, NESTED_BLOCKSIZE
+from .bnb import BnbFamily, code_table, double_quant, undo_double_quant, dynamic_map_signed, NESTED_BLOCKSIZE
 from .gptq import GptqFamily, effective_group_size
 from .gptq import dynamic_config as gptq_dynamic_config
 from .inc import HpuFamily
@@ -94,7 +93,7 @@ class Target:
     v1_zero_point_zero: str = "refuse"
     # The dtype the target's loader casts scales to on load (INC's optimum modules hold fp16 buffers);
     # the file keeps the scales exactly, but the user is told what the loader will do with them.
-    loader_scale_dtype: torch.dtype | None = None
+    loader_scale_dtype: str | None = None  # torch dtype name
     # The target's config can state bits / group size per layer (GPTQModel's ``dynamic``, INC's
     # per-module entries); the others hold one precision per checkpoint.
     per_layer_precision: bool = False
@@ -250,7 +249,7 @@ class IncHfTarget(Target):
     zero_point_convention = ZP_V1
     keeps_g_idx = True
     v1_zero_point_zero = "modular"
-    loader_scale_dtype = torch.float16
+    loader_scale_dtype = "float16"
     # INC's huggingface loader builds every module from the model-level bits/group_size and ignores
     # GPTQModel's ``dynamic`` (a mixed checkpoint fails its state-dict load with size mismatches).
     per_layer_precision = False
@@ -294,7 +293,7 @@ class IncDefaultTarget(Target):
     container = "inc-pt"
     holds_mul_linear = True
     per_layer_precision = True
-    loader_scale_dtype = torch.float16
+    loader_scale_dtype = "float16"
     description = "INC default format: qconfig.json + quantized_weight.pt for load(..., original_model=...)"
 
     def check_bits(self, layer):
@@ -391,7 +390,7 @@ class BnbTarget(Target):
         problem = self.family.check_writable(layer)
         if problem:
             return Prepared(layer, [], problem)
-        table = CODES[self.quant_type]
+        table = code_table(self.quant_type)
         perm = table_mapping(layer.code, table)
         if perm is None:
             return Prepared(

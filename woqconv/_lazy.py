@@ -1,0 +1,31 @@
+"""``torch``, imported the first time it is used.
+
+Importing torch takes 1.3-1.5 s on a small machine: longer than everything else ``woqconv inspect``
+does for a 7B checkpoint (headers, then a numpy pass over zero points, scales and g_idx). woqconv's
+library modules therefore write ``from ._lazy import torch`` instead of ``import torch``. The name
+stands for the module; the real import happens at the first attribute lookup (``torch.empty``,
+``torch.Tensor``), that is, the first time woqconv computes on a tensor.
+
+The one rule that follows: code that runs at import time (module constants, class bodies, default
+arguments) must not look anything up on ``torch``. Dtype tables are kept by name and turned into
+torch objects on first use. ``tests/test_inspect_fast.py`` checks that an inspect never imports torch.
+The worker processes in ``runtime/`` import torch directly: they always compute.
+"""
+
+from __future__ import annotations
+
+import importlib
+import types
+
+
+class LazyModule(types.ModuleType):
+    """A module imported on first attribute access, then read like the module itself."""
+
+    def __getattr__(self, attr: str):
+        module = importlib.import_module(self.__name__)
+        # Copy the module's namespace once, so later lookups are plain attribute reads.
+        self.__dict__.update(module.__dict__)
+        return getattr(module, attr)
+
+
+torch = LazyModule("torch")
