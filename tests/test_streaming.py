@@ -42,3 +42,21 @@ def test_parallel_workers_write_autoround_own_export(src, target, reference, tmp
     for name, tensor in theirs.items():
         if name.endswith((".qweight", ".qzeros", ".scales")):
             assert ours[name].dtype == tensor.dtype and torch.equal(ours[name], tensor), name
+
+
+def test_default_workers_are_one_per_core_at_most_four(monkeypatch, tmp_path):
+    import os
+    import sys
+
+    from woqconv import compute
+
+    for cores, want in ((1, 1), (2, 2), (3, 3), (16, 4)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        assert compute.default_workers() == want
+    # convert() without workers uses that default for the write (and the scan and plan before it).
+    convert_module = sys.modules["woqconv.convert"]
+    seen = []
+    real = convert_module.write_plan
+    monkeypatch.setattr(convert_module, "write_plan", lambda *a, **k: seen.append(k["workers"]) or real(*a, **k))
+    woqconv.convert(fixture_path("ar-g32-sym-auto_gptq"), tmp_path / "out", to="awq")
+    assert seen == [4]

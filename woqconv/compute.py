@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -11,6 +12,20 @@ from ._lazy import torch
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+# More workers than this gain nothing measurable (each pass is bound by memory and page-cache copies)
+# and each holds one more layer in memory.
+MAX_DEFAULT_WORKERS = 4
+
+
+def default_workers() -> int:
+    """Workers when none are asked for: one per core this process may use, at most 4."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_DEFAULT_WORKERS, cores))
 
 
 @contextmanager

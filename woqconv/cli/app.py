@@ -118,7 +118,11 @@ def convert(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     then_verify: Annotated[bool, typer.Option("--verify", help="Run woqconv verify OUT --against SRC after converting.")] = False,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Layers converted in parallel threads (memory: one layer each).")] = 1,
+    workers: Annotated[
+        Optional[int],
+        typer.Option("--workers", min=1, show_default=False,
+                     help="Layers converted in parallel threads (memory: one layer each). Default: one per core, at most 4."),
+    ] = None,
     fmt: FormatOpt = OutputFormat.text,
     zp_convention: ConventionOpt = "auto",
     revision: hub_commands.RevisionOpt = None,

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..compute import compute_threads
+from ..compute import compute_threads, default_workers
 from ..source import open_checkpoint
 from .output import check_output, commit_partial, discard_partial, start_partial, write_error
 from .plan import ConversionPlan, plan_conversion
@@ -122,7 +122,7 @@ def convert(
     double_quant: bool = False,
     zero_point_convention: str = "auto",
     progress: Callable[[int, int], None] | None = None,
-    workers: int = 1,
+    workers: int | None = None,
 ) -> ConvertReport:
     """Convert the checkpoint at ``src`` into format ``to`` at ``out``.
 
@@ -135,13 +135,15 @@ def convert(
     ``double_quant=True`` stores bitsandbytes absmax double-quantized (nf4/fp4 targets; lossy, reported).
     ``out`` appears only when complete (it is built in a hidden sibling directory and renamed).
     ``progress(done, total)`` receives source bytes.
-    ``workers`` layers are re-laid out and written in parallel threads (memory: one layer each).
+    ``workers`` layers are re-laid out and written in parallel threads (memory: one layer each); by
+    default one per core, at most 4.
 
     Example::
 
         report = woqconv.convert("llama-gptq", "llama-awq", to="awq")
         assert report.lossless
     """
+    workers = default_workers() if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     start = time.perf_counter()
