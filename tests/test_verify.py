@@ -159,3 +159,13 @@ def test_hpu_output_of_an_inc_source_runs_on_the_hpu_path(tmp_path):
     report = verify(tmp_path / "out", against=fixture_path("inc-hf-rtn-g32-asym"))
     assert report.passed and report.loader == "inc-hpu" and report.metrics["precision"] == "bf16"
     assert report.metrics["loader_module"] == "HPUWeightOnlyLinear" and report.metrics["max_abs_logit_diff"] > 0
+
+
+def test_verify_is_public_api_and_imported_on_first_use():
+    # woqconv.verify, as the package docstring and verify's own example use it; importing woqconv does
+    # not import the verifier (it imports torch), only the first use of the name does.
+    code = ("import sys, woqconv; assert 'woqconv.runtime.verify' not in sys.modules; "
+            "from woqconv.runtime.verify import VerifyReport, verify; "
+            "assert woqconv.verify is verify and woqconv.VerifyReport is VerifyReport; "
+            "assert 'verify' in woqconv.__all__ and 'VerifyReport' in woqconv.__all__")
+    subprocess.run([sys.executable, "-c", code], check=True)

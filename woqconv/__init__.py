@@ -5,6 +5,7 @@ Python API (the CLI is a thin layer over it)::
     import woqconv
     report = woqconv.inspect("llama-gptq")                      # what is it, as found in the data
     woqconv.convert("llama-gptq", "llama-awq", to="awq")        # lossless or refused
+    woqconv.verify("llama-awq", against="llama-gptq")           # loaded by its real loader, compared
     with woqconv.open_checkpoint("llama-gptq") as ckpt:         # the IR, one layer at a time
         for layer in ckpt.iter_layers():
             w = layer.dequantize()
@@ -24,6 +25,17 @@ from .source import QuantizedCheckpoint, open_checkpoint
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``verify`` and ``VerifyReport``, imported on first use: the verifier imports torch and starts
+    loaders, which ``import woqconv`` (and ``woqconv inspect``) should not pay for. Unlike ``convert``,
+    no subpackage shares their names, so a module ``__getattr__`` serves them."""
+    if name in ("verify", "VerifyReport"):
+        from .runtime import verify as _verify_module
+
+        return getattr(_verify_module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "CodebookLinear",
     "ConvertReport",
@@ -35,9 +47,11 @@ __all__ = [
     "QuantizedCheckpoint",
     "RefusedConversion",
     "TARGETS",
+    "VerifyReport",
     "WoqconvError",
     "__version__",
     "convert",
     "inspect",
     "open_checkpoint",
+    "verify",
 ]
