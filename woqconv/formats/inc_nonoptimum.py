@@ -47,7 +47,6 @@ KEY = "inc-nonopt"
 # safetensors dtype name -> bits of INC's compression_dtype
 WORD_BITS = {"I8": 8, "I16": 16, "I32": 32, "I64": 64}
 COMPRESSION_DTYPES = {8: "int8", 16: "int16", 32: "int32", 64: "int64"}
-_NAME_WORD_BITS = {name: bits for bits, name in COMPRESSION_DTYPES.items()}  # torch dtype name -> word bits
 LAYOUTS_KEY = "inc_nonoptimum_layouts"  # SourceFormat.declared_config entry: {prefix: {compression_dim, compression_dtype}}
 
 
@@ -60,10 +59,9 @@ def unpack_words(words: torch.Tensor, bits: int, dim: int, count: int) -> torch.
     """
     if not 1 <= bits <= 8:
         raise ValueError(f"bits must be in 1..8, got {bits}")
-    word_bits = _NAME_WORD_BITS.get(str(words.dtype).removeprefix("torch."))
-    if word_bits is None:
+    if words.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64):
         raise TypeError(f"packed words must be int8, int16, int32 or int64, got {words.dtype}")
-    per_word = word_bits // bits
+    per_word = words.dtype.itemsize * 8 // bits
     d = dim % words.dim()
     w = words.movedim(d, 0) if d else words
     nwords, rest = w.shape[0], tuple(w.shape[1:])
