@@ -148,7 +148,8 @@ def convert(
         raise ValueError(f"workers must be at least 1, got {workers}")
     start = time.perf_counter()
     src_path, out_path = Path(src), Path(out)
-    with compute_threads(workers), open_checkpoint(src_path, zero_point_convention=zero_point_convention, workers=workers) as source:
+    with compute_threads(workers), open_checkpoint(src_path, zero_point_convention=zero_point_convention, workers=workers,
+                                                           read_layers=False) as source:
         plan = plan_conversion(source, to, allow_bf16=allow_bf16, requantize=requantize, double_quant=double_quant, workers=workers)
         check_output(src_path, out_path, overwrite=overwrite)
         total = total_source_bytes(plan)

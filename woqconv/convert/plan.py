@@ -235,7 +235,6 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
         if not isinstance(target, BnbTarget):
             raise RefusedConversion(f"double quantization is a bitsandbytes option; {to} has none (use --to nf4 or fp4)")
         target = target.configured(double_quant=True)
-    base = _base_precision(src)
 
     ckpt = src.ckpt
     wrapped = mul_linear_modules(ckpt)
@@ -245,24 +244,35 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
             f"{to} cannot hold: folding it into the previous layer is a model rewrite woqconv does not do; convert to inc",
             file=src.root,
         )
-    # Each layer's small tensors are read again, prepared, and released: the plan keeps shells (shapes,
-    # dtypes, what changed and what it costs), and the writer reads the values once more.
-    def prepare(name: str) -> tuple[Prepared, dict | None]:
-        p = _prepare(target, src.read_layer(name, codes=False), requantize)
+    # Each layer's small tensors are read (and validated), prepared, and released: the plan keeps shells
+    # (shapes, dtypes, what changed and what it costs), and the writer reads the values once more. A
+    # source opened without its layers gets their shells from this same read.
+    need_shells = not src.has_shells
+
+    def prepare(name: str) -> tuple[Prepared, dict | None, object]:
+        layer = src.read_layer(name, codes=False)
+        shell = layer.shell() if need_shells else None
+        p = _prepare(target, layer, requantize)
         loss = None
         if target.loader_scale_dtype is not None and not p.refusal:
             loss = scale_cast_loss(p.layer.scales, getattr(torch, target.loader_scale_dtype))
         p.layer = p.layer.shell()
+        del layer
         release_freed_memory()
-        return p, loss
+        return p, loss, shell
 
-    names = [shell.name for shell in src.layers]
+    names = src.layer_names
     prepared: dict[str, Prepared] = {}
     cast_losses: dict[str, dict] = {}
-    for name, (p, loss) in zip(names, map_in_order(prepare, names, workers)):
+    shells = []
+    for name, (p, loss, shell) in zip(names, map_in_order(prepare, names, workers)):
         prepared[name] = p
+        shells.append(shell)
         if loss:
             cast_losses[name] = loss
+    if need_shells:
+        src.adopt_shells(shells)
+    base = _base_precision(src)
     if not target.per_layer_precision:
         for name, p in prepared.items():
             if not p.refusal and p.requant is None and not at_base_precision(p.layer, base):
