@@ -60,3 +60,36 @@ def test_default_workers_are_one_per_core_at_most_four(monkeypatch, tmp_path):
     monkeypatch.setattr(convert_module, "write_plan", lambda *a, **k: seen.append(k["workers"]) or real(*a, **k))
     woqconv.convert(fixture_path("ar-g32-sym-auto_gptq"), tmp_path / "out", to="awq")
     assert seen == [4]
+
+
+def _readable_fixtures() -> list[str]:
+    from conftest import MANIFEST
+
+    names = []
+    for name in sorted(MANIFEST):
+        try:
+            woqconv.open_checkpoint(fixture_path(name)).close()
+        except woqconv.errors.WoqconvError:
+            continue  # fixtures of files woqconv refuses to read (kept for the loaders' tests)
+        names.append(name)
+    return names
+
+
+@pytest.mark.parametrize("name", _readable_fixtures())
+@pytest.mark.parametrize("target", ["awq", "inc"])  # awq drops g_idx and so prepares other shells than it reads
+def test_plan_reads_the_shells_the_scan_would(name, target):
+    """convert opens its source with read_layers=False and takes the layer shells from the plan's own read:
+    they, and the warnings that depend on them, must be what the scan reads eagerly."""
+    from woqconv.convert.plan import plan_conversion
+
+    with woqconv.open_checkpoint(fixture_path(name), workers=2) as eager, \
+            woqconv.open_checkpoint(fixture_path(name), workers=2, read_layers=False) as deferred:
+        assert not deferred.has_shells
+        try:
+            plan_conversion(deferred, target, workers=2)
+            assert deferred.has_shells  # taken from the plan's read, not read again below
+        except woqconv.errors.RefusedConversion:
+            pass  # refused (before or after reading the layers): .layers reads them if the plan did not
+        assert [repr(s) for s in deferred.layers] == [repr(s) for s in eager.layers]
+        assert deferred.warnings == eager.warnings
+        assert deferred.layers and all(s.is_shell for s in deferred.layers)
