@@ -166,6 +166,7 @@ class SafetensorsFile:
         if not isinstance(header, dict):
             raise self._fail("header is not a JSON object")
         data_start = 8 + hlen
+        self.data_start = data_start
         data_len = self.size - data_start
         metadata = header.pop("__metadata__", None) or {}
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
@@ -252,6 +253,10 @@ class SafetensorsFile:
                 raise self._fail("file ended while copying tensor data", name)
             done += n
 
+    def header_bytes(self) -> bytes:
+        """The file's first ``data_start`` bytes: the length word and the JSON header with its padding."""
+        return os.pread(self._fd, self.data_start, 0)
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
@@ -284,6 +289,29 @@ class TensorSpec:
         return n
 
 
+def serialized_header(specs: Iterable[TensorSpec], metadata: Mapping[str, str] | None) -> tuple[bytes, dict[str, tuple[TensorSpec, int]]]:
+    """The bytes before a safetensors file's data (length word, JSON header, space padding) and each
+    tensor's (spec, offset into the data), in the layout safetensors' ``save_file`` produces: data sorted
+    by dtype rank (wider first, so every tensor is aligned to its element size) then name, header keys in
+    data order after ``__metadata__``, header padded with spaces to 8 bytes."""
+    specs = list(specs)
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError("duplicate tensor names in writer specs")
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = dict(sorted(metadata.items()))
+    slots: dict[str, tuple[TensorSpec, int]] = {}
+    pos = 0
+    for s in sorted(specs, key=lambda s: (-_SERIALIZE_RANK.index(s.dtype), s.name)):
+        header[s.name] = {"dtype": s.dtype, "shape": list(s.shape), "data_offsets": [pos, pos + s.nbytes]}
+        slots[s.name] = (s, pos)
+        pos += s.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw, slots
+
+
 class SafetensorsWriter:
     """Write a safetensors file whose tensors are all declared up front and then filled in any order.
 
@@ -292,32 +320,31 @@ class SafetensorsWriter:
     order after ``__metadata__``, header padded with spaces to 8 bytes.
     """
 
-    def __init__(self, path: str | os.PathLike, specs: Iterable[TensorSpec], metadata: Mapping[str, str] | None = None):
+    def __init__(self, path: str | os.PathLike, specs: Iterable[TensorSpec], metadata: Mapping[str, str] | None = None,
+                 prefilled_from: SafetensorsFile | None = None):
+        """``prefilled_from``: ``path`` may already hold a whole copy of this source file (a head start,
+        convert/head_start.py). When its header is the one computed here, the copied bytes are kept and
+        ``copy_from`` of the same tensor from that source writes nothing; otherwise the file is rewritten."""
         self.path = Path(path)
-        specs = list(specs)
-        names = [s.name for s in specs]
-        if len(set(names)) != len(names):
-            raise ValueError("duplicate tensor names in writer specs")
-        ordered = sorted(specs, key=lambda s: (-_SERIALIZE_RANK.index(s.dtype), s.name))
-        header: dict[str, object] = {}
-        if metadata:
-            header["__metadata__"] = dict(sorted(metadata.items()))
-        self._slots: dict[str, tuple[TensorSpec, int]] = {}
-        pos = 0
-        entries = {}
-        for s in ordered:
-            entries[s.name] = {"dtype": s.dtype, "shape": list(s.shape), "data_offsets": [pos, pos + s.nbytes]}
-            self._slots[s.name] = (s, pos)
-            pos += s.nbytes
-        header.update(entries)
-        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-        raw += b" " * (-len(raw) % 8)
-        self.data_start = 8 + len(raw)
-        self.size = self.data_start + pos
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        head, self._slots = serialized_header(specs, metadata)
+        self.data_start = len(head)
+        self.size = self.data_start + sum(spec.nbytes for spec, _ in self._slots.values())
         self._pending = set(self._slots)
+        self.prefilled_from = None
+        if prefilled_from is not None and prefilled_from.size == self.size and prefilled_from.header_bytes() == head:
+            try:
+                fd = os.open(self.path, os.O_WRONLY)
+            except FileNotFoundError:
+                fd = -1
+            if fd >= 0 and os.fstat(fd).st_size == self.size:
+                self._fd = fd
+                self.prefilled_from = prefilled_from
+                return
+            if fd >= 0:
+                os.close(fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.pwrite(self._fd, struct.pack("<Q", len(raw)) + raw, 0)
+            os.pwrite(self._fd, head, 0)
             os.ftruncate(self._fd, self.size)
         except BaseException:
             os.close(self._fd)
@@ -345,7 +372,8 @@ class SafetensorsWriter:
         info = source.tensors[source_name or name]
         if info.dtype != spec.dtype or info.shape != spec.shape:
             raise ValueError(f"{name}: planned {spec.dtype} {list(spec.shape)}, source has {info.dtype} {list(info.shape)}")
-        source.copy_into(info.name, self._fd, offset)
+        if not (source is self.prefilled_from and info.start == offset):  # else: these bytes were copied there already
+            source.copy_into(info.name, self._fd, offset)
         self._pending.discard(name)
 
     def cast_from(self, name: str, source: SafetensorsFile, source_name: str | None = None) -> None:

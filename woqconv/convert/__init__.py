@@ -10,6 +10,7 @@ from typing import Callable
 
 from ..compute import compute_threads, default_workers
 from ..source import open_checkpoint
+from . import head_start
 from .output import check_output, commit_partial, discard_partial, start_partial, write_error
 from .plan import ConversionPlan, plan_conversion
 from .stream import measure_requantization, total_source_bytes, write_plan
@@ -148,8 +149,24 @@ def convert(
         raise ValueError(f"workers must be at least 1, got {workers}")
     start = time.perf_counter()
     src_path, out_path = Path(src), Path(out)
+    # Copying the source's shards may start now, while torch is imported and the checkpoint is scanned
+    # and planned (head_start.py): only for targets that keep the source's layout, and checked later.
+    head = None if dry_run else head_start.start(src_path, out_path, to, overwrite)
+    try:
+        return _convert(src_path, out_path, to, start, head, overwrite=overwrite, dry_run=dry_run, allow_bf16=allow_bf16,
+                        requantize=requantize, double_quant=double_quant, zero_point_convention=zero_point_convention,
+                        progress=progress, workers=workers)
+    finally:
+        if head is not None:
+            head.stop()
+            discard_partial(head.partial)  # nothing left once committed; else the unfinished output
+
+
+def _convert(src_path: Path, out_path: Path, to: str, start: float, head: head_start.HeadStart | None, *, overwrite: bool,
+             dry_run: bool, allow_bf16: bool, requantize: str | None, double_quant: bool, zero_point_convention: str,
+             progress: Callable[[int, int], None] | None, workers: int) -> ConvertReport:
     with compute_threads(workers), open_checkpoint(src_path, zero_point_convention=zero_point_convention, workers=workers,
-                                                           read_layers=False) as source:
+                                                   read_layers=False) as source:
         plan = plan_conversion(source, to, allow_bf16=allow_bf16, requantize=requantize, double_quant=double_quant, workers=workers)
         check_output(src_path, out_path, overwrite=overwrite)
         total = total_source_bytes(plan)
@@ -158,7 +175,10 @@ def convert(
             if plan.requantized_layers:
                 measure_requantization(plan)
             return _report(plan, out_path, total, 0, time.perf_counter() - start, True, warnings)
-        partial, cleaned = start_partial(out_path)
+        if head is not None:
+            partial, cleaned = head.partial, head.cleaned
+        else:
+            partial, cleaned = start_partial(out_path)
         for name in cleaned:
             warnings.append(f"removed a partial output left by an interrupted run ({name})")
         done = 0
@@ -175,9 +195,13 @@ def convert(
 
                 written = write_openvino(plan, partial, tick)
             else:
-                written = write_plan(plan, partial, tick, workers=workers)
+                written = write_plan(plan, partial, tick, workers=workers, head_start=head)
+            if head is not None:
+                head.stop()  # every copy is finished (the writer waited for each): join the thread
             commit_partial(partial, out_path)
         except BaseException as e:
+            if head is not None:
+                head.stop()
             discard_partial(partial)
             if isinstance(e, OSError):
                 raise write_error(e, out_path) from None

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .._lazy import torch
-from ..checkpoint import CONFIG_NAME, HPU_CACHES, QUANT_CONFIG_FILES
+from ..checkpoint import CONFIG_NAME, HPU_CACHES, QUANT_CONFIG_FILES, Checkpoint
 from ..compute import map_in_order, release_freed_memory
 from ..errors import RefusedConversion
 from ..formats import TARGETS, Target
@@ -33,6 +33,7 @@ FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 class ShardPlan:
     name: str
     metadata: dict[str, str]
+    source: str = ""  # the source shard (relative name) whose tensors this one carries or re-encodes
     passthrough: list[str] = field(default_factory=list)  # source tensors copied byte for byte
     layers: list[str] = field(default_factory=list)  # quantized layers re-encoded into this shard
     specs: list[TensorSpec] = field(default_factory=list)
@@ -158,15 +159,15 @@ def _lossy_message(target: Target, lossy: dict[str, dict], casts: dict[str, str]
     )
 
 
-def _output_shard_names(src: QuantizedCheckpoint) -> dict[str, str]:
+def output_shard_names(ckpt: Checkpoint) -> dict[str, str]:
     """Output weight files keep the source's names for a standard Hugging Face layout; anything else
     (INC's torch.save file, its model_shard-* files, an HPU cache) becomes model.safetensors or
     model-0000k-of-0000n.safetensors with an index."""
-    names = sorted(src.ckpt.shards)
+    names = sorted(ckpt.shards)
     # Loaders look for model.safetensors or model.safetensors.index.json: keep the source's names only
     # when it already has that layout (INC's sharded default format names its shards otherwise).
-    standard = names == ["model.safetensors"] or src.ckpt.index is not None
-    if src.ckpt.container == "safetensors" and standard:
+    standard = names == ["model.safetensors"] or ckpt.index is not None
+    if ckpt.container == "safetensors" and standard:
         return {n: n for n in names}
     if len(names) == 1:
         return {names[0]: "model.safetensors"}
@@ -283,9 +284,9 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
         raise RefusedConversion(_mixed_refusal(src, target, refused, base) or _refusal_message(target, refused), file=src.root)
 
     owned = src.owned_tensors()
-    out_names = _output_shard_names(src)
+    out_names = output_shard_names(ckpt)
     shards: dict[str, ShardPlan] = {
-        name: ShardPlan(out_names[name], dict(f.metadata) or {"format": "pt"}) for name, f in sorted(ckpt.shards.items())
+        name: ShardPlan(out_names[name], dict(f.metadata) or {"format": "pt"}, source=name) for name, f in sorted(ckpt.shards.items())
     }
     for t in ckpt.tensor_names:
         if t not in owned:

@@ -16,14 +16,17 @@ from ..errors import FormatError
 from ..ir import PackedCodes, QuantLinear
 from ..requant import requantize
 from ..safetensors_io import SafetensorsFile, SafetensorsWriter
+from .head_start import HeadStart
 from .inc_container import safetensors_to_torch_save
 from .plan import ConversionPlan
 
 Progress = Callable[[int], None]  # called with bytes of source data consumed since the last call
 
 
-def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = None, workers: int = 1) -> int:
-    """Write every planned file into the (empty) directory ``into``; return bytes written.
+def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = None, workers: int = 1,
+               head_start: HeadStart | None = None) -> int:
+    """Write every planned file into the directory ``into`` (empty, or holding ``head_start``'s copies of
+    source shards); return bytes written.
 
     ``workers`` threads re-lay out and write quantized layers concurrently (torch and file I/O release
     the GIL); each holds one layer, so memory grows with ``workers``, never with the model.
@@ -69,7 +72,9 @@ def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = Non
         closer = ThreadPoolExecutor(2)
         try:
             for shard in plan.shards:
-                writer = SafetensorsWriter(into / shard.name, shard.specs, shard.metadata)
+                source_file = ckpt.shards.get(shard.source)
+                copied = head_start is not None and isinstance(source_file, SafetensorsFile) and head_start.copied(shard.name)
+                writer = SafetensorsWriter(into / shard.name, shard.specs, shard.metadata, prefilled_from=source_file if copied else None)
                 try:
                     # Carried tensors (embeddings, norms, lm_head: about 1/7 of a 7B file) go through the
                     # same workers as layers, so the copy overlaps the re-layouts instead of preceding them.
