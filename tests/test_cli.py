@@ -238,3 +238,19 @@ def test_inc_bad_input_gives_one_line_and_exit_2(case, tmp_path):
     assert not (tmp_path / "out").exists()
     assert not (tmp_path / "PWNED").exists(), "unpickling ran code"
     assert digest(src) == before
+
+
+def test_changes_that_count_something_are_one_line_summed_over_layers():
+    """A 7B conversion to a v1 target changes z = 0 in most layers, each by its own count: the table says
+    so in one line, not one line per distinct count."""
+    from woqconv.wording import change_lines
+
+    zero = "zero points of 0 stored as all-ones fields (INC's modular v1)"
+    changes = {f"model.layers.{i}.mlp.up_proj": [f"{21636 + i} {zero}", "trivial g_idx dropped"] for i in range(32)}
+    changes["lm_head"] = ["4-bit codes stored in u4 constants (same integers)"]  # a number, but not a count
+    changes["model.layers.0.self_attn.q_proj"] = []
+    assert change_lines(changes) == [
+        "1 layer: 4-bit codes stored in u4 constants (same integers)",
+        "32 layers: trivial g_idx dropped",
+        f"32 layers: {sum(21636 + i for i in range(32))} {zero}",
+    ]

@@ -1,8 +1,35 @@
-"""How woqconv's messages count things: "1 layer", "2 layers"."""
+"""How woqconv's messages count things: "1 layer", "2 layers", and changes summed over layers."""
 
 from __future__ import annotations
+
+import re
+from typing import Iterable, Mapping
 
 
 def counted(n: int, noun: str, plural: str | None = None) -> str:
     """``n`` and ``noun``, in the plural unless ``n`` is 1 (``plural`` for irregular nouns)."""
     return f"{n} {noun}" if n == 1 else f"{n} {plural or noun + 's'}"
+
+
+def change_lines(layer_changes: Mapping[str, Iterable[str]]) -> list[str]:
+    """What a conversion changed, one line per kind, for people: "56 layers: 1234 zero points of 0 stored
+    as all-ones fields (INC's modular v1)".
+
+    A change that starts with a count (a number, then a space: "21636 zero points of 0 ...") is one kind
+    whatever the number, and its counts are summed over the layers; grouping by the exact text printed
+    one line per layer of a 7B checkpoint. Any other change ("4-bit codes stored in u4 constants") is a
+    kind of its own, as written.
+    """
+    layers: dict[str, int] = {}
+    totals: dict[str, int] = {}
+    for changes in layer_changes.values():
+        for change in changes:
+            m = _COUNTED.match(change)
+            kind = m.group(2) if m else change
+            layers[kind] = layers.get(kind, 0) + 1
+            if m:
+                totals[kind] = totals.get(kind, 0) + int(m.group(1))
+    return [f"{counted(n, 'layer')}: " + (f"{totals[kind]} {kind}" if kind in totals else kind) for kind, n in sorted(layers.items())]
+
+
+_COUNTED = re.compile(r"^(\d+) (.+)$", re.DOTALL)

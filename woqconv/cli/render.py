@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from ..wording import counted
+from ..wording import change_lines, counted
 
 if TYPE_CHECKING:  # annotations only: rendering imports nothing that computes
     from ..convert import ConvertReport
@@ -101,12 +101,8 @@ def convert_report(console: Console, r: ConvertReport) -> None:
     t.add_column("field", style="bold")
     t.add_column("value")
     t.add_row("layers", f"{r.layers_converted} quantized layers, " + ("[green]lossless[/green]" if r.lossless else "[yellow]lossy (as asked)[/yellow]"))
-    changed = {}
-    for changes in r.layer_changes.values():
-        for c in changes:
-            changed[c] = changed.get(c, 0) + 1
-    for c, n in sorted(changed.items()):
-        t.add_row("", f"{counted(n, 'layer')}: {c}")
+    for line in change_lines(r.layer_changes):
+        t.add_row("", line)
     for line in r.lossy_lines():
         t.add_row("[yellow]lossy[/yellow]", line)
     if r.cast_tensors:

@@ -20,20 +20,15 @@ import threading
 from pathlib import Path
 
 from ..checkpoint import Checkpoint
-from ..errors import OutputError, WoqconvError
+from ..errors import OutputError
 from ..formats import LayerFamily
 from ..formats.detect import detect
 from ..formats.targets import TARGETS
 from ..safetensors_io import SafetensorsFile, TensorSpec, serialized_header
 from .output import check_output, start_partial
-from .plan import output_shard_names
+from .plan import output_shard_names, shard_metadata
 
 _CHUNK = 256 << 20  # bytes per copy_file_range call: a cancel is noticed within one; fewer GIL handoffs
-
-
-def shard_metadata(shard: SafetensorsFile) -> dict[str, str]:
-    """The metadata an output shard carries: its source's, or safetensors' usual ``{"format": "pt"}``."""
-    return dict(shard.metadata) or {"format": "pt"}
 
 
 def in_canonical_layout(shard: SafetensorsFile) -> bool:
@@ -56,8 +51,8 @@ def copyable_shards(src: Path, to: str) -> list[str]:
                 return []
             names = output_shard_names(ckpt)
             return [n for n, f in sorted(ckpt.shards.items()) if names[n] == n and in_canonical_layout(f)]
-    except WoqconvError:
-        return []  # the scan will report it, in its own words
+    except Exception:  # noqa: BLE001 (a bad source is the scan's to report, in its own words)
+        return []
 
 
 class HeadStart:

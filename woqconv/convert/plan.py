@@ -159,6 +159,11 @@ def _lossy_message(target: Target, lossy: dict[str, dict], casts: dict[str, str]
     )
 
 
+def shard_metadata(shard) -> dict[str, str]:
+    """The metadata an output shard carries: its source's, or safetensors' usual ``{"format": "pt"}``."""
+    return dict(shard.metadata) or {"format": "pt"}
+
+
 def output_shard_names(ckpt: Checkpoint) -> dict[str, str]:
     """Output weight files keep the source's names for a standard Hugging Face layout; anything else
     (INC's torch.save file, its model_shard-* files, an HPU cache) becomes model.safetensors or
@@ -286,7 +291,7 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
     owned = src.owned_tensors()
     out_names = output_shard_names(ckpt)
     shards: dict[str, ShardPlan] = {
-        name: ShardPlan(out_names[name], dict(f.metadata) or {"format": "pt"}, source=name) for name, f in sorted(ckpt.shards.items())
+        name: ShardPlan(out_names[name], shard_metadata(f), source=name) for name, f in sorted(ckpt.shards.items())
     }
     for t in ckpt.tensor_names:
         if t not in owned:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..convert import lossy_lines
-from ..wording import counted
+from ..wording import change_lines, counted
 
 # Targets read by INC (neural-compressor), and how; the others load in transformers (+ gptqmodel).
 _INC_LOAD = {
@@ -48,12 +48,7 @@ def _conversion_section(c: dict) -> list[str]:
                      "refitted (new integers); the error of each, against the source's dequantized weights, is below.")
     else:
         lines.append(f"Lossy, as accepted: {c['layers_converted']} quantized layers; codes and zero points are exact.")
-    changes: dict[str, int] = {}
-    for layer_changes in c["layer_changes"].values():
-        for change in layer_changes:
-            changes[change] = changes.get(change, 0) + 1
-    for change, n in sorted(changes.items()):
-        lines.append(f"- {counted(n, 'layer')}: {change}")
+    lines += [f"- {line}" for line in change_lines(c["layer_changes"])]
     lines += [f"- {line}" for line in lossy_lines(c["lossy_layers"], requantized)]
     if requantized:
         lines += ["", "| layer | method | relative Frobenius error | max abs error | SNR (dB) | min-max rounding: rel. error |",
