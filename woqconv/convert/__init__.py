@@ -127,7 +127,8 @@ def convert(
 ) -> ConvertReport:
     """Convert the checkpoint at ``src`` into format ``to`` at ``out``.
 
-    Every layer is checked before anything is written; a conversion that cannot be lossless raises
+    Every layer is checked before any converted tensor is written (source shards whose layout the target
+    keeps may be copied into the hidden partial output meanwhile); a conversion that cannot be lossless raises
     :class:`woqconv.errors.RefusedConversion`, except the one loss a user may accept explicitly:
     ``allow_bf16=True`` lets the ``hpu`` target cast scales and unquantized tensors to bf16 (Gaudi's
     dtype), reported per layer in ``lossy_layers``. ``requantize="search"`` (or ``"minmax"``) refits the
