@@ -79,14 +79,14 @@ class HeadStart:
                 pass  # not copied: the writer writes this shard in full, and reports any error itself
             finally:
                 self._finished[name].set()
-            # Flush while the writer rewrites the few tensors that differ: its own fsync before the
-            # rename then has little left to do (0.5-0.8 s of a 7B file's flush moved off the tail).
+            # Flush while the writer rewrites the few tensors that differ, so that its own fsync before
+            # the rename has less left to do.
             if fd >= 0:
                 try:
                     if name in self._complete and not self._cancel.is_set():
                         os.fdatasync(fd)
-                except OSError:
-                    pass  # the writer's fsync reports it
+                except Exception:  # noqa: BLE001
+                    pass  # the writer's fsync reports any I/O error
                 finally:
                     os.close(fd)
 
