@@ -36,7 +36,7 @@ def _files(root) -> dict[str, bytes]:
     ("ar-g128-asym-auto_gptq", "inc-hf", [True]),  # every byte of the copy is the output's
     ("ar-g128-asym-auto_gptq", "gptq-v2", [True]),  # qzeros rewritten (+1) over the copy
     ("ar-w3-g32-asym-auto_round_gptqmodel", "gptq", [True]),  # v2 -> v1 at 3 bits
-    ("ar-g32-sym-auto_gptq", "hpu", [False, True]),  # the Gaudi cache (opened first) is written as usual
+    ("ar-g32-sym-auto_gptq", "hpu", [False, False]),  # no head start beside a companion file (its repack would wait)
     ("inc-hf-rtn-g32-asym", "gptq-v2", [False]),  # the source has no g_idx, the output has: headers differ, rewritten
 ])
 def test_output_is_the_one_written_without_a_head_start(name, target, kept, tmp_path, monkeypatch, prefills):
@@ -59,10 +59,10 @@ def test_gptq_v2_output_holds_the_v2_zero_points_not_the_copied_v1_ones(tmp_path
 
 
 def test_refused_conversion_leaves_nothing(tmp_path, prefills):
-    # fp16 scales that bf16 cannot hold, without --allow-bf16: refused after the copy has started
-    assert head_start.copyable_shards(fixture_path("ar-g128-asym-auto_gptq"), "hpu")
-    with pytest.raises(RefusedConversion, match="allow-bf16"):
-        woqconv.convert(fixture_path("ar-g128-asym-auto_gptq"), tmp_path / "out", to="hpu", workers=2)
+    # GPTQ v1 cannot store z = 0: refused after the copy has started
+    assert head_start.copyable_shards(fixture_path("ar-zp0-g32-asym-auto_round_gptqmodel"), "gptq")
+    with pytest.raises(RefusedConversion, match="z = 0"):
+        woqconv.convert(fixture_path("ar-zp0-g32-asym-auto_round_gptqmodel"), tmp_path / "out", to="gptq", workers=2)
     assert list(tmp_path.iterdir()) == [] and prefills == []
 
 
@@ -96,6 +96,7 @@ def test_only_targets_that_keep_the_source_layout_get_a_head_start(tmp_path):
     gptq = fixture_path("ar-g128-asym-auto_gptq")
     assert head_start.copyable_shards(gptq, "inc-hf") == ["model.safetensors"]
     assert head_start.copyable_shards(gptq, "awq") == []  # re-laid out
+    assert head_start.copyable_shards(gptq, "hpu") == []  # a companion file, repacked on the CPU
     assert head_start.copyable_shards(gptq, "inc") == []  # a torch.save file
     assert head_start.copyable_shards(gptq, "no-such-target") == []
     assert head_start.copyable_shards(tmp_path / "missing", "inc-hf") == []  # the scan reports it
