@@ -313,12 +313,8 @@ def serialized_header(specs: Iterable[TensorSpec], metadata: Mapping[str, str] |
 
 
 class SafetensorsWriter:
-    """Write a safetensors file whose tensors are all declared up front and then filled in any order.
-
-    The layout is deterministic and the one safetensors' ``save_file`` produces: data sorted by dtype
-    rank (wider first, so every tensor is aligned to its element size) then name, header keys in data
-    order after ``__metadata__``, header padded with spaces to 8 bytes.
-    """
+    """Write a safetensors file whose tensors are all declared up front and then filled in any order,
+    in the layout :func:`serialized_header` gives (the one safetensors' ``save_file`` produces)."""
 
     def __init__(self, path: str | os.PathLike, specs: Iterable[TensorSpec], metadata: Mapping[str, str] | None = None,
                  prefilled_from: SafetensorsFile | None = None):

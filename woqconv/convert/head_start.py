@@ -83,7 +83,8 @@ class HeadStart:
             finally:
                 self._finished[name].set()
             # Flush while the writer rewrites the few tensors that differ, so that its own fsync before
-            # the rename has less left to do.
+            # the rename has less left to do (7B inc-hf, 4 interleaved pairs: 6.08-7.16 s with this
+            # flush, 6.34-7.26 s without; it was faster in 3 of them).
             if fd >= 0:
                 try:
                     if name in self._complete and not self._cancel.is_set():
