@@ -6,21 +6,16 @@ import hashlib
 import json
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_in_process import run_cli
 from conftest import fixture_path
 from safetensors.torch import load_file, save_file
 
 BASE = "ar-g32-asym-auto_gptq"
 LAYER = "model.layers.0.self_attn.q_proj"
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "woqconv", *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
 def digest(path: Path) -> dict[str, str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_in_process import run_cli
 from conftest import MANIFEST, ROOT, fixture_path
 from safetensors.torch import load_file, save_file
 
@@ -256,11 +257,12 @@ def _rewrite_state(tmp_path: Path, edit) -> Path:
     (lambda s: s.update(blocksize=48), "blocksize 48 is not a power of two"),
 ])
 @pytest.mark.parametrize("command", ["inspect", "convert"])
-def test_bad_quant_state_is_one_line_exit_2(edit, message, command, tmp_path):
+def test_bad_quant_state_is_one_line_exit_2(edit, message, command, tmp_path, monkeypatch):
     bad = _rewrite_state(tmp_path, edit)
     before = (bad / "model.safetensors").read_bytes()
     args = {"inspect": ["inspect", str(bad)], "convert": ["convert", str(bad), "-o", str(tmp_path / "out"), "--to", "nf4"]}[command]
-    proc = subprocess.run([sys.executable, "-m", "woqconv", *args], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    proc = run_cli(*args)
     lines = [line for line in proc.stderr.splitlines() if line.startswith("woqconv")]
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert len(lines) == 1 and message in lines[0] and "model.safetensors" in lines[0], proc.stderr
@@ -271,8 +273,7 @@ def test_bad_quant_state_is_one_line_exit_2(edit, message, command, tmp_path):
 
 @pytest.mark.parametrize("name", ["bnb-nf4-dq-bf16-storage-bf16", "inc-default-fp4-g64"])
 def test_inspect_describes_the_codebook(name):
-    proc = subprocess.run([sys.executable, "-m", "woqconv", "inspect", str(fixture_path(name)), "--format", "json"],
-                          capture_output=True, text=True, timeout=300)
+    proc = run_cli("inspect", fixture_path(name), "--format", "json")
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
     entry = MANIFEST[name]

@@ -14,16 +14,14 @@ import woqconv
 from woqconv import packing
 from woqconv.runtime.verify import verify
 
+import cli_in_process
 from conftest import fixture_path
 
 LAYER = "model.layers.1.self_attn.q_proj"
 
 
 def run_cli(*args):
-    import os
-
-    env = {**os.environ, "COLUMNS": "200"}  # wide enough that rich does not fold layer names
-    return subprocess.run([sys.executable, "-m", "woqconv", *map(str, args)], capture_output=True, text=True, timeout=900, env=env)
+    return cli_in_process.run_cli(*args, env={"COLUMNS": "200"})  # wide enough that rich does not fold layer names
 
 
 def _edit(out, fn):
