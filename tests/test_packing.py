@@ -164,6 +164,16 @@ def test_gptq_to_awq_and_hpu_words_match_auto_round_packers(shape):
     assert torch.equal(packing.rowwise4_to_gptq(sequential), gptq)
 
 
+@pytest.mark.parametrize("order", [None, packing.AWQ_ORDER, (7, 6, 5, 4, 3, 2, 1, 0)], ids=["sequential", "awq", "other"])
+def test_relayout_of_any_slot_order_equals_unpack_then_pack(order):
+    # The sequential and AWQ orders move their slots in one strided copy; any other order slot by slot.
+    g = torch.Generator().manual_seed(11)
+    words = torch.randint(-(2**31), 2**31 - 1, (6, 48), generator=g, dtype=torch.int32)
+    want = packing.pack(packing.unpack(words, 4, dim=0), 4, dim=1, slot_order=order)
+    assert torch.equal(packing.gptq4_to_rowwise(words, order), want)
+    assert torch.equal(packing.rowwise4_to_gptq(want, order), words)
+
+
 def test_relayout_works_in_chunks(monkeypatch):
     # A layer larger than one cache-sized chunk, with a ragged last chunk.
     monkeypatch.setattr(packing, "_CHUNK_WORDS", 24)

@@ -228,8 +228,10 @@ def pack_nibbles_high_first(idx: torch.Tensor) -> torch.Tensor:
 # Delta-swap stages: (distance between paired words, bit shift, mask of the low halves), as int32.
 _TRANSPOSE_STAGES = ((4, 16, 0x0000FFFF), (2, 8, 0x00FF00FF), (1, 4, 0x0F0F0F0F))
 # The ~20 element-wise passes of a transpose run over chunks of this many words (x8), so that they
-# stay in the CPU's L2 cache instead of streaming a whole layer through memory twenty times.
-_CHUNK_WORDS = 32 * 1024
+# stay in the CPU's caches instead of streaming a whole layer through memory twenty times, while each
+# pass still covers enough words to amortize torch's per-op overhead. One 4096 x 11008 layer to AWQ,
+# one thread (median of 5): 13.2 ms at 32K words, 9.9 ms at 64K, 9.4 ms at 128K, 17.2 ms at 1M.
+_CHUNK_WORDS = 64 * 1024
 
 
 def _transpose_nibble_blocks(w: torch.Tensor, scratch: torch.Tensor) -> None:
@@ -250,6 +252,34 @@ def _transpose_nibble_blocks(w: torch.Tensor, scratch: torch.Tensor) -> None:
         b ^= t
         t <<= shift
         a ^= t
+
+
+def _gather_slots(blocks: torch.Tensor, order: tuple[int, ...], out: torch.Tensor) -> None:
+    """``out[k] = blocks[..., order[k]]`` for ``blocks`` [n, cols, 8] and ``out`` [8, n, cols].
+
+    The two orders in use are affine, so one strided copy moves all eight slots: 3.3 ms against
+    4.5-5.7 ms for eight per-slot copies of a 4096 x 11008 layer's words (one thread).
+    """
+    n, cols, _ = blocks.shape
+    if order == tuple(range(8)):
+        out.copy_(blocks.permute(2, 0, 1))
+    elif order == AWQ_ORDER:  # slot k = 4h + m holds word 2m + h
+        out.view(2, 4, n, cols).copy_(blocks.view(n, cols, 4, 2).permute(3, 2, 0, 1))
+    else:
+        for k in range(8):
+            out[k].copy_(blocks[..., order[k]])
+
+
+def _scatter_slots(w: torch.Tensor, order: tuple[int, ...], blocks: torch.Tensor) -> None:
+    """The inverse of :func:`_gather_slots`: ``blocks[..., order[k]] = w[k]``."""
+    n, cols, _ = blocks.shape
+    if order == tuple(range(8)):
+        blocks.permute(2, 0, 1).copy_(w)
+    elif order == AWQ_ORDER:
+        blocks.view(n, cols, 4, 2).permute(3, 2, 0, 1).copy_(w.view(2, 4, n, cols))
+    else:
+        for k in range(8):
+            blocks[..., order[k]].copy_(w[k])
 
 
 def _chunk_rows(rows: int, row_words: int) -> int:
@@ -276,8 +306,7 @@ def gptq4_to_rowwise(qweight: torch.Tensor, slot_order: tuple[int, ...] | None =
     for r0 in range(0, rows, chunk):
         n = min(chunk, rows - r0)
         wn = w[:, :n]
-        for k in range(8):
-            wn[k].copy_(blocks[r0 : r0 + n, :, order[k]])
+        _gather_slots(blocks[r0 : r0 + n], order, wn)
         _transpose_nibble_blocks(wn, scratch[:, :n])
         result[r0 : r0 + n].copy_(wn.transpose(0, 1))  # wn[i] now holds in-channel 8r + i
     return result.view(rows * 8, cols)
@@ -300,6 +329,5 @@ def rowwise4_to_gptq(qweight: torch.Tensor, slot_order: tuple[int, ...] | None =
         wn = w[:, :n]
         wn.copy_(src[r0 : r0 + n].transpose(0, 1))
         _transpose_nibble_blocks(wn, scratch[:, :n])  # wn[k]: out-channel 8c + order[k], nibble i = in 8r + i
-        for k in range(8):
-            result[r0 : r0 + n, :, order[k]].copy_(wn[k])
+        _scatter_slots(wn, order, result[r0 : r0 + n])
     return result.view(rows, cols * 8)
