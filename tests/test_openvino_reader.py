@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from cli_in_process import run_cli
 from conftest import MANIFEST, fixture_path
 
 ov = pytest.importorskip("openvino")
@@ -89,10 +90,14 @@ def test_inspect_shows_the_nncf_mix():
     four = [p for p in r.precisions if p["bits"] == 4]
     eight = [p for p in r.precisions if p["bits"] == 8]
     assert [(p["group_size"], p["sym"], p["names"]) for p in four] == [(64, False, FOUR_BIT)]
-    # INT8 per channel: one group per row, so the group size is each layer's in_features (128, or 384 for down_proj)
-    assert sorted(n for p in eight for n in p["names"]) == EIGHT_BIT and sum(p["layers"] for p in eight) == 7
+    # INT8 per channel: one group per row. Each layer's group size is its in_features (128, or 384 for
+    # down_proj); the summary counts them as one precision, as the config the gptq targets write does.
+    assert [(p["group_size"], p["sym"], p["names"]) for p in eight] == [(-1, False, EIGHT_BIT)]
     by_name = {layer.name: layer for layer in r.layers}
-    assert all(by_name[n].group_size == by_name[n].in_features for n in EIGHT_BIT)
+    assert all(by_name[n].group_size == by_name[n].in_features and by_name[n].per_channel for n in EIGHT_BIT)
+    assert not any(by_name[n].per_channel for n in FOUR_BIT)
+    text = run_cli("inspect", fixture_path(NAME), env={"COLUMNS": "300"}).stdout
+    assert "8-bit per-channel asym: 7 layers" in text and "g384" not in text
     assert any("model.embed_tokens, lm_head" in w for w in r.warnings)
 
 

@@ -38,6 +38,9 @@ class LayerInfo:
     sym: bool | None  # None: unknown without the tensor data
     scales_dtype: str
     bias: bool
+    # Declared per-channel (group size -1 or 0): one group spans the layer's inputs, whatever their
+    # number; ``group_size`` is then in_features, so layers of different widths differ only in it.
+    per_channel: bool = False
 
 
 @dataclass
@@ -88,10 +91,11 @@ def _public(convention: str) -> str:
 
 
 def precisions(layers: list[LayerInfo]) -> list[dict]:
-    """Layers grouped by (bits, group size, sym), most layers first, each with its layer names."""
+    """Layers grouped by (bits, group size, sym), most layers first, each with its layer names. Per-channel
+    layers are one group, with group size -1, however many inputs each has."""
     groups: dict[tuple, list[str]] = {}
     for layer in layers:
-        groups.setdefault((layer.bits, layer.group_size, layer.sym), []).append(layer.name)
+        groups.setdefault((layer.bits, -1 if layer.per_channel else layer.group_size, layer.sym), []).append(layer.name)
     ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0][0], kv[0][1]))
     return [{"bits": b, "group_size": g, "sym": sym, "layers": len(names), "names": names} for (b, g, sym), names in ordered]
 
@@ -125,6 +129,7 @@ def report_for(src: QuantizedCheckpoint) -> InspectReport:
             sym=layer.is_symmetric,
             scales_dtype=str(layer.scales.dtype).replace("torch.", ""),
             bias=layer.bias is not None,
+            per_channel=src.format.for_layer(layer.name).group_size in (-1, 0),
         )
         for layer in src.layers
     ]
@@ -206,6 +211,7 @@ def _from_headers(ckpt: Checkpoint, family: type[LayerFamily], fmt: SourceFormat
         name=prefix, in_features=in_features, out_features=out, bits=fmt.for_layer(prefix).bits, group_size=gs,
         g_idx="unknown" if ckpt.has(f"{prefix}.g_idx") else "none", sym=None,
         scales_dtype=TORCH_NAMES[ckpt.info(f"{prefix}.scales").dtype], bias=ckpt.has(f"{prefix}.bias"),
+        per_channel=fmt.for_layer(prefix).group_size in (-1, 0),
     )
 
 

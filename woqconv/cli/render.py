@@ -37,7 +37,8 @@ def _precision_line(p: dict) -> str:
     sym = "" if p["sym"] is None else " sym" if p["sym"] else " asym"
     names = p["names"]
     shown = ", ".join(names[:3]) + (f", +{len(names) - 3} more" if len(names) > 3 else "")
-    return f"{p['bits']}-bit g{p['group_size']}{sym}: {p['layers']} layer{'s' if p['layers'] != 1 else ''} ({shown})"
+    group = "per-channel" if p["group_size"] == -1 else f"g{p['group_size']}"
+    return f"{p['bits']}-bit {group}{sym}: {p['layers']} layer{'s' if p['layers'] != 1 else ''} ({shown})"
 
 
 def inspect_report(console: Console, r: InspectReport, *, layers: bool) -> None:
