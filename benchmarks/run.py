@@ -3,7 +3,8 @@
 Synthesizes GPTQ v1 4-bit g128 checkpoints with real shapes and random codes (benchmarks/synth.py):
 Llama-2-7B as one ~3.9 GB model.safetensors and as shards, and TinyLlama-1.1B. For each it times,
 side by side and as the median of ``--runs`` runs: ``cp -r`` of the checkpoint (the floor), ``woqconv
-convert`` to each target, and ``woqconv inspect``. Every measurement is a child process; its peak RSS
+convert`` to each target, ``woqconv inspect``, and a Python that only imports torch (the start-up
+every conversion pays). Every measurement is a child process; its peak RSS
 comes from ``wait4``. INC's own route to the Gaudi layout (``load(..., format="huggingface",
 device="hpu")`` under woqconv's CPU emulation, benchmarks/inc_route.py) runs on the 1B checkpoint.
 
@@ -34,6 +35,9 @@ CASES = {"7b": ("7b", 1), "7b-sharded": ("7b", 2), "7b-8l": ("7b-8l", 1), "1b": 
          "tiny-sharded": ("tiny", 2)}
 TARGETS = ("awq", "gptq-v2", "inc-hf", "hpu")
 CP_SYNC = "cp + fsync"
+# What every woqconv conversion pays before it touches the checkpoint: starting Python and importing
+# torch. Measured in the same rounds, so that the table shows how much of a small conversion it is.
+STARTUP = "python + import torch"
 
 
 @dataclass
@@ -205,7 +209,7 @@ def table(results: list[Measurement]) -> str:
         written = f"{written / 1e9:.2f}" if written else ""
         ratio_synced = f"{m.seconds / floor_synced.seconds:.2f}" if floor_synced else ""
         cpu_ratio = f"{m.cpu_seconds / floor.cpu_seconds:.2f}" if floor and floor.cpu_seconds else ""
-        mbs = f"{m.source_bytes / m.seconds / 1e6:.0f}" if m.what != "inspect" else ""
+        mbs = f"{m.source_bytes / m.seconds / 1e6:.0f}" if m.what not in ("inspect", STARTUP) else ""
         lo, hi = min(r.load_avg_1m for r in m.runs), max(r.load_avg_1m for r in m.runs)
         status = "" if m.ok else " (failed)"
         note = f"; {m.note}" if m.note else ""
@@ -271,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             by_target[target] = Measurement(case, f"convert {target}", nbytes)
             steps.append((by_target[target], cmd))
         steps.append((Measurement(case, "inspect", nbytes), lambda out: [*python, "inspect", str(src)]))
+        steps.append((Measurement(case, STARTUP, nbytes), lambda out: [sys.executable, "-c", "import torch"]))
         measure_rounds(steps, src, scratch, args.runs, args.cache, log=log)
         results.extend(m for m, _ in steps)
         if case in inc_cases:

@@ -18,7 +18,8 @@ def test_benchmark_runs_on_a_tiny_shape(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(result_file.read_text())["results"]
     steps = {r["what"]: r for r in results}
-    assert set(steps) == {"cp", "cp + fsync", "convert awq", "convert gptq-v2", "convert inc-hf", "convert hpu", "inspect", "inc route (load, device=hpu)"}
+    assert set(steps) == {"cp", "cp + fsync", "convert awq", "convert gptq-v2", "convert inc-hf", "convert hpu", "inspect", "python + import torch",
+                          "inc route (load, device=hpu)"}
     for step in steps.values():
         assert step["ok"] and step["median_seconds"] > 0 and step["median_peak_rss_mb"] > 0, step
     assert "| tiny | convert awq |" in proc.stdout
