@@ -82,7 +82,11 @@ def test_planted_fault_fails_with_exit_1_naming_the_layer(fault, tmp_path):
     report = json.loads(r.stdout)
     failed = [(c["check"], c["layer"]) for c in report["checks"] if not c["passed"]]
     assert (check, layer) in failed, failed
-    text = run_cli("verify", out, "--against", fixture_path(src), "--no-run")
+    # Layers are compared in parallel threads (2 by default here): one thread reports the same checks,
+    # in the same order.
+    one = verify(out, against=fixture_path(src), run=False, workers=1)
+    assert [(c.check, c.layer, c.passed, c.detail) for c in one.checks] == [(c["check"], c["layer"], c["passed"], c["detail"]) for c in report["checks"]]
+    text = run_cli("verify", out, "--against", fixture_path(src), "--no-run", "--workers", "1")
     assert text.returncode == 1 and layer in text.stdout and "FAIL" in text.stdout
 
 

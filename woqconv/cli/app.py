@@ -159,7 +159,7 @@ def convert(
             # runtime.verify brings torch and the loaders: imported only when asked to verify
             from ..runtime.verify import verify as verify_checkpoint
 
-            checked = verify_checkpoint(output, against=local_src)
+            checked = verify_checkpoint(output, against=local_src, workers=workers)
         if hub_src is not None:
             hub_src.relabel(report)
             if checked is not None:
@@ -220,6 +220,11 @@ def verify(
         Optional[list[str]],
         typer.Option("--threshold", help="Override a pass limit, NAME=VALUE (e.g. max_abs_logit=2e-3); names as in the README table."),
     ] = None,
+    workers: Annotated[
+        Optional[int],
+        typer.Option("--workers", min=1, show_default=False,
+                     help="Layers compared in parallel threads (memory: one layer of each side each). Default: one per core, at most 4."),
+    ] = None,
     fmt: FormatOpt = OutputFormat.text,
 ) -> None:
     """Check OUT: structure, weights against --against SRC, and a run with its real loader.
@@ -231,7 +236,8 @@ def verify(
     from ..runtime.verify import verify as verify_checkpoint
 
     with mapped_errors():
-        report = verify_checkpoint(path, against=against, device=device, run=not no_run, thresholds=parse_thresholds(threshold or []))
+        report = verify_checkpoint(path, against=against, device=device, run=not no_run, thresholds=parse_thresholds(threshold or []),
+                                   workers=workers)
     if fmt is OutputFormat.json:
         print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import HPU_CACHES
+from ..compute import compute_threads, default_workers, map_in_order, release_freed_memory
 from ..errors import WoqconvError
 from ..ir import CodebookLinear, GIdxKind, QuantLinear
 from ..requant import weight_error
@@ -225,7 +226,9 @@ def _compare_layer(out: QuantLinear, src: QuantLinear, *, bf16_scales: bool, t: 
     if (out.in_features, out.out_features, out.bits) != (src.in_features, src.out_features, src.bits):
         return [Check("weights", False, f"shape/bits {out.in_features}x{out.out_features}@{out.bits}, source {src.in_features}x{src.out_features}@{src.bits}", name)]
     checks = []
-    diff = int((out.codes != src.codes).sum())
+    # Equal tensors are the common case, and torch.equal finds it without a mask the size of the layer
+    # (17 of the 53 s of a 7B verify went to counting zero differences).
+    diff = 0 if torch.equal(out.codes, src.codes) else int((out.codes != src.codes).sum())
     if diff:
         checks.append(Check("codes", False, f"{diff} codes differ from the source", name))
     z_out, z_src, s_out, s_src = _group_view(out, src)
@@ -250,7 +253,8 @@ def _compare_layer(out: QuantLinear, src: QuantLinear, *, bf16_scales: bool, t: 
     return checks
 
 
-def _weights_checks(out: QuantizedCheckpoint, src: QuantizedCheckpoint, t: Thresholds, report: VerifyReport) -> None:
+def _weights_checks(out: QuantizedCheckpoint, src: QuantizedCheckpoint, t: Thresholds, report: VerifyReport, workers: int = 1) -> None:
+    """Compare every layer the two share, ``workers`` at a time (each holds both sides of one layer)."""
     out_names = {layer.name for layer in out.layers}
     src_names = {layer.name for layer in src.layers}
     for name in sorted(src_names - out_names):
@@ -258,11 +262,16 @@ def _weights_checks(out: QuantizedCheckpoint, src: QuantizedCheckpoint, t: Thres
     for name in sorted(out_names - src_names):
         report.checks.append(Check("weights", False, "layer not in the source", name))
     bf16 = out.format.family == "hpu"
-    for layer in out.iter_layers():
-        if layer.name not in src_names:
-            continue
-        checks = _compare_layer(layer, src.read_layer(layer.name), bf16_scales=bf16, t=t)
-        report.checks.extend(checks)
+
+    def compare(name: str) -> list[Check]:
+        checks = _compare_layer(out.read_layer(name), src.read_layer(name), bf16_scales=bf16, t=t)
+        release_freed_memory()
+        return checks
+
+    shared = [layer.name for layer in out.layers if layer.name in src_names]
+    with compute_threads(workers):
+        for checks in map_in_order(compare, shared, workers):
+            report.checks.extend(checks)
     report.metrics["layers_compared" if not bf16 else "hpu_cache_layers_compared"] = len(out_names & src_names)
 
 
@@ -347,8 +356,11 @@ def verify(
     device: str = "auto",
     run: bool = True,
     thresholds: Thresholds | None = None,
+    workers: int | None = None,
 ) -> VerifyReport:
     """Check a converted checkpoint: structure, weights against ``against`` (its source), and a real run.
+
+    ``workers`` layers are compared at once, in threads (by default one per core, at most 4).
 
     Example::
 
@@ -357,6 +369,9 @@ def verify(
     """
     start = time.perf_counter()
     t = thresholds or Thresholds()
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     path = Path(path)
     if not path.exists():
         raise WoqconvError("no such file or directory", file=path)
@@ -378,10 +393,10 @@ def verify(
             report.checks.append(_config_class_check(out))
             report.checks.extend(_completeness_check(out))
             if src is not None:
-                _weights_checks(out, src, t, report)
+                _weights_checks(out, src, t, report, workers)
                 if out.format.family != "hpu" and any((out.root / c).exists() for c in HPU_CACHES):
                     with open_checkpoint(out.root, hpu_cache=True) as cache:
-                        _weights_checks(cache, src, t, report)
+                        _weights_checks(cache, src, t, report, workers)
             if run:
                 _run_check(out, Path(against) if src is not None else None, _source_loader(src) if src is not None else None, dev, t, report)
         finally:
