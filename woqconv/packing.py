@@ -96,7 +96,7 @@ def unpack(words: torch.Tensor, bits: int, dim: int = 0, slot_order: tuple[int, 
     nwords = w.shape[0]
     rest = tuple(w.shape[1:])
     mask = (1 << bits) - 1
-    if d == 0 and bits in (2, 4, 8) and not slot_order and _LITTLE_ENDIAN and w.is_contiguous():
+    if d == 0 and bits in (2, 4, 8) and not slot_order and _LITTLE_ENDIAN:
         return _unpack_first_by_bytes(w, bits)
     if _WORD % bits == 0:
         per_word = _WORD // bits
@@ -121,26 +121,39 @@ def unpack(words: torch.Tensor, bits: int, dim: int = 0, slot_order: tuple[int, 
 
 
 def _unpack_first_by_bytes(words: torch.Tensor, bits: int) -> torch.Tensor:
-    """:func:`unpack` along the first axis (GPTQ's qweight) of contiguous words, for 2, 4 and 8 bits.
-
-    Byte ``j`` of a little-endian word holds its fields ``j * 8/bits`` onwards, LSB first, so each field
-    is a shift and mask of one byte: passes over uint8 instead of int32 temporaries. One 4096 x 11008
-    layer, one thread: 35-54 ms against 60-88 ms (every full read of a GPTQ layer, e.g. by verify,
-    unpacks its codes this way).
-    """
-    per_byte = 8 // bits
+    """:func:`unpack` along the first axis (GPTQ's qweight) of contiguous words, for 2, 4 and 8 bits:
+    passes over uint8 bytes instead of int32 temporaries. One 4096 x 11008 layer, one thread: 35-54 ms
+    against 60-88 ms (every full read of a GPTQ layer, e.g. by verify, unpacks its codes this way)."""
+    per_word = _WORD // bits
     nwords, rest = words.shape[0], tuple(words.shape[1:])
-    data = words.view(torch.uint8).view(nwords, *rest, 4)  # [word row, ..., byte of the word]
-    # Field j * per_byte + k of word row r is output row r * 32/bits + j * per_byte + k.
-    out = torch.empty((nwords, 4, per_byte, *rest), dtype=torch.uint8)
+    out = torch.empty((nwords, per_word, *rest), dtype=torch.uint8)  # field f of word row r: row r * per_word + f
+    _byte_fields_into(_word_bytes(words), bits, lambda f: out[:, f])
+    return out.view(nwords * per_word, *rest)
+
+
+def _word_bytes(words: torch.Tensor) -> torch.Tensor:
+    """The bytes of int32 ``words``, shape [..., 4]: a view when their layout allows, else of a copy."""
+    flat = words.reshape(-1)
+    if flat.stride(0) != 1:  # a single word can keep any stride, and view() needs unit stride
+        flat = flat.clone(memory_format=torch.contiguous_format)
+    return flat.view(torch.uint8).view(*words.shape, 4)
+
+
+def _byte_fields_into(data: torch.Tensor, bits: int, dst_for) -> None:
+    """Write field ``f`` of every word into ``dst_for(f)``, from ``data``: the words' bytes, [..., 4].
+
+    In a little-endian word, byte ``j`` holds fields ``j * 8/bits`` onwards, LSB first, so each field is
+    a shift and mask of one byte.
+    """
+    per_byte, mask = 8 // bits, (1 << bits) - 1
     for j in range(4):
         byte = data[..., j]
-        if bits == 8:
-            out[:, j, 0].copy_(byte)
-            continue
-        for k in range(per_byte):
-            torch.bitwise_and(byte >> (k * bits), (1 << bits) - 1, out=out[:, j, k])  # uint8: a logical shift
-    return out.view(nwords * 4 * per_byte, *rest)
+        for i in range(per_byte):
+            dst = dst_for(j * per_byte + i)
+            if i == per_byte - 1:  # the top field: a logical shift of the uint8 leaves nothing above it
+                torch.bitwise_right_shift(byte, i * bits, out=dst)
+            else:
+                torch.bitwise_and(byte >> (i * bits) if i else byte, mask, out=dst)
 
 
 def _pack_last(values: torch.Tensor, bits: int, slot_order: tuple[int, ...] | None) -> torch.Tensor:
@@ -160,37 +173,23 @@ def _unpack_last(words: torch.Tensor, bits: int, slot_order: tuple[int, ...] | N
     per_word = _WORD // bits
     order = slot_order or tuple(range(per_word))
     mask = (1 << bits) - 1
-    if order == tuple(range(per_word)) and bits in (2, 4, 8) and _LITTLE_ENDIAN:
-        # LSB-first fields in a little-endian word are LSB-first fields of its bytes in order: unpack
-        # the bytes, a third of the passes of the word-wise loop (every checkpoint scan reads all qzeros).
-        flat = words.reshape(-1)
-        if flat.stride(0) != 1:  # a single word can keep any stride, and view() needs unit stride
-            flat = flat.clone(memory_format=torch.contiguous_format)
-        data = flat.view(torch.uint8)
-        shape = (*words.shape[:-1], words.shape[-1] * per_word)
-        if bits == 8:
-            return data.clone().view(shape)  # a view would alias the caller's words
-        fields = torch.stack([(data >> (k * bits)) & mask for k in range(8 // bits)], dim=-1)
-        return fields.view(shape)
-    out = torch.empty((*words.shape, per_word), dtype=torch.uint8)
     if bits in (2, 4, 8) and _LITTLE_ENDIAN:
-        # Another slot order (AWQ's): each field is a shift and mask of one byte of its word, written
-        # straight to its channel. An AWQ 4096 x 11008 layer, one thread: 28-45 ms against 57-80 ms
-        # for one int32 pass per slot.
-        per_byte = 8 // bits
-        flat = words.reshape(-1)
-        if flat.stride(0) != 1:  # as below: a single word can keep any stride
-            flat = flat.clone(memory_format=torch.contiguous_format)
-        data = flat.view(torch.uint8).view(*words.shape, 4)
-        for j in range(4):
-            byte = data[..., j]
-            for i in range(per_byte):
-                dst = out[..., order[j * per_byte + i]]
-                if i == per_byte - 1:  # the top field: a logical shift of the uint8 leaves nothing above it
-                    torch.bitwise_right_shift(byte, i * bits, out=dst)
-                else:
-                    torch.bitwise_and(byte >> (i * bits) if i else byte, mask, out=dst)
-        return out.reshape(*words.shape[:-1], words.shape[-1] * per_word)
+        data = _word_bytes(words)
+        shape = (*words.shape[:-1], words.shape[-1] * per_word)
+        if order == tuple(range(per_word)):
+            # LSB-first fields in a little-endian word are LSB-first fields of its bytes in order: unpack
+            # the bytes, a third of the passes of the word-wise loop (every checkpoint scan reads all
+            # qzeros; for these small tensors one stack beats the per-field writes below 2-8x).
+            if bits == 8:
+                return data.clone().view(shape)  # a view would alias the caller's words
+            fields = torch.stack([(data >> (k * bits)) & mask for k in range(8 // bits)], dim=-1)
+            return fields.view(shape)
+        # Another slot order (AWQ's): each field written straight to its channel. An AWQ 4096 x 11008
+        # layer, one thread: 28-45 ms against 57-80 ms for one int32 pass per slot.
+        out = torch.empty((*words.shape, per_word), dtype=torch.uint8)
+        _byte_fields_into(data, bits, lambda f: out[..., order[f]])
+        return out.view(shape)
+    out = torch.empty((*words.shape, per_word), dtype=torch.uint8)
     for k in range(per_word):
         out[..., order[k]] = (words >> (k * bits)) & mask
     return out.reshape(*words.shape[:-1], words.shape[-1] * per_word)
