@@ -101,6 +101,44 @@ def test_mislabelled_output_also_fails_the_run(tmp_path):
     assert report.metrics["max_abs_logit_diff"] > 0.05
 
 
+# (source, target, whether the HPU cache is compared, a fault planted in LAYER's codes or None)
+PACKED_CASES = [
+    ("ar-g32-asym-auto_gptq", "awq", False, _swap_awq_slots),  # GPTQ words against AWQ's, one layer differing
+    ("ar-g32-asym-auto_gptq", "awq", False, None),
+    ("ar-g32-asym-auto_gptq", "hpu", True, None),  # the Gaudi cache's sequential order
+    ("ar-g128-sym-auto_awq", "gptq", False, None),  # AWQ source, GPTQ output
+    ("ar-w3-g32-asym-auto_round_gptqmodel", "gptq", False, None),  # 3 bits: v2 against v1 words, same layout
+    ("bnb-nf4-fp16", "nf4", False, None),  # codebook: no packed words, always the unpacked comparison
+]
+
+
+@pytest.mark.parametrize("src,target,cache,fault", PACKED_CASES)
+def test_codes_compared_packed_agree_with_the_unpacked_comparison(src, target, cache, fault, tmp_path):
+    """verify decides equal codes on the packed words (one re-layout, one comparison); for every layer,
+    that answer is the one the unpacked codes give, and a difference sends it to the unpacked count."""
+    from woqconv.runtime.verify import _packed_codes_equal
+    from woqconv.source import open_checkpoint
+
+    out = tmp_path / "out"
+    woqconv.convert(fixture_path(src), out, to=target, allow_bf16=True)
+    if fault:
+        _edit(out, fault)
+    with open_checkpoint(out, hpu_cache=cache) as o, open_checkpoint(fixture_path(src)) as s:
+        answers = {}
+        for layer in o.layers:
+            packed = _packed_codes_equal(o, s, layer.name)
+            a, b = o.read_layer(layer.name), s.read_layer(layer.name)
+            unpacked = torch.equal(a.idx, b.idx) if o.is_codebook else torch.equal(a.codes, b.codes)
+            answers[layer.name] = (packed, unpacked)
+        codebook = o.is_codebook
+    assert answers
+    if codebook:
+        assert all(packed is False and unpacked for packed, unpacked in answers.values())
+    else:
+        assert {name: packed for name, (packed, _) in answers.items()} == {name: unpacked for name, (_, unpacked) in answers.items()}
+        assert {name for name, (packed, _) in answers.items() if not packed} == ({LAYER} if fault else set())
+
+
 # A conversion per target, including INC's loaders and the HPU path (emulated here), with real runs.
 PASSING = [
     ("ar-g32-asym-auto_gptq", "awq"),
