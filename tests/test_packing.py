@@ -202,6 +202,27 @@ def test_relayout_works_in_chunks(monkeypatch):
     assert torch.equal(packing.rowwise4_to_gptq(want, packing.AWQ_ORDER), words)
 
 
+def test_reused_result_buffer_is_handed_out_once_per_block():
+    g = torch.Generator().manual_seed(5)
+    big = torch.randint(-(2**31), 2**31 - 1, (16, 64), generator=g, dtype=torch.int32)
+    small = torch.randint(-(2**31), 2**31 - 1, (4, 32), generator=g, dtype=torch.int32)
+    want_big = packing.pack(packing.unpack(big, 4, dim=0), 4, dim=1, slot_order=packing.AWQ_ORDER)
+    want_small = packing.pack(packing.unpack(small, 4, dim=0), 4, dim=1)
+    try:
+        with packing.result_in_reused_buffer():
+            first = packing.gptq4_to_rowwise(big, packing.AWQ_ORDER)
+            second = packing.gptq4_to_rowwise(big, packing.AWQ_ORDER)  # the block's buffer is taken: its own memory
+            assert torch.equal(first, want_big) and torch.equal(second, want_big)
+            assert first.data_ptr() != second.data_ptr()
+        with packing.result_in_reused_buffer():
+            again = packing.gptq4_to_rowwise(small)  # the next block: the same memory, a smaller result
+            assert again.data_ptr() == first.data_ptr() and torch.equal(again, want_small)
+        outside = packing.gptq4_to_rowwise(small)
+        assert outside.data_ptr() != first.data_ptr() and torch.equal(outside, want_small)
+    finally:
+        packing.drop_reused_buffer()
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_all_finite_matches_isfinite(dtype):
     x = torch.randn(4096).to(dtype)

@@ -14,6 +14,9 @@ never as an add on the packed word: a word add carries into the neighbouring fie
 from __future__ import annotations
 
 import sys
+import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 
@@ -337,6 +340,40 @@ def _chunk_rows(rows: int, row_words: int) -> int:
     return max(1, min(rows, _CHUNK_WORDS // max(1, row_words)))
 
 
+_reuse = threading.local()  # per thread: ``armed`` (a block is open and its buffer not yet handed out), ``buffer``
+
+
+@contextmanager
+def result_in_reused_buffer() -> Iterator[None]:
+    """Within this block, the first :func:`gptq4_to_rowwise` on this thread returns its words in a buffer
+    the thread keeps and hands out again in its next such block; later calls in the block allocate as
+    usual. For a writer that writes the result before the block ends: a fresh 22 MB result per 7B layer
+    cost the kernel's faulting and zeroing of 3.5 GB of new pages per conversion (in-process, 7B to AWQ,
+    3 interleaved pairs: re-layout CPU 1.8-2.2 s against 2.4-3.9 s, conversion 6.0-8.1 s against
+    7.1-12.9 s). The buffer lives as long as the thread, and is as large as its largest layer."""
+    _reuse.armed = True
+    try:
+        yield
+    finally:
+        _reuse.armed = False
+
+
+def drop_reused_buffer() -> None:
+    """Free this thread's buffer: for a thread that lives on after its conversion (workers=1 runs the
+    conversion on the caller's thread)."""
+    _reuse.__dict__.pop("buffer", None)
+
+
+def _result_words(count: int) -> np.ndarray:
+    if not getattr(_reuse, "armed", False):
+        return np.empty(count, dtype=np.int32)
+    _reuse.armed = False  # handed out once per block: a second result in the block must not alias the first
+    buffer = getattr(_reuse, "buffer", None)
+    if buffer is None or buffer.size < count:
+        buffer = _reuse.buffer = np.empty(count, dtype=np.int32)
+    return buffer[:count]
+
+
 def gptq4_to_rowwise(qweight: torch.Tensor, slot_order: tuple[int, ...] | None = None) -> torch.Tensor:
     """GPTQ 4-bit qweight ``[in/8, out]`` -> codes packed along out_features, ``[in, out/8]``.
 
@@ -350,7 +387,7 @@ def gptq4_to_rowwise(qweight: torch.Tensor, slot_order: tuple[int, ...] | None =
     cols = out // 8
     order = slot_order or tuple(range(8))
     blocks = qweight.contiguous().numpy().reshape(rows, cols, 8)  # word k of block [r, c] is out-channel 8c + k
-    result = np.empty((rows, 8, cols), dtype=np.int32)  # [in/8, 8, out/8] is [in, out/8]
+    result = _result_words(rows * 8 * cols).reshape(rows, 8, cols)  # [in/8, 8, out/8] is [in, out/8]
     chunk = _chunk_rows(rows, cols)
     w = np.empty((8, chunk, cols), dtype=np.int32)
     scratch = np.empty((4, chunk, cols), dtype=np.int32)

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from .. import safetensors_io
+from .. import packing, safetensors_io
 from .._lazy import torch
 from ..checkpoint import CONFIG_NAME, INC_WEIGHTS, INDEX_NAME, dump_json
 from ..compute import compute_threads, map_bounded
@@ -43,12 +43,15 @@ def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = Non
     def convert_layer(name: str, writer: SafetensorsWriter) -> tuple[list[str], int]:
         layer = _layer_to_write(plan, name)
         names = []
-        for tname, value in target.family.encode(layer, target.zero_point_convention).items():
-            _put(writer, tname, value)
-            names.append(tname)
+        # Each re-laid-out codes tensor is written before its block ends, so its buffer can be reused.
+        with packing.result_in_reused_buffer():
+            for tname, value in target.family.encode(layer, target.zero_point_convention).items():
+                _put(writer, tname, value)
+                names.append(tname)
         if companion:
-            for tname, value in comp.family.encode(layer, comp.zero_point_convention).items():
-                _put(companion, tname, value)
+            with packing.result_in_reused_buffer():
+                for tname, value in comp.family.encode(layer, comp.zero_point_convention).items():
+                    _put(companion, tname, value)
         return names, sum(ckpt.info(t).nbytes for t in src.family.owned_tensors(ckpt, name) if t in plan.owned)
 
     def carry_tensor(t: str, writer: SafetensorsWriter) -> tuple[list[str], int]:
@@ -103,6 +106,7 @@ def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = Non
             if pool:
                 pool.shutdown(wait=True, cancel_futures=True)
             closer.shutdown(wait=True)  # every file closed (fsynced or not) before the caller cleans up
+            packing.drop_reused_buffer()  # this thread's, when it converted layers itself (no pool)
     if plan.sharded and target.container == "safetensors":
         index = {
             "metadata": {"total_size": sum(s.nbytes for sh in plan.shards for s in sh.specs)},
