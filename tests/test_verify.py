@@ -102,21 +102,22 @@ def test_mislabelled_output_also_fails_the_run(tmp_path):
 
 
 # (source, target, whether the HPU cache is compared, a fault planted in LAYER's codes or None)
-PACKED_CASES = [
+UNPACKED_CASES = [
     ("ar-g32-asym-auto_gptq", "awq", False, _swap_awq_slots),  # GPTQ words against AWQ's, one layer differing
     ("ar-g32-asym-auto_gptq", "awq", False, None),
     ("ar-g32-asym-auto_gptq", "hpu", True, None),  # the Gaudi cache's sequential order
     ("ar-g128-sym-auto_awq", "gptq", False, None),  # AWQ source, GPTQ output
     ("ar-w3-g32-asym-auto_round_gptqmodel", "gptq", False, None),  # 3 bits: v2 against v1 words, same layout
-    ("bnb-nf4-fp16", "nf4", False, None),  # codebook: no packed words, always the unpacked comparison
+    ("bnb-nf4-fp16", "nf4", False, None),  # codebook: no packed words, always the full comparison
 ]
 
 
-@pytest.mark.parametrize("src,target,cache,fault", PACKED_CASES)
-def test_codes_compared_packed_agree_with_the_unpacked_comparison(src, target, cache, fault, tmp_path):
-    """verify decides equal codes on the packed words (one re-layout, one comparison); for every layer,
-    that answer is the one the unpacked codes give, and a difference sends it to the unpacked count."""
-    from woqconv.runtime.verify import _packed_codes_equal
+@pytest.mark.parametrize("src,target,cache,fault", UNPACKED_CASES)
+def test_codes_compared_without_transposes_agree_with_the_readers_codes(src, target, cache, fault, tmp_path):
+    """verify decides equal codes on each side's unpacked fields, before the readers transpose them; for
+    every layer that answer is the one the readers' codes give, and a difference sends the layer to the
+    full comparison that counts it."""
+    from woqconv.runtime.verify import _codes_equal_unpacked_in_place
     from woqconv.source import open_checkpoint
 
     out = tmp_path / "out"
@@ -126,7 +127,7 @@ def test_codes_compared_packed_agree_with_the_unpacked_comparison(src, target, c
     with open_checkpoint(out, hpu_cache=cache) as o, open_checkpoint(fixture_path(src)) as s:
         answers = {}
         for layer in o.layers:
-            packed = _packed_codes_equal(o, s, layer.name)
+            packed = _codes_equal_unpacked_in_place(o, s, layer.name)
             a, b = o.read_layer(layer.name), s.read_layer(layer.name)
             unpacked = torch.equal(a.idx, b.idx) if o.is_codebook else torch.equal(a.codes, b.codes)
             answers[layer.name] = (packed, unpacked)

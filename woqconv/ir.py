@@ -147,7 +147,11 @@ class PackedCodes:
 
     def unpack(self) -> torch.Tensor:
         """uint8 codes ``[out, in]``."""
-        return packing.unpack(self.words, self.bits, dim=self.dim, slot_order=self.slot_order if self.dim else None).T.contiguous()
+        return self.unpack_in_out().T.contiguous()
+
+    def unpack_in_out(self) -> torch.Tensor:
+        """uint8 codes ``[in, out]``: what either packing unpacks to before a transpose."""
+        return packing.unpack(self.words, self.bits, dim=self.dim, slot_order=self.slot_order if self.dim else None)
 
     def repack(self, dim: int, slot_order: tuple[int, ...] | None = None) -> "torch.Tensor | PackedCodes":
         """The same codes as int32 words in the layout (``dim``, ``slot_order``), bit for bit; ``self``
