@@ -234,9 +234,14 @@ def test_verify_codebook_outputs(tmp_path):
     convert(fixture_path("bnb-nf4-fp16"), tmp_path / "gptq", to="gptq", requantize="search")
     lossy = verify(tmp_path / "gptq", against=fixture_path("bnb-nf4-fp16"))
     assert lossy.passed, lossy.failures
-    weights = [c for c in lossy.checks if c.check == "weights"]
-    assert len(weights) == 14 and all(c.detail.startswith("requantized: relative Frobenius error 0.08") for c in weights)
+    assert not [c for c in lossy.checks if c.check == "weights"]  # no layer claims to be the source's
+    weights = [c for c in lossy.checks if c.check == "weights (requantized)"]
+    assert len(weights) == 14 and all(c.detail.startswith("relative Frobenius error 0.08") for c in weights)
     assert lossy.metrics["requantized"] and lossy.metrics["cosine"] > 0.97
+    # The table never sums requantized layers up as "every layer as the source".
+    text = run_cli("verify", tmp_path / "gptq", "--against", fixture_path("bnb-nf4-fp16"), "--no-run", env={"COLUMNS": "200"})
+    assert text.returncode == 0 and "weights (requantized)" in text.stdout and "14 layers" in text.stdout
+    assert "every layer as the source" not in text.stdout
 
 
 def _rewrite_state(tmp_path: Path, edit) -> Path:
