@@ -288,6 +288,12 @@ _CHUNK_WORDS = 64 * 1024
 # itself needs no torch.
 
 
+def _view(a: np.ndarray, *shape: int) -> np.ndarray:
+    """``a`` reshaped, as a view or not at all: numpy's reshape silently copies when it cannot view
+    (torch's ``view`` raises), and a write into such a copy would be lost without a sound."""
+    return a.reshape(shape, copy=False)
+
+
 def _transpose_nibble_blocks(w: np.ndarray, scratch: np.ndarray) -> None:
     """In place on ``w`` [8, n, m] int32: word j nibble i becomes word i nibble j, for every (n, m).
 
@@ -295,9 +301,9 @@ def _transpose_nibble_blocks(w: np.ndarray, scratch: np.ndarray) -> None:
     """
     rest = w.shape[1:]
     for step, shift, mask in _TRANSPOSE_STAGES:
-        pairs = w.reshape(8 // (2 * step), 2, step, *rest)
+        pairs = _view(w, 8 // (2 * step), 2, step, *rest)
         a, b = pairs[:, 0], pairs[:, 1]
-        t = scratch.reshape(8 // (2 * step), step, *rest)
+        t = _view(scratch, 8 // (2 * step), step, *rest)
         # Swap the high halves of a with the low halves of b. Arithmetic >> drags sign bits into the
         # top of the field, but every mask's top bits are 0, so they never reach the result.
         np.right_shift(a, shift, out=t)
@@ -318,7 +324,7 @@ def _gather_slots(blocks: np.ndarray, order: tuple[int, ...], out: np.ndarray) -
     if order == tuple(range(8)):
         np.copyto(out, blocks.transpose(2, 0, 1))
     elif order == AWQ_ORDER:  # slot k = 4h + m holds word 2m + h
-        np.copyto(out.reshape(2, 4, n, cols), blocks.reshape(n, cols, 4, 2).transpose(3, 2, 0, 1))
+        np.copyto(_view(out, 2, 4, n, cols), blocks.reshape(n, cols, 4, 2).transpose(3, 2, 0, 1))
     else:
         for k in range(8):
             np.copyto(out[k], blocks[..., order[k]])
@@ -330,7 +336,7 @@ def _scatter_slots(w: np.ndarray, order: tuple[int, ...], blocks: np.ndarray) ->
     if order == tuple(range(8)):
         np.copyto(blocks.transpose(2, 0, 1), w)
     elif order == AWQ_ORDER:
-        np.copyto(blocks.reshape(n, cols, 4, 2).transpose(3, 2, 0, 1), w.reshape(2, 4, n, cols))
+        np.copyto(_view(blocks, n, cols, 4, 2).transpose(3, 2, 0, 1), w.reshape(2, 4, n, cols))
     else:
         for k in range(8):
             np.copyto(blocks[..., order[k]], w[k])
