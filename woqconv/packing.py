@@ -390,10 +390,20 @@ def gptq4_to_rowwise(qweight: torch.Tensor, slot_order: tuple[int, ...] | None =
     if qweight.dtype != torch.int32 or qweight.dim() != 2 or qweight.shape[1] % 8:
         raise ValueError(f"expected int32 [in/8, out] with out divisible by 8, got {qweight.dtype} {list(qweight.shape)}")
     rows, out = qweight.shape
+    result = _result_words(rows * out)
+    gptq4_to_rowwise_into(qweight.contiguous().numpy(), slot_order, result)
+    return torch.from_numpy(result.reshape(rows * 8, out // 8))
+
+
+def gptq4_to_rowwise_into(qweight: np.ndarray, slot_order: tuple[int, ...] | None, result: np.ndarray) -> None:
+    """:func:`gptq4_to_rowwise` on numpy arrays, torch-free: C-contiguous int32 ``qweight`` [in/8, out]
+    (out divisible by 8) re-laid out into ``result``, int32 with as many elements, any shape (contiguous).
+    For the process that re-lays out codes while the converter still imports torch (convert/ahead.py)."""
+    rows, out = qweight.shape
     cols = out // 8
     order = slot_order or tuple(range(8))
-    blocks = qweight.contiguous().numpy().reshape(rows, cols, 8)  # word k of block [r, c] is out-channel 8c + k
-    result = _result_words(rows * 8 * cols).reshape(rows, 8, cols)  # [in/8, 8, out/8] is [in, out/8]
+    blocks = _view(qweight, rows, cols, 8)  # word k of block [r, c] is out-channel 8c + k
+    words = _view(result, rows, 8, cols)  # [in/8, 8, out/8] is [in, out/8]
     chunk = _chunk_rows(rows, cols)
     w = np.empty((8, chunk, cols), dtype=np.int32)
     scratch = np.empty((4, chunk, cols), dtype=np.int32)
@@ -402,8 +412,7 @@ def gptq4_to_rowwise(qweight: torch.Tensor, slot_order: tuple[int, ...] | None =
         wn = w[:, :n]
         _gather_slots(blocks[r0 : r0 + n], order, wn)
         _transpose_nibble_blocks(wn, scratch[:, :n])
-        np.copyto(result[r0 : r0 + n], wn.transpose(1, 0, 2))  # wn[i] now holds in-channel 8r + i
-    return torch.from_numpy(result.reshape(rows * 8, cols))
+        np.copyto(words[r0 : r0 + n], wn.transpose(1, 0, 2))  # wn[i] now holds in-channel 8r + i
 
 
 def rowwise4_to_gptq(qweight: torch.Tensor, slot_order: tuple[int, ...] | None = None) -> torch.Tensor:

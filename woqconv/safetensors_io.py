@@ -317,27 +317,34 @@ class SafetensorsWriter:
     in the layout :func:`serialized_header` gives (the one safetensors' ``save_file`` produces)."""
 
     def __init__(self, path: str | os.PathLike, specs: Iterable[TensorSpec], metadata: Mapping[str, str] | None = None,
-                 prefilled_from: SafetensorsFile | None = None):
+                 prefilled_from: SafetensorsFile | None = None, ahead=None):
         """``prefilled_from``: ``path`` may already hold a whole copy of this source file (a head start,
         convert/head_start.py). When its header is the one computed here, the copied bytes are kept and
-        ``copy_from`` of the same tensor from that source writes nothing; otherwise the file is rewritten."""
+        ``copy_from`` of the same tensor from that source writes nothing; otherwise the file is rewritten.
+
+        ``ahead``: ``path`` may be a predicted file that worker processes are filling (convert/ahead.py's
+        ShardAhead). When its header is the one computed here the file is kept, :meth:`holds` tells which
+        tensors need no writing, and every other write waits until no worker writes that slot; otherwise
+        the workers are stopped before the file is rewritten."""
         self.path = Path(path)
         head, self._slots = serialized_header(specs, metadata)
         self.data_start = len(head)
         self.size = self.data_start + sum(spec.nbytes for spec, _ in self._slots.values())
         self._pending = set(self._slots)
         self.prefilled_from = None
+        self.ahead = None
+        kept = None
         if prefilled_from is not None and prefilled_from.size == self.size and prefilled_from.header_bytes() == head:
-            try:
-                fd = os.open(self.path, os.O_WRONLY)
-            except FileNotFoundError:
-                fd = -1
-            if fd >= 0 and os.fstat(fd).st_size == self.size:
-                self._fd = fd
-                self.prefilled_from = prefilled_from
-                return
-            if fd >= 0:
-                os.close(fd)
+            kept = self._open_existing()
+            self.prefilled_from = prefilled_from if kept is not None else None
+        elif ahead is not None and ahead.size == self.size and ahead.header == head:
+            kept = self._open_existing()
+            self.ahead = ahead if kept is not None else None
+        if kept is not None:
+            self._fd = kept
+            return
+        if ahead is not None:
+            ahead.stop()  # a wrong guess: no worker may write into the file rewritten below
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.pwrite(self._fd, head, 0)
@@ -346,11 +353,32 @@ class SafetensorsWriter:
             os.close(self._fd)
             raise
 
+    def _open_existing(self) -> int | None:
+        """The file at ``path`` opened for writing when it already has this writer's size, else None."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY)
+        except FileNotFoundError:
+            return None
+        if os.fstat(fd).st_size == self.size:
+            return fd
+        os.close(fd)
+        return None
+
     def _place(self, name: str) -> tuple[TensorSpec, int]:
         if name not in self._pending:
             raise ValueError(f"{name}: not declared, or written twice")
+        if self.ahead is not None:
+            self.ahead.settle(name)  # a worker still writing this slot would write over what is written now
         spec, rel = self._slots[name]
         return spec, self.data_start + rel
+
+    def holds(self, name: str, derivation) -> bool:
+        """Whether slot ``name`` already holds the words ``derivation`` describes (PackedCodes.derivation),
+        written by one of ``ahead``'s workers; if so it counts as written."""
+        if self.ahead is None or name not in self._pending or not self.ahead.wrote(name, derivation):
+            return False
+        self._pending.discard(name)
+        return True
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         spec, offset = self._place(name)

@@ -152,7 +152,7 @@ def convert(
     src_path, out_path = Path(src), Path(out)
     # Copying the source's shards may start now, while torch is imported and the checkpoint is scanned
     # and planned (head_start.py): only for targets that keep the source's layout, and checked later.
-    head = None if dry_run else head_start.start(src_path, out_path, to, overwrite)
+    head = None if dry_run else head_start.start(src_path, out_path, to, overwrite, workers=workers, requantize=requantize)
     try:
         return _convert(src_path, out_path, to, start, head, overwrite=overwrite, dry_run=dry_run, allow_bf16=allow_bf16,
                         requantize=requantize, double_quant=double_quant, zero_point_convention=zero_point_convention,
@@ -163,7 +163,7 @@ def convert(
             discard_partial(head.partial)  # nothing left once committed; else the unfinished output
 
 
-def _convert(src_path: Path, out_path: Path, to: str, start: float, head: head_start.HeadStart | None, *, overwrite: bool,
+def _convert(src_path: Path, out_path: Path, to: str, start: float, head: head_start.HeadStart | head_start.Ahead | None, *, overwrite: bool,
              dry_run: bool, allow_bf16: bool, requantize: str | None, double_quant: bool, zero_point_convention: str,
              progress: Callable[[int, int], None] | None, workers: int) -> ConvertReport:
     with compute_threads(workers), open_checkpoint(src_path, zero_point_convention=zero_point_convention, workers=workers,

@@ -25,6 +25,8 @@ from ..formats import LayerFamily
 from ..formats.detect import detect
 from ..formats.targets import TARGETS
 from ..safetensors_io import SafetensorsFile, TensorSpec, serialized_header
+from .ahead import RELAYOUT_TARGETS, Ahead
+from .ahead import start as ahead_start
 from .output import check_output, start_partial
 from .plan import output_shard_names, shard_metadata
 
@@ -102,6 +104,9 @@ class HeadStart:
         event.wait()
         return shard in self._complete
 
+    def prefilled(self, shard: str) -> None:
+        return None  # nothing is re-laid out ahead (ahead.Ahead's interface)
+
     def stop(self) -> None:
         """Cancel what is left and wait for the thread (before the partial directory is removed)."""
         self._cancel.set()
@@ -124,10 +129,13 @@ def _copy_whole(src: Path, fout: int, cancel: threading.Event) -> bool:
         os.close(fin)
 
 
-def start(src: Path, out: Path, to: str, overwrite: bool) -> HeadStart | None:
-    """Create the partial output and start copying into it, when the guess is worth making. None when
-    nothing is copied early; an output that would be refused is left for the usual check to refuse, in
-    its usual place."""
+def start(src: Path, out: Path, to: str, overwrite: bool, *, workers: int = 1, requantize: str | None = None) -> HeadStart | Ahead | None:
+    """Create the partial output and start copying (or re-laying out, ahead.py) into it, when the guess is
+    worth making. None when nothing is written early; an output that would be refused is left for the
+    usual check to refuse, in its usual place."""
+    if to in RELAYOUT_TARGETS:
+        # Requantized layers get new codes: a re-layout of the old ones would be written for nothing.
+        return None if requantize else ahead_start(src, out, to, overwrite, workers)
     shards = copyable_shards(src, to)
     if not shards:
         return None

@@ -16,6 +16,7 @@ from ..errors import FormatError
 from ..ir import PackedCodes, QuantLinear
 from ..requant import requantize
 from ..safetensors_io import SafetensorsFile, SafetensorsWriter
+from .ahead import Ahead
 from .head_start import HeadStart
 from .inc_container import safetensors_to_torch_save
 from .plan import ConversionPlan
@@ -24,7 +25,7 @@ Progress = Callable[[int], None]  # called with bytes of source data consumed si
 
 
 def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = None, workers: int = 1,
-               head_start: HeadStart | None = None) -> int:
+               head_start: HeadStart | Ahead | None = None) -> int:
     """Write every planned file into the directory ``into`` (empty, or holding ``head_start``'s copies of
     source shards); return bytes written.
 
@@ -77,7 +78,9 @@ def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = Non
             for shard in plan.shards:
                 source_file = ckpt.shards.get(shard.source)
                 copied = head_start is not None and isinstance(source_file, SafetensorsFile) and head_start.copied(shard.name)
-                writer = SafetensorsWriter(into / shard.name, shard.specs, shard.metadata, prefilled_from=source_file if copied else None)
+                ahead = head_start.prefilled(shard.name) if head_start is not None else None
+                writer = SafetensorsWriter(into / shard.name, shard.specs, shard.metadata, prefilled_from=source_file if copied else None,
+                                           ahead=ahead)
                 try:
                     # Carried tensors (embeddings, norms, lm_head: about 1/7 of a 7B file) go through the
                     # same workers as layers, so the copy overlaps the re-layouts instead of preceding them.
@@ -172,11 +175,12 @@ def _layer_with_codes(plan: ConversionPlan, name: str, layer: QuantLinear) -> Qu
 
 
 def _put(writer: SafetensorsWriter, name: str, value: torch.Tensor | PackedCodes) -> None:
-    """Write an encoded tensor; codes that needed no re-layout are copied from the source file unread."""
+    """Write an encoded tensor; codes that needed no re-layout are copied from the source file unread,
+    and codes a worker already re-laid out into the file (convert/ahead.py) are neither read nor computed."""
     if isinstance(value, PackedCodes):
         if value.origin is not None:
             writer.copy_from(name, value.origin[0], value.origin[1])
-        else:
+        elif value.derivation is None or not writer.holds(name, value.derivation):
             writer.write(name, value.words)
     else:
         writer.write(name, value)

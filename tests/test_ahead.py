@@ -1,0 +1,140 @@
+"""Re-layout ahead (convert/ahead.py): worker processes that write GPTQ -> AWQ qweights into predicted output
+files while the converter imports torch and plans must leave exactly the bytes a conversion without them
+writes (and AutoRound's own AWQ export's codes), whatever goes wrong with them, and nothing on refusal."""
+
+import shutil
+
+import pytest
+import torch
+from conftest import fixture_path
+from corpus import shard
+from safetensors.torch import load_file
+
+import woqconv
+from woqconv.convert import ahead, head_start
+from woqconv.errors import RefusedConversion
+from woqconv.safetensors_io import SafetensorsWriter, TensorSpec
+
+GPTQ = "ar-g128-asym-auto_gptq"
+
+
+@pytest.fixture
+def held(monkeypatch) -> list[bool]:
+    """Every worker started, and whether each tensor offered to a writer as already written was taken."""
+    monkeypatch.setattr(ahead, "MIN_BYTES", 0)  # the fixtures are far below the size that pays at the CLI
+    seen: list[bool] = []
+    holds = SafetensorsWriter.holds
+
+    def spy(self, name, derivation):
+        seen.append(holds(self, name, derivation))
+        return seen[-1]
+
+    monkeypatch.setattr(SafetensorsWriter, "holds", spy)
+    return seen
+
+
+@pytest.fixture
+def workers(monkeypatch) -> list:
+    started: list = []
+    init = ahead._Worker.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        started.append(self)
+
+    monkeypatch.setattr(ahead._Worker, "__init__", spy)
+    return started
+
+
+def _files(root) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(root.iterdir())}
+
+
+def _without_ahead(src, out, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setattr(head_start, "start", lambda *a, **k: None)
+        woqconv.convert(src, out, to="awq", workers=2)
+
+
+def _qweights(src) -> int:
+    return sum(1 for p in src.glob("*.safetensors") for n in load_file(p) if n.endswith(".qweight"))
+
+
+@pytest.mark.parametrize("name", [GPTQ, "ar-g32-sym-auto_gptq"])
+def test_output_is_the_one_written_without_workers_and_autoawqs_own(name, tmp_path, monkeypatch, held, workers):
+    woqconv.convert(fixture_path(name), tmp_path / "with", to="awq", workers=2)
+    assert len(workers) == 2 and held == [True] * _qweights(fixture_path(name))  # every qweight came from a worker
+    assert all(w.proc.poll() is not None for w in workers)
+    _without_ahead(fixture_path(name), tmp_path / "without", monkeypatch)
+    assert _files(tmp_path / "with") == _files(tmp_path / "without")
+    ours = load_file(tmp_path / "with" / "model.safetensors")
+    theirs = load_file(fixture_path(name.replace("auto_gptq", "auto_awq")) / "model.safetensors")
+    qweights = [n for n in theirs if n.endswith(".qweight")]
+    assert qweights and all(torch.equal(ours[n], theirs[n]) for n in qweights)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["with", "without"]  # no partial directory left
+
+
+def test_sharded_source(tmp_path, monkeypatch, held):
+    src = tmp_path / "src"
+    shutil.copytree(fixture_path(GPTQ), src)
+    shard(src)  # halves of the sorted names: a layer's tensors may lie in two shards, its output in one
+    woqconv.convert(src, tmp_path / "with", to="awq", workers=2)
+    assert held == [True] * _qweights(src)
+    _without_ahead(src, tmp_path / "without", monkeypatch)
+    assert _files(tmp_path / "with") == _files(tmp_path / "without")
+
+
+def test_a_worker_that_fails_leaves_its_tensors_to_the_writer(tmp_path, monkeypatch, held, workers):
+    monkeypatch.setattr(ahead, "WORKER_MODULE", "woqconv.no_such_module")  # exits at once, having written nothing
+    woqconv.convert(fixture_path(GPTQ), tmp_path / "with", to="awq", workers=2)
+    assert held and not any(held) and len(workers) == 2
+    _without_ahead(fixture_path(GPTQ), tmp_path / "without", monkeypatch)
+    assert _files(tmp_path / "with") == _files(tmp_path / "without")
+
+
+def test_a_wrong_prediction_stops_the_workers_before_the_file_is_rewritten(tmp_path, monkeypatch, held, workers):
+    predicted = ahead.predicted_specs
+
+    def wrong(ckpt, family):
+        out = predicted(ckpt, family)
+        for specs, _ in out.values():
+            specs.append(TensorSpec("not.in.the.plan", "I32", (8,)))
+        return out
+
+    monkeypatch.setattr(ahead, "predicted_specs", wrong)
+    stops = []
+    monkeypatch.setattr(ahead.Ahead, "stop", lambda self, _stop=ahead.Ahead.stop: (stops.append(self), _stop(self))[1])
+    woqconv.convert(fixture_path(GPTQ), tmp_path / "with", to="awq", workers=2)
+    # Stopped when the writer saw the header (then once more at the end); nothing was taken from the workers.
+    assert len(stops) >= 2 and held and not any(held) and all(w.over for w in workers)
+    _without_ahead(fixture_path(GPTQ), tmp_path / "without", monkeypatch)
+    assert _files(tmp_path / "with") == _files(tmp_path / "without")
+
+
+def test_a_tensor_planned_otherwise_is_written_by_the_writer_after_its_worker(tmp_path, monkeypatch, held):
+    monkeypatch.setattr(ahead, "_same_recipe", lambda *a: False)  # as for codes the plan changes (requantized)
+    woqconv.convert(fixture_path(GPTQ), tmp_path / "with", to="awq", workers=2)
+    assert held and not any(held)
+    _without_ahead(fixture_path(GPTQ), tmp_path / "without", monkeypatch)
+    assert _files(tmp_path / "with") == _files(tmp_path / "without")
+
+
+def test_refused_conversion_stops_the_workers_and_leaves_nothing(tmp_path, held, workers):
+    src = fixture_path("inc-hf-gptq-actorder-g32-asym")  # scattered act-order: AWQ has no g_idx
+    with pytest.raises(RefusedConversion, match="act-order"):
+        woqconv.convert(src, tmp_path / "out", to="awq", workers=2)
+    assert workers and all(w.proc.poll() is not None for w in workers)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_who_gets_workers(tmp_path, monkeypatch, workers):
+    out = tmp_path / "out"
+    # Small qweights: the writer is quicker than starting processes.
+    assert head_start.start(fixture_path(GPTQ), out, "awq", False, workers=2) is None
+    monkeypatch.setattr(ahead, "MIN_BYTES", 0)
+    assert head_start.start(fixture_path(GPTQ), out, "awq", False, workers=2, requantize="search") is None  # new codes
+    assert ahead.predict(fixture_path("ar-w3-g32-asym-auto_gptq"), "awq", out) == {}  # not 4-bit
+    assert ahead.predict(fixture_path("ar-g32-asym-auto_awq"), "awq", out) == {}  # already AWQ
+    assert ahead.predict(fixture_path(GPTQ), "gptq-v2", out) == {}  # keeps GPTQ's layout (head_start copies it)
+    assert ahead.predict(tmp_path / "missing", "awq", out) == {}  # the scan reports it
+    assert workers == [] and not out.exists()
