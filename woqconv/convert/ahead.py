@@ -30,7 +30,6 @@ from ..checkpoint import Checkpoint
 from ..errors import OutputError
 from ..formats import LayerFamily
 from ..formats.detect import detect
-from ..formats.targets import TARGETS
 from ..safetensors_io import SafetensorsFile, TensorSpec, serialized_header
 from .output import check_output, partial_dir_for, start_partial
 from .plan import output_shard_names, shard_metadata
