@@ -138,3 +138,21 @@ def test_who_gets_workers(tmp_path, monkeypatch, workers):
     assert ahead.predict(fixture_path(GPTQ), "gptq-v2", out) == {}  # keeps GPTQ's layout (head_start copies it)
     assert ahead.predict(tmp_path / "missing", "awq", out) == {}  # the scan reports it
     assert workers == [] and not out.exists()
+
+
+def test_a_worker_that_cannot_start_stops_the_one_that_did(tmp_path, monkeypatch, held, workers):
+    popen = ahead.subprocess.Popen
+    calls = []
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("no more processes")
+        return popen(*args, **kwargs)
+
+    monkeypatch.setattr(ahead.subprocess, "Popen", second_fails)
+    woqconv.convert(fixture_path(GPTQ), tmp_path / "with", to="awq", workers=2)
+    assert len(workers) == 1 and workers[0].over and workers[0].proc.poll() is not None
+    assert not any(held)
+    _without_ahead(fixture_path(GPTQ), tmp_path / "without", monkeypatch)
+    assert _files(tmp_path / "with") == _files(tmp_path / "without")

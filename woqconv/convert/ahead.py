@@ -173,7 +173,14 @@ class Ahead:
         jobs = sorted((j for s in shards.values() for j in s.jobs.values()), key=lambda j: j.id)
         n = min(workers, len(jobs))
         # Job k goes to worker k mod n: neighbouring layers run side by side, in the order the writer asks.
-        self._workers = [_Worker(jobs[k::n], slot_order) for k in range(n)]
+        self._workers: list[_Worker] = []
+        try:
+            for k in range(n):
+                self._workers.append(_Worker(jobs[k::n], slot_order))
+        except BaseException:  # a process that would not start: none may go on writing unwatched
+            for w in self._workers:
+                w.stop()
+            raise
         self._n = max(n, 1)
         self._stopped = threading.Event()
 
