@@ -213,13 +213,14 @@ class SafetensorsFile:
         """Bytes ``[start, start + count)`` of a tensor (all of it by default) as a fresh uint8 tensor."""
         return torch.from_numpy(self.read_bytes(name, start, count))
 
-    def read_bytes(self, name: str, start: int = 0, count: int | None = None) -> np.ndarray:
-        """Bytes ``[start, start + count)`` of a tensor (all of it by default) as a fresh uint8 array.
+    def read_bytes(self, name: str, start: int = 0, count: int | None = None, into: np.ndarray | None = None) -> np.ndarray:
+        """Bytes ``[start, start + count)`` of a tensor (all of it by default) as a fresh uint8 array, or
+        into the front of ``into`` (a contiguous array of at least that many bytes, returned as a uint8 view).
         Read straight into uninitialised memory: a zero-filled buffer (``bytearray``) cost a third of
         the read time on a 7B checkpoint."""
         info = self.tensors[name]
         count = info.nbytes - start if count is None else count
-        raw = np.empty(count, dtype=np.uint8)
+        raw = np.empty(count, dtype=np.uint8) if into is None else into.reshape(-1).view(np.uint8)[:count]
         view = memoryview(raw) if count else memoryview(b"")
         done = 0
         while done < count:

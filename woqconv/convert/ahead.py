@@ -58,7 +58,7 @@ class Job:
     dst_offset: int
 
     def as_list(self, slot_order) -> list:
-        return [self.id, self.src, self.src_offset, self.rows, self.cols, self.dst, self.dst_offset, list(slot_order or ())]
+        return [self.id, self.src, self.name, self.dst, self.dst_offset, list(slot_order or ())]
 
 
 @dataclass
@@ -73,14 +73,16 @@ def predicted_specs(ckpt: Checkpoint, family) -> dict[str, tuple[list[TensorSpec
     qweights among them; None when a layer is not plain 4-bit GPTQ (the plan decides those). As the plan
     does, a layer's tensors go where its first tensor lies, the rest where they lie."""
     out: dict[str, tuple[list[TensorSpec], list[str]]] = {name: ([], []) for name in ckpt.shards}
-    owned = {t: p for p in family.layer_prefixes(ckpt) for t in family.owned_tensors(ckpt, p)}
+    home: dict[str, str] = {}  # each layer tensor -> the shard of its layer's first tensor
+    for prefix in family.layer_prefixes(ckpt):
+        owned = family.owned_tensors(ckpt, prefix)
+        home.update(dict.fromkeys(owned, ckpt.locations[owned[0]]))
     for t in ckpt.tensor_names:
-        info, prefix = ckpt.info(t), owned.get(t)
-        if prefix is None:
-            out[ckpt.locations[t]][0].append(TensorSpec(t, info.dtype, info.shape))
-            continue
-        specs, qweights = out[ckpt.locations[family.owned_tensors(ckpt, prefix)[0]]]
-        if t.endswith(".qweight"):
+        info = ckpt.info(t)
+        specs, qweights = out[home.get(t, ckpt.locations[t])]
+        if t not in home:
+            specs.append(TensorSpec(t, info.dtype, info.shape))
+        elif t.endswith(".qweight"):
             if info.dtype != "I32" or len(info.shape) != 2 or info.shape[1] % 8:
                 return None
             rows, cols = info.shape
