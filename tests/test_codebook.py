@@ -51,8 +51,12 @@ def test_dequantize_equals_bitsandbytes(name):
             ref = F.dequantize_4bit(sd[info.name + ".weight"].view(torch.uint8), state)
             mine = layer.dequantize().to(layer.dtype)
             assert ref.dtype == mine.dtype
-            # bitwise: -0.0 and NaN payloads would hide behind ==
-            assert torch.equal(ref.view(torch.int16), mine.view(torch.int16)), info.name
+            # Bitwise (NaN payloads would hide behind ==), except the sign of a zero: bitsandbytes 0.50.2's own
+            # CPU kernels disagree on it. FP4 index 8 is +0.0 in the stored quant_map and came out +0.0 on the
+            # machines of earlier runs, but -0.0 (sign from the index's top bit) on an AVX2-only AMD EPYC.
+            bitwise = ref.view(torch.int16) == mine.view(torch.int16)
+            assert bool((bitwise | ((ref == 0) & (mine == 0))).all()), info.name
+            assert int((~bitwise).sum()) <= int((layer.idx == 8).sum()) if layer.quant_type == "fp4" else bool(bitwise.all())
 
 
 INC_RECOVER = r"""
