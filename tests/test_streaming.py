@@ -53,13 +53,18 @@ def test_default_workers_are_one_per_core_at_most_four(monkeypatch, tmp_path):
     for cores, want in ((1, 1), (2, 2), (3, 3), (16, 4)):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
         assert compute.default_workers() == want
-    # convert() without workers uses that default for the write (and the scan and plan before it).
+    # convert() without workers uses that default for the write (and the scan and plan before it), on the
+    # torch path and on the numpy one (convert/direct.py).
+    from woqconv.convert import direct
+
     convert_module = sys.modules["woqconv.convert"]
     seen = []
-    real = convert_module.write_plan
+    real, real_direct = convert_module.write_plan, direct.write_direct
     monkeypatch.setattr(convert_module, "write_plan", lambda *a, **k: seen.append(k["workers"]) or real(*a, **k))
+    monkeypatch.setattr(direct, "write_direct", lambda *a: seen.append(a[3]) or real_direct(*a))
     woqconv.convert(fixture_path("ar-g32-sym-auto_gptq"), tmp_path / "out", to="awq")
-    assert seen == [4]
+    woqconv.convert(fixture_path("ar-g32-sym-auto_gptq"), tmp_path / "out2", to="nf4", requantize="minmax")
+    assert seen == [4, 4]
 
 
 def _readable_fixtures() -> list[str]:

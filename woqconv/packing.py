@@ -245,6 +245,37 @@ def v1_word_decode(words: torch.Tensor, bits: int) -> torch.Tensor:
     return _to_int32(w64 & 0xFFFFFFFF)
 
 
+def shift_fields(raw: np.ndarray, bits: int, delta: int) -> np.ndarray:
+    """Every ``bits``-bit field packed in the bytes ``raw`` (uint8) plus ``delta``, modulo ``2**bits``:
+    GPTQ v1 <-> v2 zero points (``delta`` +1 reads v1 as true z, -1 stores z as v1) without unpacking.
+    Only for ``bits`` 2, 4 or 8, whose fields never straddle a byte; torch-free (convert/direct.py)."""
+    if 8 % bits:
+        raise ValueError(f"fields of {bits} bits straddle bytes")
+    mask = (1 << bits) - 1
+    byte = np.arange(256, dtype=np.int64)
+    table = np.zeros(256, dtype=np.int64)
+    for k in range(0, 8, bits):
+        table |= (((byte >> k) + delta) & mask) << k
+    return table.astype(np.uint8)[raw]
+
+
+def gptq4_zeros_to_awq(raw: np.ndarray, groups: int, out: int, delta: int = 0) -> np.ndarray:
+    """GPTQ 4-bit qzeros (the bytes ``raw`` of int32 ``[groups, out/8]``, fields sequential along out)
+    to AWQ GEMM's int32 ``[groups, out/8]`` (field ``k`` holds out-channel ``8c + AWQ_ORDER[k]``), each
+    field plus ``delta`` modulo 16 on the way (+1 for a v1 source). Equals
+    ``pack(v1_decode_zeros(unpack(qzeros, 4, dim=1)), 4, dim=1, slot_order=AWQ_ORDER)`` for v1; torch-free."""
+    raw = raw.reshape(groups, out // 2)
+    fields = np.empty((groups, out), dtype=np.uint8)
+    np.bitwise_and(raw, 0xF, out=fields[:, 0::2])  # LSB-first: the low nibble of byte j is field 2j
+    np.right_shift(raw, 4, out=fields[:, 1::2])
+    if delta:
+        fields += np.uint8(delta & 0xF)
+        fields &= 0xF
+    slots = fields.reshape(groups, out // 8, 8)[:, :, list(AWQ_ORDER)]
+    packed = slots[:, :, 0::2] | (slots[:, :, 1::2] << 4)  # byte j of a word holds slots 2j and 2j+1
+    return np.ascontiguousarray(packed).view("<i4").reshape(groups, out // 8)
+
+
 def unpack_nibbles_high_first(raw: torch.Tensor, count: int) -> torch.Tensor:
     """bitsandbytes' 4-bit layout: byte ``k`` holds element ``2k`` in its HIGH nibble and ``2k+1`` in
     its low one (FORMATS.md 4.2). ``raw`` is uint8 of any shape; returns uint8 ``[count]``."""

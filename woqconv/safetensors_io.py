@@ -40,6 +40,8 @@ TORCH_NAMES: dict[str, str] = {
     "F8_E4M3": "float8_e4m3fn",
     "F8_E5M2": "float8_e5m2",
 }
+# Little-endian numpy dtypes (``dtype.str``) by safetensors name, for the torch-free writer's arrays.
+_NUMPY_NAMES = {"<i4": "I32", "<i8": "I64", "<f2": "F16", "<f4": "F32", "|u1": "U8", "|i1": "I8"}
 # Dtypes we pass through byte for byte but never compute on.
 _OPAQUE_SIZES = {"U16": 2, "U32": 4, "U64": 8}
 ITEMSIZE: dict[str, int] = {
@@ -392,6 +394,16 @@ class SafetensorsWriter:
             self._pwrite(tensor, offset)
         self._pending.discard(name)
 
+    def write_array(self, name: str, array: np.ndarray) -> None:
+        """:meth:`write` of a numpy array (the torch-free conversion, convert/direct.py)."""
+        spec, offset = self._place(name)
+        got = _NUMPY_NAMES.get(array.dtype.str)
+        if got != spec.dtype or tuple(array.shape) != spec.shape:
+            raise ValueError(f"{name}: planned {spec.dtype} {list(spec.shape)}, got {array.dtype} {list(array.shape)}")
+        if spec.nbytes:
+            self._pwrite_bytes(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8)), offset)
+        self._pending.discard(name)
+
     def copy_from(self, name: str, source: SafetensorsFile, source_name: str | None = None) -> None:
         spec, offset = self._place(name)
         info = source.tensors[source_name or name]
@@ -422,7 +434,9 @@ class SafetensorsWriter:
         self._pending.discard(name)
 
     def _pwrite(self, tensor: torch.Tensor, offset: int) -> None:
-        data = memoryview(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy())
+        self._pwrite_bytes(memoryview(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy()), offset)
+
+    def _pwrite_bytes(self, data: memoryview, offset: int) -> None:
         done = 0
         while done < len(data):
             done += os.pwrite(self._fd, data[done : done + _WRITE_SLICE], offset + done)

@@ -10,7 +10,7 @@ from typing import Callable
 
 from ..compute import compute_threads, default_workers
 from ..source import open_checkpoint
-from . import head_start
+from . import direct, head_start
 from .output import check_output, commit_partial, discard_partial, start_partial, write_error
 from .plan import ConversionPlan, plan_conversion
 from .stream import measure_requantization, total_source_bytes, write_plan
@@ -166,6 +166,13 @@ def convert(
 def _convert(src_path: Path, out_path: Path, to: str, start: float, head: head_start.HeadStart | head_start.Ahead | None, *, overwrite: bool,
              dry_run: bool, allow_bf16: bool, requantize: str | None, double_quant: bool, zero_point_convention: str,
              progress: Callable[[int, int], None] | None, workers: int) -> ConvertReport:
+    if requantize is None and not double_quant:
+        # Plain GPTQ to gptq / gptq-v2 / inc-hf / awq: planned and written with numpy alone (direct.py).
+        fast = direct.plan_direct(src_path, to, zero_point_convention)
+        if fast is not None:
+            with fast.ckpt:
+                return _convert_direct(fast, src_path, out_path, start, head, overwrite=overwrite, dry_run=dry_run, progress=progress,
+                                       workers=workers)
     with compute_threads(workers), open_checkpoint(src_path, zero_point_convention=zero_point_convention, workers=workers,
                                                    read_layers=False) as source:
         plan = plan_conversion(source, to, allow_bf16=allow_bf16, requantize=requantize, double_quant=double_quant, workers=workers)
@@ -176,35 +183,64 @@ def _convert(src_path: Path, out_path: Path, to: str, start: float, head: head_s
             if plan.requantized_layers:
                 measure_requantization(plan)
             return _report(plan, out_path, total, 0, time.perf_counter() - start, True, warnings)
-        if head is not None:
-            partial, cleaned = head.partial, head.cleaned
-        else:
-            partial, cleaned = start_partial(out_path)
-        for name in cleaned:
-            warnings.append(f"removed a partial output left by an interrupted run ({name})")
-        done = 0
 
-        def tick(n: int) -> None:
-            nonlocal done
-            done += n
-            if progress:
-                progress(done, total)
-
-        try:
+        def write(partial: Path, tick: Callable[[int], None]) -> int:
             if plan.target.container == "openvino":  # an OpenVINO IR, built from optimum-intel's export
                 from ..runtime.openvino_export import write_openvino
 
-                written = write_openvino(plan, partial, tick)
-            else:
-                written = write_plan(plan, partial, tick, workers=workers, head_start=head)
-            if head is not None:
-                head.stop()  # every copy is finished (the writer waited for each): join the thread
-            commit_partial(partial, out_path)
-        except BaseException as e:
-            if head is not None:
-                head.stop()
-            discard_partial(partial)
-            if isinstance(e, OSError):
-                raise write_error(e, out_path) from None
-            raise
+                return write_openvino(plan, partial, tick)
+            return write_plan(plan, partial, tick, workers=workers, head_start=head)
+
+        written = _write_atomically(out_path, head, warnings, total, progress, write)
         return _report(plan, out_path, total, written, time.perf_counter() - start, False, warnings)
+
+
+def _convert_direct(plan: direct.DirectPlan, src_path: Path, out_path: Path, start: float, head, *, overwrite: bool, dry_run: bool,
+                    progress: Callable[[int, int], None] | None, workers: int) -> ConvertReport:
+    check_output(src_path, out_path, overwrite=overwrite)
+    total = direct.total_bytes(plan)
+    warnings = list(plan.warnings)
+    written = 0
+    if not dry_run:
+        written = _write_atomically(out_path, head, warnings, total, progress,
+                                    lambda partial, tick: direct.write_direct(plan, partial, tick, workers, head))
+    return ConvertReport(
+        source=str(plan.ckpt.root), output=str(out_path), source_format=plan.format_name, target=plan.to,
+        layers_converted=len(plan.layers), lossless=True, layer_changes=plan.layer_changes,
+        tensors_copied=sum(len(s.passthrough) for s in plan.shards), files_copied=list(plan.copied_files),
+        files_rewritten=direct.files_rewritten(plan), files_dropped=list(plan.dropped_files), bytes_in=total, bytes_out=written,
+        seconds=round(time.perf_counter() - start, 3), dry_run=dry_run, warnings=warnings,
+    )
+
+
+def _write_atomically(out_path: Path, head, warnings: list[str], total: int, progress: Callable[[int, int], None] | None,
+                      write: Callable[[Path, Callable[[int], None]], int]) -> int:
+    """Run ``write(partial, tick)`` into the hidden partial directory (the head start's, or a new one) and
+    rename it into place; on any failure stop the head start and remove what was written. Returns bytes written."""
+    if head is not None:
+        partial, cleaned = head.partial, head.cleaned
+    else:
+        partial, cleaned = start_partial(out_path)
+    for name in cleaned:
+        warnings.append(f"removed a partial output left by an interrupted run ({name})")
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, total)
+
+    try:
+        written = write(partial, tick)
+        if head is not None:
+            head.stop()  # every copy is finished (the writer waited for each): join the thread
+        commit_partial(partial, out_path)
+    except BaseException as e:
+        if head is not None:
+            head.stop()
+        discard_partial(partial)
+        if isinstance(e, OSError):
+            raise write_error(e, out_path) from None
+        raise
+    return written

@@ -132,10 +132,12 @@ def _mixed_refusal(src: QuantizedCheckpoint, target: Target, refused: dict[str, 
             f"here; {kinds} layers are not: {listed}")
 
 
-def _unquantized_linears(src: QuantizedCheckpoint, owned: dict[str, str]) -> list[str]:
+def unquantized_linears(ckpt: Checkpoint, owned: dict[str, str]) -> list[str]:
+    """The linear modules the checkpoint keeps unquantized (2-D ``.weight`` tensors no layer owns, embeddings
+    aside), as the targets' configs name them."""
     names = []
-    for t in src.ckpt.tensor_names:
-        if t in owned or not t.endswith(".weight") or len(src.ckpt.info(t).shape) != 2:
+    for t in ckpt.tensor_names:
+        if t in owned or not t.endswith(".weight") or len(ckpt.info(t).shape) != 2:
             continue
         module = t[: -len(".weight")]
         if "embed" in module or module.endswith("wte") or module.endswith("wpe"):
@@ -328,11 +330,21 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
         sym=bool(at_base) and all(p.layer.is_symmetric and p.requant is None for p in at_base),
         desc_act=bool(kinds & {GIdxKind.BLOCK_UNIFORM, GIdxKind.SCATTERED}),
         declared=src.format.declared_config,
-        unquantized_linears=_unquantized_linears(src, owned),
+        unquantized_linears=unquantized_linears(ckpt, owned),
         layers=[p.layer for p in prepared.values()],
         wrapped_modules=wrapped,
     )
     qc = target.quantization_config(summary)
+    config, extra, copied, dropped = output_configs(ckpt, target, qc, summary)
+    return ConversionPlan(
+        src, target, list(shards.values()), prepared, owned, config, qc, extra, copied, dropped, companion_specs, casts,
+        companion_passthrough, warnings,
+    )
+
+
+def output_configs(ckpt: Checkpoint, target: Target, qc: dict | None, summary: ModelQuantSummary):
+    """The output's config.json (None without one in the source), the target's extra config files, and
+    the source's other files copied and dropped (its quantization configs and Gaudi caches)."""
     config = None
     if (ckpt.root / CONFIG_NAME).exists():
         config = dict(ckpt.config)
@@ -344,10 +356,7 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
     replaced = {CONFIG_NAME, *QUANT_CONFIG_FILES, *HPU_CACHES, *extra}
     copied = [f for f in ckpt.other_files if f not in replaced]
     dropped = [f for f in ckpt.other_files if f in replaced and f not in extra and f != CONFIG_NAME]
-    return ConversionPlan(
-        src, target, list(shards.values()), prepared, owned, config, qc, extra, copied, dropped, companion_specs, casts,
-        companion_passthrough, warnings,
-    )
+    return config, extra, copied, dropped
 
 
 def _loader_cast_warnings(target: Target, losses: dict[str, dict]) -> list[str]:

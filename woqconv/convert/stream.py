@@ -111,25 +111,37 @@ def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = Non
             closer.shutdown(wait=True)  # every file closed (fsynced or not) before the caller cleans up
             packing.drop_reused_buffer()  # this thread's, when it converted layers itself (no pool)
     if plan.sharded and target.container == "safetensors":
-        index = {
-            "metadata": {"total_size": sum(s.nbytes for sh in plan.shards for s in sh.specs)},
-            "weight_map": dict(sorted(weight_map.items())),
-        }
-        (into / INDEX_NAME).write_text(dump_json(index), encoding="utf-8")
+        write_index(into, plan.shards, weight_map)
     if target.container == "inc-pt":
         # INC's default format is one torch.save'd state dict; build it from the streamed shards.
         shards = [into / s.name for s in plan.shards]
         safetensors_to_torch_save(shards, into / INC_WEIGHTS)
         for f in shards:
             f.unlink()
-    if plan.config is not None:
-        (into / CONFIG_NAME).write_text(dump_json(plan.config), encoding="utf-8")
-    for name, data in plan.extra_json.items():
+    return write_configs_and_files(into, ckpt.root, plan.config, plan.extra_json, plan.copied_files, tick)
+
+
+def write_index(into: Path, shards, weight_map: dict[str, str]) -> None:
+    """model.safetensors.index.json for the output shards (ShardPlans) and where each tensor went."""
+    index = {
+        "metadata": {"total_size": sum(s.nbytes for sh in shards for s in sh.specs)},
+        "weight_map": dict(sorted(weight_map.items())),
+    }
+    (into / INDEX_NAME).write_text(dump_json(index), encoding="utf-8")
+
+
+def write_configs_and_files(into: Path, root: Path, config: dict | None, extra_json: dict[str, dict], copied_files: list[str],
+                            tick: Progress) -> int:
+    """The output's config files and the source's other files (tokenizer, ...); returns the bytes the whole
+    output directory holds."""
+    if config is not None:
+        (into / CONFIG_NAME).write_text(dump_json(config), encoding="utf-8")
+    for name, data in extra_json.items():
         (into / name).write_text(dump_json(data), encoding="utf-8")
-    for rel in plan.copied_files:
+    for rel in copied_files:
         dst = into / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(ckpt.root / rel, dst)
+        shutil.copyfile(root / rel, dst)
         tick(dst.stat().st_size)
     return sum(p.stat().st_size for p in into.rglob("*") if p.is_file())
 
