@@ -1,5 +1,5 @@
 """Re-layout ahead (convert/ahead.py): worker processes that write GPTQ -> AWQ qweights into predicted output
-files while the converter imports torch and plans must leave exactly the bytes a conversion without them
+files while the converter imports torch and plans (the torch path) must leave exactly the bytes a conversion without them
 writes (and AutoRound's own AWQ export's codes), whatever goes wrong with them, and nothing on refusal."""
 
 import shutil
@@ -11,11 +11,18 @@ from corpus import shard
 from safetensors.torch import load_file
 
 import woqconv
-from woqconv.convert import ahead, head_start
+from woqconv.convert import ahead, direct, head_start
 from woqconv.errors import RefusedConversion
 from woqconv.safetensors_io import SafetensorsWriter, TensorSpec
 
 GPTQ = "ar-g128-asym-auto_gptq"
+
+
+@pytest.fixture(autouse=True)
+def torch_path(monkeypatch):
+    """The re-layout ahead serves the torch path; the numpy path (convert/direct.py) takes these conversions
+    otherwise, and starts no workers (tests/test_direct.py)."""
+    monkeypatch.setattr(direct, "ENABLED", False)
 
 
 @pytest.fixture

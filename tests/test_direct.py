@@ -130,6 +130,26 @@ def test_gptq_v2_output_holds_autorounds_own_gptqmodel_tensors(tmp_path):
         assert torch.equal(ours[n], theirs[n]), n
 
 
+def test_awq_gets_no_workers_and_gptq_targets_keep_the_copy_head_start(tmp_path, monkeypatch):
+    from woqconv.convert import ahead, head_start
+    from woqconv.safetensors_io import SafetensorsWriter
+
+    monkeypatch.setattr(ahead, "MIN_BYTES", 0)
+    started, prefilled = [], []
+    real_start, real_init = head_start.start, SafetensorsWriter.__init__
+    monkeypatch.setattr(head_start, "start", lambda *a, **k: started.append(real_start(*a, **k)) or started[-1])
+
+    def init(self, *a, **k):
+        real_init(self, *a, **k)
+        prefilled.append(self.prefilled_from is not None)
+
+    monkeypatch.setattr(SafetensorsWriter, "__init__", init)
+    woqconv.convert(fixture_path(GPTQ), tmp_path / "awq", to="awq")
+    woqconv.convert(fixture_path(GPTQ), tmp_path / "v2", to="gptq-v2")
+    assert started[0] is None and isinstance(started[1], head_start.HeadStart)
+    assert prefilled == [False, True]
+
+
 @pytest.mark.parametrize("name,to", [
     ("inc-hf-gptq-actorder-g32-asym", "awq"),  # scattered act-order: refused (or requantized) by the torch path
     ("inc-hf-rtn-zp0-g32-asym", "gptq"),  # z = 0 cannot be v1: refused, naming the groups

@@ -129,13 +129,14 @@ def _copy_whole(src: Path, fout: int, cancel: threading.Event) -> bool:
         os.close(fin)
 
 
-def start(src: Path, out: Path, to: str, overwrite: bool, *, workers: int = 1, requantize: str | None = None) -> HeadStart | Ahead | None:
-    """Create the partial output and start copying (or re-laying out, ahead.py) into it, when the guess is
-    worth making. None when nothing is written early; an output that would be refused is left for the
-    usual check to refuse, in its usual place."""
+def start(src: Path, out: Path, to: str, overwrite: bool, *, workers: int = 1, requantize: str | None = None,
+          relayout: bool = True) -> HeadStart | Ahead | None:
+    """Create the partial output and start copying (or re-laying out, ahead.py, unless ``relayout`` is
+    False) into it, when the guess is worth making. None when nothing is written early; an output that
+    would be refused is left for the usual check to refuse, in its usual place."""
     if to in RELAYOUT_TARGETS:
         # Requantized layers get new codes: a re-layout of the old ones would be written for nothing.
-        return None if requantize else ahead_start(src, out, to, overwrite, workers)
+        return None if requantize or not relayout else ahead_start(src, out, to, overwrite, workers)
     shards = copyable_shards(src, to)
     if not shards:
         return None
