@@ -23,15 +23,14 @@ from woqconv.convert import direct
 from woqconv.errors import WoqconvError
 
 ALL_FIXTURES = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
-V1_TARGETS = ("gptq", "inc-hf")
 
 
 def takes_direct_path(name: str, to: str) -> bool:
     """What the numpy path covers, said from the manifest: 4-bit GPTQ (v1 or v2), one precision, no
-    act-order, and no zero point 0 for a target that stores v1."""
+    act-order, and no zero point 0 for ``gptq``, which refuses it (inc-hf stores it INC's way)."""
     e = MANIFEST.get(name, {})
     return (e.get("family") in ("gptq-v1", "gptq-v2") and e["bits"] == 4 and not e.get("layer_config")
-            and e["g_idx"] in ("none", "trivial") and not (to in V1_TARGETS and e["zero_fields_z0"]))
+            and e["g_idx"] in ("none", "trivial") and not (to == "gptq" and e["zero_fields_z0"]))
 
 
 CASES_DIRECT = [(n, t) for n in ALL_FIXTURES for t in direct.TARGET_NAMES if takes_direct_path(n, t)]
@@ -130,6 +129,14 @@ def test_gptq_v2_output_holds_autorounds_own_gptqmodel_tensors(tmp_path):
         assert torch.equal(ours[n], theirs[n]), n
 
 
+@pytest.mark.parametrize("name", ["ar-zp0-g32-asym-auto_round_gptqmodel", "inc-hf-rtn-zp0-g32-asym"])
+def test_zero_point_zero_to_inc_hf_is_stored_incs_way_and_reported(name, tmp_path, monkeypatch):
+    assert _plans(fixture_path(name), "inc-hf")
+    got, want, a, b = _both(fixture_path(name), tmp_path, monkeypatch, to="inc-hf")
+    assert got == want and a == b
+    assert any("zero points of 0 stored as all-ones" in c for cs in got[1]["layer_changes"].values() for c in cs)
+
+
 def test_awq_gets_no_workers_and_gptq_targets_keep_the_copy_head_start(tmp_path, monkeypatch):
     from woqconv.convert import ahead, head_start
     from woqconv.safetensors_io import SafetensorsWriter
@@ -153,7 +160,6 @@ def test_awq_gets_no_workers_and_gptq_targets_keep_the_copy_head_start(tmp_path,
 @pytest.mark.parametrize("name,to", [
     ("inc-hf-gptq-actorder-g32-asym", "awq"),  # scattered act-order: refused (or requantized) by the torch path
     ("inc-hf-rtn-zp0-g32-asym", "gptq"),  # z = 0 cannot be v1: refused, naming the groups
-    ("ar-zp0-g32-asym-auto_round_gptqmodel", "inc-hf"),  # z = 0 stored INC's modular way, a change reported
     ("ar-mixed-g32-asym-auto_gptq", "gptq-v2"),  # mixed precision: GPTQModel's dynamic
     ("ar-w8-g32-asym-auto_gptq", "gptq-v2"),
     ("ar-g32-asym-auto_awq", "gptq"),

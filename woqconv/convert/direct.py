@@ -9,8 +9,8 @@ g_idx range and class, the zero points' convention and symmetry) is what inspect
 
 This path takes only the checkpoints it is sure of: GPTQ in safetensors, 4 bits everywhere, no
 per-layer overrides or INC wrappers, no act-order (a g_idx that is absent or ``i // group_size``), a
-settled v1 or v2 reading, and nothing the target would refuse or warn about (a v1 target's z = 0, an
-inc-hf loader's cast of non-fp16 scales). Anything else returns None before a byte is written, and the
+settled v1 or v2 reading, and nothing the target would refuse or warn about (``gptq``'s z = 0, an inc-hf
+loader's cast of non-fp16 scales). Anything else returns None before a byte is written, and the
 torch path plans, refuses or converts as before, with its own messages. Its output and report are
 byte for byte the torch path's (tests/test_direct.py compares both on every fixture).
 """
@@ -65,6 +65,7 @@ class Layer:
     g_idx_dtype: str | None  # the stored g_idx's dtype, None when there is none
     scales_dtype: str
     has_bias: bool
+    zero_point_zeros: int = 0  # fields that read as z = 0 (inc-hf stores them as all-ones v1 fields)
 
     @property
     def num_groups(self) -> int:
@@ -95,9 +96,17 @@ class DirectPlan:
 
     @property
     def layer_changes(self) -> dict[str, list[str]]:
-        if self.target.keeps_g_idx:
-            return {}
-        return {n: ["trivial g_idx dropped"] for n, layer in self.layers.items() if layer.g_idx_kind is GIdxKind.TRIVIAL}
+        """What Target.prepare says it changed, in its words: a dropped trivial g_idx, zero points of 0 in INC's v1."""
+        changes = {}
+        for name, layer in self.layers.items():
+            said = []
+            if not self.target.keeps_g_idx and layer.g_idx_kind is GIdxKind.TRIVIAL:
+                said.append("trivial g_idx dropped")
+            if self.target.zero_point_convention == ZP_V1 and layer.zero_point_zeros:
+                said.append(f"{layer.zero_point_zeros} zero points of 0 stored as all-ones fields (INC's modular v1)")
+            if said:
+                changes[name] = said
+        return changes
 
 
 def plan_direct(src: Path, to: str, zero_point_convention: str) -> DirectPlan | None:
@@ -153,11 +162,13 @@ def _plan(ckpt: Checkpoint, to: str, requested: str) -> DirectPlan | None:
     zero_field = (1 << BITS) - 1 if read_as.zero_point_convention == ZP_V1 else 0
     layers: dict[str, Layer] = {}
     for p, in_features, out, gs, scan in found:
-        if target.zero_point_convention == ZP_V1 and scan.zero_counts[zero_field]:
-            return None
+        zeros = scan.zero_counts[zero_field]
+        if target.zero_point_convention == ZP_V1 and zeros and target.v1_zero_point_zero == "refuse":
+            return None  # GPTQ v1 cannot store z = 0: the torch path refuses, naming the groups
         g_idx = f"{p}.g_idx"
         layers[p] = Layer(p, in_features, out, BITS, gs, scan.zero_counts[sym_field] == sum(scan.zero_counts), scan.g_idx_kind,
-                          ckpt.info(g_idx).dtype if ckpt.has(g_idx) else None, ckpt.info(f"{p}.scales").dtype, ckpt.has(f"{p}.bias"))
+                          ckpt.info(g_idx).dtype if ckpt.has(g_idx) else None, ckpt.info(f"{p}.scales").dtype, ckpt.has(f"{p}.bias"),
+                          zeros)
     symmetric = all(layer.is_symmetric for layer in layers.values())
     warnings = family.source_notes(ckpt) + settled + reading_warnings(read_as, stored, symmetric)
 
