@@ -23,6 +23,7 @@ import numpy as np
 
 from ._lazy import torch
 from .errors import FormatError
+from .writeback import start_writeback
 
 # The dtypes woqconv computes on, by safetensors name -> torch's name for them. The torch dtypes
 # themselves (``DTYPES``, ``DTYPE_NAMES``) are looked up on first use: reading headers needs no torch.
@@ -254,6 +255,7 @@ class SafetensorsFile:
                 n = os.pwrite(dst_fd, os.pread(self._fd, count, info.start + done), dst_offset + done)
             if n <= 0:
                 raise self._fail("file ended while copying tensor data", name)
+            start_writeback(dst_fd, dst_offset + done, n)
             done += n
 
     def header_bytes(self) -> bytes:
@@ -440,6 +442,7 @@ class SafetensorsWriter:
         done = 0
         while done < len(data):
             done += os.pwrite(self._fd, data[done : done + _WRITE_SLICE], offset + done)
+        start_writeback(self._fd, offset, len(data))  # so that close()'s fsync finds little left
 
     def check_complete(self) -> None:
         """Raise unless every planned tensor has been written."""

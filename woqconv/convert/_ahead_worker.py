@@ -17,6 +17,7 @@ import numpy as np
 from woqconv.errors import FormatError
 from woqconv.packing import gptq4_to_rowwise_into
 from woqconv.safetensors_io import SafetensorsFile
+from woqconv.writeback import start_writeback
 
 _IO_SLICE = 1 << 30  # bytes per write call (Linux moves at most ~2 GB per call)
 
@@ -27,19 +28,6 @@ def _write_all(fd: int, data: memoryview, offset: int) -> None:
         done += os.pwrite(fd, data[done : done + _IO_SLICE], offset + done)
 
 
-def _writeback_starter():
-    """``sync_file_range(fd, offset, count, SYNC_FILE_RANGE_WRITE)``: start writing pages to disk now,
-    without waiting; None where libc has no such call."""
-    import ctypes
-
-    try:
-        call = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    return lambda fd, offset, count: call(fd, offset, count, 2)
-
-
 def main() -> int:
     jobs = json.loads(sys.stdin.buffer.read() or b"[]")
     sources: dict[str, SafetensorsFile] = {}
@@ -48,7 +36,6 @@ def main() -> int:
     # Each layer's pages go to disk as soon as they are written, so the converter's fsync before its
     # rename finds little left (7B to AWQ, in-process, 2 interleaved pairs: that fsync 0.21-0.25 s
     # against 0.65 s, the conversion 4.5-4.9 s against 4.9-5.2 s).
-    start_writeback = _writeback_starter()
     try:
         for job_id, src, name, dst, dst_offset, order in jobs:
             if src not in sources:
@@ -62,8 +49,7 @@ def main() -> int:
             result = dst_words[: rows * cols]
             gptq4_to_rowwise_into(words, tuple(order) or None, result)
             _write_all(outputs[dst], memoryview(result).cast("B"), dst_offset)
-            if start_writeback:
-                start_writeback(outputs[dst], dst_offset, result.nbytes)
+            start_writeback(outputs[dst], dst_offset, result.nbytes)
             sys.stdout.write(f"{job_id}\n")
             sys.stdout.flush()
     except (OSError, ValueError, KeyError, FormatError):

@@ -27,6 +27,7 @@ from ..formats.targets import TARGETS
 from ..safetensors_io import SafetensorsFile, TensorSpec, serialized_header
 from .ahead import RELAYOUT_TARGETS, Ahead
 from .ahead import start as ahead_start
+from ..writeback import start_writeback
 from .output import check_output, start_partial
 from .plan import output_shard_names, shard_metadata
 
@@ -123,6 +124,7 @@ def _copy_whole(src: Path, fout: int, cancel: threading.Event) -> bool:
             n = os.copy_file_range(fin, fout, min(_CHUNK, size - done), done, done)
             if n == 0:  # the source shrank under us: leave it to the writer, which checks everything
                 return False
+            start_writeback(fout, done, n)
             done += n
         return True
     finally:
