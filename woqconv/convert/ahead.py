@@ -1,5 +1,8 @@
 """Re-lay out the source's GPTQ codes into the output in worker processes while torch is still imported.
 
+Only on the torch path: a plain GPTQ checkpoint goes to the numpy path (direct.py), which never imports
+torch and leaves these workers no idle time to fill.
+
 GPTQ -> AWQ is mostly the re-layout of every ``qweight`` (3.5 of a 7B checkpoint's 3.9 GB), and the
 converter cannot start it before torch is imported and the checkpoint planned: 1.5-2.5 s of a 7B
 conversion here. The re-layout itself needs numpy only (``packing.gptq4_to_rowwise_into``). So, from the
