@@ -503,3 +503,32 @@ def build(case: Case, tmp: Path) -> tuple[Path, Path, Path]:
     outside.mkdir()
     rel = case.damage(src, outside)
     return src, outside, src / rel if rel else src
+
+
+def random_small_tensors(seed: int, g_idx: bool = True):
+    """Random qzeros (every bit pattern per layer, or one symmetric value in every layer), g_idx (trivial,
+    block-permuted, scattered, out of range) and the odd non-finite scale: what the torch and numpy readers must agree on (inspect's scans, convert's paths)."""
+    g = torch.Generator().manual_seed(seed)
+    symmetric = {1: 0x77777777, 2: -0x77777778}.get(seed % 5)  # every field 7 (symmetric v1) or 8 (symmetric v2)
+
+    def damage(t: dict) -> None:
+        for name in [n for n in t if n.endswith(".qzeros")]:
+            p = name[: -len(".qzeros")]
+            if symmetric is not None:
+                t[name] = torch.full(t[name].shape, symmetric, dtype=torch.int32)
+            elif int(torch.randint(0, 2, (1,), generator=g)):
+                t[name] = torch.randint(-(2**31), 2**31 - 1, t[name].shape, dtype=torch.int32, generator=g)
+            n, gs = t[f"{p}.g_idx"].numel(), 32
+            kind = int(torch.randint(0, 4, (1,), generator=g)) if g_idx else 0  # 0: left trivial
+            if kind == 1:
+                t[f"{p}.g_idx"] = torch.randperm(n // gs, generator=g).repeat_interleave(gs).to(torch.int32)
+            elif kind == 2:
+                t[f"{p}.g_idx"] = (torch.randperm(n, generator=g) // gs).to(torch.int32)
+            elif kind == 3 and seed % 7 == 3:
+                t[f"{p}.g_idx"] = torch.randint(0, n // gs + 1, (n,), dtype=torch.int32, generator=g)
+        if seed % 6 == 5:
+            name = sorted(n for n in t if n.endswith(".scales"))[seed % 14]
+            t[name] = t[name].clone()
+            t[name][0, 0] = float("inf")
+
+    return damage

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 from conftest import FIXTURES, MANIFEST, fixture_path
-from corpus import AWQ, CASES, GPTQ, LAYER, build, edit_tensors
+from corpus import AWQ, CASES, GPTQ, LAYER, build, edit_tensors, random_small_tensors
 
 import woqconv
 from woqconv import inspection, numpy_scan, packing
@@ -202,40 +202,11 @@ def test_other_containers_are_not_opened_by_the_torch_free_attempt(name, monkeyp
     assert inspection._inspect_without_torch(fixture_path(name), "auto") is None
 
 
-def _random_small_tensors(seed: int):
-    """Random qzeros (every bit pattern per layer, or one symmetric value in every layer), g_idx (trivial,
-    block-permuted, scattered, out of range) and the odd non-finite scale: what the two scans must agree on."""
-    g = torch.Generator().manual_seed(seed)
-    symmetric = {1: 0x77777777, 2: -0x77777778}.get(seed % 5)  # every field 7 (symmetric v1) or 8 (symmetric v2)
-
-    def damage(t: dict) -> None:
-        for name in [n for n in t if n.endswith(".qzeros")]:
-            p = name[: -len(".qzeros")]
-            if symmetric is not None:
-                t[name] = torch.full(t[name].shape, symmetric, dtype=torch.int32)
-            elif int(torch.randint(0, 2, (1,), generator=g)):
-                t[name] = torch.randint(-(2**31), 2**31 - 1, t[name].shape, dtype=torch.int32, generator=g)
-            n, gs = t[f"{p}.g_idx"].numel(), 32
-            kind = int(torch.randint(0, 4, (1,), generator=g))
-            if kind == 1:
-                t[f"{p}.g_idx"] = torch.randperm(n // gs, generator=g).repeat_interleave(gs).to(torch.int32)
-            elif kind == 2:
-                t[f"{p}.g_idx"] = (torch.randperm(n, generator=g) // gs).to(torch.int32)
-            elif kind == 3 and seed % 7 == 3:
-                t[f"{p}.g_idx"] = torch.randint(0, n // gs + 1, (n,), dtype=torch.int32, generator=g)
-        if seed % 6 == 5:
-            name = sorted(n for n in t if n.endswith(".scales"))[seed % 14]
-            t[name] = t[name].clone()
-            t[name][0, 0] = float("inf")
-
-    return damage
-
-
 @pytest.mark.parametrize("seed", range(20))
 def test_random_small_tensors_give_the_torch_scans_answer(seed, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(fixture_path(GPTQ), src)
-    edit_tensors(_random_small_tensors(seed))(src)
+    edit_tensors(random_small_tensors(seed))(src)
     fast = inspection._inspect_without_torch(src, "auto")
     want = _torch_outcome(src)
     assert (fast is not None) == (want[0] == "ok"), want

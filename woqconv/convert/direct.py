@@ -17,10 +17,8 @@ byte for byte the torch path's (tests/test_direct.py compares both on every fixt
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,21 +28,18 @@ import numpy as np
 
 from .. import numpy_scan, packing
 from ..checkpoint import CONFIG_NAME, INDEX_NAME, Checkpoint, weights_container
-from ..compute import map_bounded
 from ..errors import WoqconvError
 from ..formats import TARGETS, LayerFamily
 from ..formats.base import ZP_V1, ZP_V2
 from ..formats.detect import detect
-from ..formats.gptq import effective_group_size
 from ..formats.inc import mul_linear_modules
 from ..formats.targets import ModelQuantSummary
 from ..ir import GIdxKind
-from ..safetensors_io import SafetensorsFile, SafetensorsWriter, TensorSpec
+from ..safetensors_io import SafetensorsWriter, TensorSpec
 from ..source import CONVENTION_CHOICES, StoredZeros, reading_warnings, settle_convention, symmetric_field
 from .ahead import OP as RELAYOUT_OP
-from .output import check_output, start_partial
 from .plan import ShardPlan, output_configs, output_shard_names, shard_metadata, unquantized_linears
-from .stream import write_configs_and_files, write_index
+from .stream import write_configs_and_files, write_index, write_shard
 
 TARGET_NAMES = ("gptq", "gptq-v2", "inc-hf", "awq")
 BITS = 4
@@ -259,19 +254,7 @@ def write_direct(plan: DirectPlan, into: Path, tick: Callable[[int], None], work
     closer = ThreadPoolExecutor(2)
     try:
         for shard in plan.shards:
-            source_file = ckpt.shards[shard.source]
-            copied = head is not None and head.copied(shard.name)
-            writer = SafetensorsWriter(into / shard.name, shard.specs, shard.metadata, prefilled_from=source_file if copied else None,
-                                       ahead=head.prefilled(shard.name) if head is not None else None)
-            try:
-                work = [(carry_tensor, t) for t in shard.passthrough] + [(convert_layer, n) for n in shard.layers]
-                for names, consumed in map_bounded(pool, lambda job: job[0](job[1], writer), work, workers):
-                    weight_map.update(dict.fromkeys(names, shard.name))
-                    tick(consumed)
-                writer.check_complete()
-            except BaseException:
-                writer.abort()
-                raise
+            writer = write_shard(into, shard, ckpt.shards[shard.source], head, carry_tensor, convert_layer, pool, workers, weight_map, tick)
             closing.append(closer.submit(writer.close))
         for f in closing:
             f.result()

@@ -77,21 +77,7 @@ def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = Non
         try:
             for shard in plan.shards:
                 source_file = ckpt.shards.get(shard.source)
-                copied = head_start is not None and isinstance(source_file, SafetensorsFile) and head_start.copied(shard.name)
-                ahead = head_start.prefilled(shard.name) if head_start is not None else None
-                writer = SafetensorsWriter(into / shard.name, shard.specs, shard.metadata, prefilled_from=source_file if copied else None,
-                                           ahead=ahead)
-                try:
-                    # Carried tensors (embeddings, norms, lm_head: about 1/7 of a 7B file) go through the
-                    # same workers as layers, so the copy overlaps the re-layouts instead of preceding them.
-                    work = [(carry_tensor, t) for t in shard.passthrough] + [(convert_layer, n) for n in shard.layers]
-                    for names, consumed in map_bounded(pool, lambda job: job[0](job[1], writer), work, workers):
-                        weight_map.update(dict.fromkeys(names, shard.name))
-                        tick(consumed)
-                    writer.check_complete()
-                except BaseException:
-                    writer.abort()
-                    raise
+                writer = write_shard(into, shard, source_file, head_start, carry_tensor, convert_layer, pool, workers, weight_map, tick)
                 closing.append(closer.submit(writer.close))
                 written_files.append(into / shard.name)
             if companion:
@@ -119,6 +105,29 @@ def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = Non
         for f in shards:
             f.unlink()
     return write_configs_and_files(into, ckpt.root, plan.config, plan.extra_json, plan.copied_files, tick)
+
+
+def write_shard(into: Path, shard, source_file, head_start: HeadStart | Ahead | None, carry_tensor, convert_layer,
+                pool: ThreadPoolExecutor | None, workers: int, weight_map: dict[str, str], tick: Progress) -> SafetensorsWriter:
+    """Write every tensor of one output shard (a ShardPlan): ``carry_tensor(name, writer)`` and
+    ``convert_layer(name, writer)`` each return (tensor names written, source bytes consumed). Returns the
+    complete writer, still open (the caller closes it, in the background); on failure it is aborted."""
+    copied = head_start is not None and isinstance(source_file, SafetensorsFile) and head_start.copied(shard.name)
+    ahead = head_start.prefilled(shard.name) if head_start is not None else None
+    writer = SafetensorsWriter(into / shard.name, shard.specs, shard.metadata, prefilled_from=source_file if copied else None,
+                               ahead=ahead)
+    try:
+        # Carried tensors (embeddings, norms, lm_head: about 1/7 of a 7B file) go through the same workers
+        # as layers, so the copy overlaps the re-layouts instead of preceding them.
+        work = [(carry_tensor, t) for t in shard.passthrough] + [(convert_layer, n) for n in shard.layers]
+        for names, consumed in map_bounded(pool, lambda job: job[0](job[1], writer), work, workers):
+            weight_map.update(dict.fromkeys(names, shard.name))
+            tick(consumed)
+        writer.check_complete()
+    except BaseException:
+        writer.abort()
+        raise
+    return writer
 
 
 def write_index(into: Path, shards, weight_map: dict[str, str]) -> None:
