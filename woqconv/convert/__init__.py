@@ -13,7 +13,7 @@ from ..source import open_checkpoint
 from . import direct, head_start
 from .output import check_output, commit_partial, discard_partial, start_partial, write_error
 from .plan import ConversionPlan, plan_conversion
-from .stream import measure_requantization, total_source_bytes, write_plan
+from .stream import measure_requantization, source_bytes, total_source_bytes, write_plan
 from ..wording import counted
 
 
@@ -81,13 +81,20 @@ def lossy_lines(lossy_layers: dict[str, dict], requantized: dict[str, dict]) -> 
     return lines
 
 
-def _report(plan: ConversionPlan, out: Path, bytes_in: int, bytes_out: int, seconds: float, dry_run: bool, warnings: list[str]) -> ConvertReport:
-    rewritten = ["config.json"] if plan.config is not None else []
-    rewritten += sorted(plan.extra_json)
-    if plan.sharded and plan.target.container == "safetensors":
+def _files_rewritten(config: dict | None, extra_json: dict[str, dict], index: bool, companion: str | None = None) -> list[str]:
+    """The files a conversion writes anew beside the weights, as the report lists them."""
+    rewritten = ["config.json"] if config is not None else []
+    rewritten += sorted(extra_json)
+    if index:
         rewritten.append("model.safetensors.index.json")
-    if plan.target.companion:
-        rewritten.append(plan.target.companion.file)
+    if companion:
+        rewritten.append(companion)
+    return rewritten
+
+
+def _report(plan: ConversionPlan, out: Path, bytes_in: int, bytes_out: int, seconds: float, dry_run: bool, warnings: list[str]) -> ConvertReport:
+    rewritten = _files_rewritten(plan.config, plan.extra_json, plan.sharded and plan.target.container == "safetensors",
+                                 plan.target.companion.file if plan.target.companion else None)
     return ConvertReport(
         source=str(plan.source.root),
         output=str(out),
@@ -203,7 +210,7 @@ def _convert(src_path: Path, out_path: Path, to: str, start: float, head: head_s
 def _convert_direct(plan: direct.DirectPlan, src_path: Path, out_path: Path, start: float, head, *, overwrite: bool, dry_run: bool,
                     progress: Callable[[int, int], None] | None, workers: int) -> ConvertReport:
     check_output(src_path, out_path, overwrite=overwrite)
-    total = direct.total_bytes(plan)
+    total = source_bytes(plan.ckpt, plan.copied_files)
     warnings = list(plan.warnings)
     written = 0
     if not dry_run:
@@ -213,7 +220,7 @@ def _convert_direct(plan: direct.DirectPlan, src_path: Path, out_path: Path, sta
         source=str(plan.ckpt.root), output=str(out_path), source_format=plan.format_name, target=plan.to,
         layers_converted=len(plan.layers), lossless=True, layer_changes=plan.layer_changes,
         tensors_copied=sum(len(s.passthrough) for s in plan.shards), files_copied=list(plan.copied_files),
-        files_rewritten=direct.files_rewritten(plan), files_dropped=list(plan.dropped_files), bytes_in=total, bytes_out=written,
+        files_rewritten=_files_rewritten(plan.config, plan.extra_json, plan.sharded), files_dropped=list(plan.dropped_files), bytes_in=total, bytes_out=written,
         seconds=round(time.perf_counter() - start, 3), dry_run=dry_run, warnings=warnings,
     )
 

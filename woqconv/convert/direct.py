@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from .. import numpy_scan, packing
-from ..checkpoint import CONFIG_NAME, INDEX_NAME, Checkpoint, weights_container
+from ..checkpoint import Checkpoint, weights_container
 from ..errors import WoqconvError
 from ..formats import TARGETS, LayerFamily
 from ..formats.base import ZP_V1, ZP_V2
@@ -282,17 +282,3 @@ def _rowwise(ckpt: Checkpoint, name: str, layer: Layer, buffers: threading.local
     result = buffers.result[:words]
     packing.gptq4_to_rowwise_into(source.reshape(layer.in_features // 8, layer.out_features), packing.AWQ_ORDER, result)
     return result.reshape(layer.in_features, layer.out_features // 8)
-
-
-def total_bytes(plan: DirectPlan) -> int:
-    """Source bytes the progress counts: every tensor, and every file copied."""
-    ckpt = plan.ckpt
-    return sum(ckpt.info(t).nbytes for t in ckpt.locations) + sum((ckpt.root / f).stat().st_size for f in plan.copied_files)
-
-
-def files_rewritten(plan: DirectPlan) -> list[str]:
-    rewritten = [CONFIG_NAME] if plan.config is not None else []
-    rewritten += sorted(plan.extra_json)
-    if plan.sharded:
-        rewritten.append(INDEX_NAME)
-    return rewritten

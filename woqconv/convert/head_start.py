@@ -25,9 +25,9 @@ from ..formats import LayerFamily
 from ..formats.detect import detect
 from ..formats.targets import TARGETS
 from ..safetensors_io import SafetensorsFile, TensorSpec, serialized_header
+from ..writeback import start_writeback
 from .ahead import RELAYOUT_TARGETS, Ahead
 from .ahead import start as ahead_start
-from ..writeback import start_writeback
 from .output import check_output, start_partial
 from .plan import output_shard_names, shard_metadata
 

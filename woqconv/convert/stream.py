@@ -208,9 +208,13 @@ def _put(writer: SafetensorsWriter, name: str, value: torch.Tensor | PackedCodes
 
 
 def total_source_bytes(plan: ConversionPlan) -> int:
-    ckpt = plan.source.ckpt
+    return source_bytes(plan.source.ckpt, plan.copied_files)
+
+
+def source_bytes(ckpt, copied_files: list[str]) -> int:
+    """Source bytes the progress counts: every tensor, and every file copied."""
     tensors = sum(ckpt.info(t).nbytes for t in ckpt.locations)
-    files = sum((ckpt.root / f).stat().st_size for f in plan.copied_files)
+    files = sum((ckpt.root / f).stat().st_size for f in copied_files)
     return tensors + files
 
 
