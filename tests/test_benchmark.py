@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from woqconv import packing
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -28,3 +30,13 @@ def test_benchmark_runs_on_a_tiny_shape(tmp_path):
     assert abs(twice - hpu) < 0.05 * hpu and hpu > 1.9 * steps["cp"]["median_written_bytes"] > 0
     # Synthesized data is removed unless --keep; the repository never receives any.
     assert not (tmp_path / "scratch" / "src-tiny").exists()
+
+
+def test_relayout_benchmark_runs_and_checks_every_implementation():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "relayout.py"), "--tiny", "--repeats", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| mlp") or line.startswith("| attention")]
+    assert len(rows) == 6  # three shapes, two directions
+    header = proc.stdout.splitlines()[0]
+    assert "numpy" in header and ("C (" in header) == (packing._native is not None)

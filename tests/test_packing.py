@@ -1,5 +1,9 @@
 """Packing primitives: hand-computed words, the peers' own packers, and round-trip properties."""
 
+import platform
+import shutil
+
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -192,14 +196,97 @@ def test_relayout_of_any_slot_order_equals_unpack_then_pack(order):
     assert torch.equal(packing.rowwise4_to_gptq(want, order), words)
 
 
-def test_relayout_works_in_chunks(monkeypatch):
+def test_numpy_relayout_works_in_chunks(monkeypatch):
     # A layer larger than one cache-sized chunk, with a ragged last chunk.
     monkeypatch.setattr(packing, "_CHUNK_WORDS", 24)
     g = torch.Generator().manual_seed(7)
     words = torch.randint(-(2**31), 2**31 - 1, (13, 32), generator=g, dtype=torch.int32)
     want = packing.pack(packing.unpack(words, 4, dim=0), 4, dim=1, slot_order=packing.AWQ_ORDER)
-    assert torch.equal(packing.gptq4_to_rowwise(words, packing.AWQ_ORDER), want)
-    assert torch.equal(packing.rowwise4_to_gptq(want, packing.AWQ_ORDER), words)
+    result = np.empty(want.numel(), dtype=np.int32)
+    packing.gptq4_to_rowwise_numpy(words.numpy(), packing.AWQ_ORDER, result)
+    assert np.array_equal(result.reshape(want.shape), want.numpy())
+    back = np.empty_like(words.numpy())
+    packing.rowwise4_to_gptq_numpy(want.numpy(), packing.AWQ_ORDER, back)
+    assert np.array_equal(back, words.numpy())
+
+
+def _relayouts() -> dict:
+    """Every implementation of the two re-layouts, as (to_rowwise, to_gptq) on numpy arrays."""
+    found = {"numpy": (packing.gptq4_to_rowwise_numpy, packing.rowwise4_to_gptq_numpy)}
+    native = packing._native
+    if native is not None:
+        found["c"] = _c_relayouts(native.gptq4_to_rowwise, native.rowwise4_to_gptq)
+        found["c-scalar"] = _c_relayouts(native.gptq4_to_rowwise_scalar, native.rowwise4_to_gptq_scalar)
+    return found
+
+
+def _c_relayouts(kernel_to_rowwise, kernel_to_gptq) -> tuple:
+    def to_rowwise(src, order, dst):  # src [in/8, out]
+        kernel_to_rowwise(src, dst, src.shape[0], src.shape[1] // 8, bytes(order))
+
+    def to_gptq(src, order, dst):  # src [in, out/8]
+        kernel_to_gptq(src, dst, src.shape[0] // 8, src.shape[1], bytes(order))
+
+    return to_rowwise, to_gptq
+
+
+RELAYOUTS = _relayouts()
+
+
+def test_the_c_relayout_is_built_where_a_compiler_is():
+    # Without it every conversion to AWQ or HPU silently takes the numpy version, several times slower.
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler here: the numpy re-layout is the expected one")
+    assert packing._native is not None, "woqconv/_relayout.c was not built: run `pip install -e .` again"
+    if platform.machine() in ("x86_64", "AMD64") and "avx2" in _cpu_flags():
+        assert packing._native.vector == "avx2"
+
+
+def _cpu_flags() -> str:
+    try:
+        return open("/proc/cpuinfo").read()
+    except OSError:
+        return ""
+
+
+@pytest.mark.parametrize("impl", sorted(RELAYOUTS))
+@pytest.mark.parametrize("order", [tuple(range(8)), packing.AWQ_ORDER, (3, 7, 0, 5, 1, 6, 2, 4)], ids=["sequential", "awq", "other"])
+def test_every_relayout_equals_unpack_then_pack(impl, order):
+    # Column counts around the vector width (8 blocks per step) exercise the C kernel's scalar tail.
+    to_rowwise, to_gptq = RELAYOUTS[impl]
+    g = torch.Generator().manual_seed(sum(order) + len(impl))
+    for rows, cols in ((1, 1), (2, 7), (3, 8), (1, 9), (4, 16), (5, 17), (2, 31), (6, 64)):
+        words = torch.randint(-(2**31), 2**31 - 1, (rows, cols * 8), generator=g, dtype=torch.int32)
+        want = packing.pack(packing.unpack(words, 4, dim=0), 4, dim=1, slot_order=order).numpy()
+        result = np.full(want.shape, 0x5A5A5A5A, dtype=np.int32)
+        to_rowwise(words.numpy(), order, result)
+        assert np.array_equal(result, want), (impl, rows, cols)
+        back = np.full((rows, cols * 8), 0x5A5A5A5A, dtype=np.int32)
+        to_gptq(want, order, back)
+        assert np.array_equal(back, words.numpy()), (impl, rows, cols)
+
+
+@pytest.mark.skipif(packing._native is None, reason="the C re-layout is not built")
+def test_c_relayout_refuses_bad_arguments_before_touching_memory():
+    native = packing._native
+    src = np.zeros((2, 16), dtype=np.int32)
+    dst = np.zeros(32, dtype=np.int32)
+    native.gptq4_to_rowwise(src, dst, 2, 2, bytes(range(8)))  # the right sizes pass
+    cases = [
+        ((src, np.zeros(31, np.int32), 2, 2, bytes(range(8))), "expected 128 bytes"),
+        ((src, dst, 2, 3, bytes(range(8))), "expected 192 bytes"),
+        ((src, dst, 2, 2, bytes(range(7))), "8 bytes"),
+        ((src, dst, 2, 2, bytes([0, 1, 2, 3, 4, 5, 6, 6])), "permutation"),
+        ((src, dst, 2, 2, bytes([0, 1, 2, 3, 4, 5, 6, 8])), "permutation"),
+        ((src, dst, -2, -2, bytes(range(8))), "negative"),
+    ]
+    for args, message in cases:
+        with pytest.raises(ValueError, match=message):
+            native.gptq4_to_rowwise(*args)
+    with pytest.raises(TypeError):  # read-only output
+        native.gptq4_to_rowwise(src, bytes(128), 2, 2, bytes(range(8)))
+    with pytest.raises((ValueError, BufferError)):  # not contiguous
+        native.rowwise4_to_gptq(np.zeros((4, 16), np.int32)[:, ::2], dst, 2, 2, bytes(range(8)))
 
 
 def test_reused_result_buffer_is_handed_out_once_per_block():

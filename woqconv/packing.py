@@ -22,6 +22,11 @@ import numpy as np
 
 from ._lazy import torch
 
+try:  # The same re-layouts in C (_relayout.c), built at install when a C compiler is present (setup.py).
+    from . import _relayout as _native
+except ImportError:  # no compiler at install: the numpy versions below, slower, the same bytes
+    _native = None
+
 # AutoAWQ's GEMM kernels read nibble k of a word as out-channel 8c + AWQ_ORDER[k]
 # (AutoAWQ awq/modules/linear/gemm.py); AWQ_REVERSE_ORDER is its inverse permutation.
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
@@ -311,12 +316,13 @@ _TRANSPOSE_STAGES = ((4, 16, 0x0000FFFF), (2, 8, 0x00FF00FF), (1, 4, 0x0F0F0F0F)
 # one thread (median of 5, torch ops): 13.2 ms at 32K words, 9.9 ms at 64K, 9.4 ms at 128K, 17.2 ms at 1M.
 _CHUNK_WORDS = 64 * 1024
 
-# The re-layouts run on numpy views of the tensors' memory, not on torch ops: each chunk is ~20 small
-# element-wise calls, and a numpy call costs a few microseconds where torch's dispatch costs tens.
-# One thread, median of 21, two interleaved runs each: a 512 x 11008 qweight to AWQ 10.0-10.7 ms
-# against 10.0-13.6 ms in torch; to AWQ and back 36-37 ms against 54 ms; 1376 x 4096 to AWQ and back
-# 39-42 ms against 58-67 ms. numpy releases the GIL in each call, as torch does; and the re-layout
-# itself needs no torch.
+# The re-layouts run in C (_relayout.c) when it was built, and on numpy views of the tensors' memory
+# otherwise; never on torch ops. In numpy each chunk is ~20 small element-wise calls, and a numpy call
+# costs a few microseconds where torch's dispatch costs tens. One thread, median of 21, two interleaved
+# runs each: a 512 x 11008 qweight to AWQ 10.0-10.7 ms against 10.0-13.6 ms in torch; to AWQ and back
+# 36-37 ms against 54 ms; 1376 x 4096 to AWQ and back 39-42 ms against 58-67 ms. The C kernel loads and
+# stores each word once: 512 x 11008 to AWQ in 2.9 ms (AVX2) or 7.3 ms (one block at a time) against
+# numpy's 14-16 ms, median of 7 (benchmarks/relayout.py). Both release the GIL, and need no torch.
 
 
 def _view(a: np.ndarray, *shape: int) -> np.ndarray:
@@ -429,10 +435,19 @@ def gptq4_to_rowwise(qweight: torch.Tensor, slot_order: tuple[int, ...] | None =
 def gptq4_to_rowwise_into(qweight: np.ndarray, slot_order: tuple[int, ...] | None, result: np.ndarray) -> None:
     """:func:`gptq4_to_rowwise` on numpy arrays, torch-free: C-contiguous int32 ``qweight`` [in/8, out]
     (out divisible by 8) re-laid out into ``result``, int32 with as many elements, any shape (contiguous).
-    For the process that re-lays out codes while the converter still imports torch (convert/ahead.py)."""
+    For the numpy-only conversion (convert/direct.py) and the re-layout process (convert/ahead.py)."""
+    rows, out = qweight.shape
+    order = slot_order or tuple(range(8))
+    if _native is not None:
+        _native.gptq4_to_rowwise(qweight, result, rows, out // 8, bytes(order))
+    else:
+        gptq4_to_rowwise_numpy(qweight, order, result)
+
+
+def gptq4_to_rowwise_numpy(qweight: np.ndarray, order: tuple[int, ...], result: np.ndarray) -> None:
+    """:func:`gptq4_to_rowwise_into` in numpy: the fallback where the C kernel was not built."""
     rows, out = qweight.shape
     cols = out // 8
-    order = slot_order or tuple(range(8))
     blocks = _view(qweight, rows, cols, 8)  # word k of block [r, c] is out-channel 8c + k
     words = _view(result, rows, 8, cols)  # [in/8, 8, out/8] is [in, out/8]
     chunk = _chunk_rows(rows, cols)
@@ -451,10 +466,23 @@ def rowwise4_to_gptq(qweight: torch.Tensor, slot_order: tuple[int, ...] | None =
     if qweight.dtype != torch.int32 or qweight.dim() != 2 or qweight.shape[0] % 8:
         raise ValueError(f"expected int32 [in, out/8] with in divisible by 8, got {qweight.dtype} {list(qweight.shape)}")
     in_features, cols = qweight.shape
-    rows = in_features // 8
     order = slot_order or tuple(range(8))
-    src = qweight.contiguous().numpy().reshape(rows, 8, cols)  # [r, i, c]: in-channel 8r + i
-    result = np.empty((rows, cols, 8), dtype=np.int32)
+    src = qweight.contiguous().numpy()
+    result = np.empty((in_features // 8, cols * 8), dtype=np.int32)
+    if _native is not None:
+        _native.rowwise4_to_gptq(src, result, in_features // 8, cols, bytes(order))
+    else:
+        rowwise4_to_gptq_numpy(src, order, result)
+    return torch.from_numpy(result)
+
+
+def rowwise4_to_gptq_numpy(qweight: np.ndarray, order: tuple[int, ...], result: np.ndarray) -> None:
+    """:func:`rowwise4_to_gptq` in numpy, from C-contiguous int32 ``qweight`` [in, out/8] into ``result``
+    [in/8, out]: the fallback where the C kernel was not built."""
+    in_features, cols = qweight.shape
+    rows = in_features // 8
+    src = _view(qweight, rows, 8, cols)  # [r, i, c]: in-channel 8r + i
+    blocks = _view(result, rows, cols, 8)
     chunk = _chunk_rows(rows, cols)
     w = np.empty((8, chunk, cols), dtype=np.int32)
     scratch = np.empty((4, chunk, cols), dtype=np.int32)
@@ -463,5 +491,4 @@ def rowwise4_to_gptq(qweight: torch.Tensor, slot_order: tuple[int, ...] | None =
         wn = w[:, :n]
         np.copyto(wn, src[r0 : r0 + n].transpose(1, 0, 2))
         _transpose_nibble_blocks(wn, scratch[:, :n])  # wn[k]: out-channel 8c + order[k], nibble i = in 8r + i
-        _scatter_slots(wn, order, result[r0 : r0 + n])
-    return torch.from_numpy(result.reshape(rows, cols * 8))
+        _scatter_slots(wn, order, blocks[r0 : r0 + n])

@@ -2,7 +2,7 @@
 
 Importing torch costs 1.5 s of CPU here, as long as copying a whole 7B checkpoint, and for these
 targets nothing needs it: the output is the source's qweight copied (GPTQ targets) or re-laid out
-(``packing.gptq4_to_rowwise_into``, numpy), its qzeros copied or shifted by one per field (v1 <-> v2) or
+(``packing.gptq4_to_rowwise_into``: C, or numpy), its qzeros copied or shifted by one per field (v1 <-> v2) or
 re-packed in AWQ's order, and every other tensor copied. What the plan checks (geometry, finite scales,
 g_idx range and class, the zero points' convention and symmetry) is what inspect's numpy scan reads
 (numpy_scan.py), decided by the same functions as the torch scan.
