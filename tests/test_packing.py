@@ -283,6 +283,12 @@ def test_c_relayout_refuses_bad_arguments_before_touching_memory():
     for args, message in cases:
         with pytest.raises(ValueError, match=message):
             native.gptq4_to_rowwise(*args)
+    words = np.zeros(64, dtype=np.int32)
+    with pytest.raises(ValueError, match="overlap"):
+        native.gptq4_to_rowwise(words[:32], words[16:48], 2, 2, bytes(range(8)))
+    unaligned = np.zeros(129, dtype=np.uint8)[1:]
+    with pytest.raises(ValueError, match="aligned"):
+        native.gptq4_to_rowwise(unaligned, dst, 2, 2, bytes(range(8)))
     with pytest.raises(TypeError):  # read-only output
         native.gptq4_to_rowwise(src, bytes(128), 2, 2, bytes(range(8)))
     with pytest.raises((ValueError, BufferError)):  # not contiguous

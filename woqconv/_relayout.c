@@ -225,6 +225,15 @@ static PyObject *run(PyObject *args, scalar_fn scalar, vector_fn vector, int all
         PyErr_SetString(PyExc_ValueError, "buffers must be C-contiguous");
         goto done;
     }
+    if ((uintptr_t)src.buf % 4 || (uintptr_t)dst.buf % 4) { /* read and written as uint32_t */
+        PyErr_SetString(PyExc_ValueError, "buffers must be aligned to 4 bytes");
+        goto done;
+    }
+    /* Blocks are read after others are written: an output over its own input would read written words. */
+    if (bytes && (const char *)src.buf < (const char *)dst.buf + bytes && (const char *)dst.buf < (const char *)src.buf + bytes) {
+        PyErr_SetString(PyExc_ValueError, "the output must not overlap the input");
+        goto done;
+    }
     uint8_t ord[8];
     memcpy(ord, order.buf, 8);
     Py_BEGIN_ALLOW_THREADS
