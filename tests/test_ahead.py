@@ -2,8 +2,15 @@
 files while the converter imports torch and plans (the torch path) must leave exactly the bytes a conversion without them
 writes (and AutoRound's own AWQ export's codes), whatever goes wrong with them, and nothing on refusal."""
 
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
+import numpy as np
 import pytest
 import torch
 from conftest import fixture_path
@@ -13,6 +20,7 @@ from safetensors.torch import load_file
 import woqconv
 from woqconv.convert import ahead, direct, head_start
 from woqconv.errors import RefusedConversion
+from woqconv.packing import AWQ_ORDER
 from woqconv.safetensors_io import SafetensorsWriter, TensorSpec
 
 GPTQ = "ar-g128-asym-auto_gptq"
@@ -163,3 +171,46 @@ def test_a_worker_that_cannot_start_stops_the_one_that_did(tmp_path, monkeypatch
     assert not any(held)
     _without_ahead(fixture_path(GPTQ), tmp_path / "without", monkeypatch)
     assert _files(tmp_path / "with") == _files(tmp_path / "without")
+
+
+def test_a_worker_stops_soon_after_its_converter_is_killed(tmp_path):
+    # A SIGKILLed converter cannot stop its workers. Each worker reports every job on a pipe to the
+    # converter, so its next report fails (EPIPE) and it exits instead of re-laying out the rest.
+    src, out = tmp_path / "src.safetensors", tmp_path / "out.bin"
+    words = np.random.default_rng(0).integers(-(2**31), 2**31, size=(512, 11008), dtype=np.int64).astype(np.int32)
+    writer = SafetensorsWriter(src, [TensorSpec("w", "I32", words.shape)])
+    writer.write_array("w", words)
+    writer.close()
+    out.write_bytes(b"\0" * words.nbytes)
+    jobs = [[i, str(src), "w", str(out), 0, list(AWQ_ORDER)] for i in range(2000)]  # ~40 s of work
+    converter = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import subprocess, sys, time\n"
+            f"w = subprocess.Popen([sys.executable, '-m', {ahead.WORKER_MODULE!r}], stdin=subprocess.PIPE, stdout=subprocess.PIPE)\n"
+            "w.stdin.write(sys.stdin.buffer.read()); w.stdin.close()\n"
+            "print(w.pid, flush=True); w.stdout.readline(); print('first job done', flush=True); time.sleep(120)\n"
+        )],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    converter.stdin.write(json.dumps(jobs))
+    converter.stdin.close()
+    worker_pid = int(converter.stdout.readline())
+    assert converter.stdout.readline().strip() == "first job done"
+    os.kill(converter.pid, signal.SIGKILL)
+    converter.wait()
+    deadline = time.monotonic() + 10
+    while _running(worker_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        assert not _running(worker_pid), "the worker kept re-laying out after its converter was killed"
+    finally:
+        if _running(worker_pid):
+            os.kill(worker_pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # a zombie no one reaps has stopped
+    except FileNotFoundError:
+        return False
