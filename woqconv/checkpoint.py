@@ -84,6 +84,8 @@ class Checkpoint:
     index: dict | None  # parsed model.safetensors.index.json, if sharded
     other_files: list[str] = field(default_factory=list)  # relative paths copied as they are
     container: str = "safetensors"  # "safetensors", "inc-pt" (quantized_weight.pt), "hpu-cache" or "openvino-ir"
+    # Weight files, their index and config.json as they were when opened (see changed_files).
+    identities: dict[str, tuple[int, int, int, int] | None] = field(default_factory=dict)
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, hpu_cache: bool = False) -> "Checkpoint":
@@ -122,7 +124,14 @@ class Checkpoint:
             if rel in weight_files or not p.is_file() or rel.startswith("."):
                 continue
             others.append(rel)
-        return cls(root, config, shards, locations, index, others, container)
+        identities = {rel: _identity(root / rel) for rel in sorted(weight_files | {CONFIG_NAME}) if (root / rel).exists()}
+        return cls(root, config, shards, locations, index, others, container, identities)
+
+    def changed_files(self) -> list[str]:
+        """The weight files, index and config.json that are no longer what they were when opened: written
+        to (size or modification time), replaced (another inode) or removed. A conversion checks this before
+        its output appears, because one that read a file while it was rewritten holds parts of two versions."""
+        return [rel for rel, identity in self.identities.items() if _identity(self.root / rel) != identity]
 
     # -- tensors -----------------------------------------------------------------------------
 
@@ -169,6 +178,14 @@ def weights_container(path: str | os.PathLike) -> str:
     """What holds a checkpoint directory's weights, from its file names alone (no weight file is opened):
     "safetensors", "inc-pt", "hpu-cache" or "openvino-ir". Checks and raises as :meth:`Checkpoint.open` does."""
     return _weight_files(_checked_root(path))[3]
+
+
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _checked_root(path: str | os.PathLike) -> Path:

@@ -8,7 +8,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..checkpoint import Checkpoint
 from ..compute import compute_threads, default_workers
+from ..errors import FormatError
 from ..source import open_checkpoint
 from . import direct, head_start
 from .output import check_output, commit_partial, discard_partial, start_partial, write_error
@@ -203,7 +205,7 @@ def _convert(src_path: Path, out_path: Path, to: str, start: float, head: head_s
                 return write_openvino(plan, partial, tick)
             return write_plan(plan, partial, tick, workers=workers, head_start=head)
 
-        written = _write_atomically(out_path, head, warnings, total, progress, write)
+        written = _write_atomically(out_path, head, warnings, total, progress, write, source.ckpt)
         return _report(plan, out_path, total, written, time.perf_counter() - start, False, warnings)
 
 
@@ -215,7 +217,7 @@ def _convert_direct(plan: direct.DirectPlan, src_path: Path, out_path: Path, sta
     written = 0
     if not dry_run:
         written = _write_atomically(out_path, head, warnings, total, progress,
-                                    lambda partial, tick: direct.write_direct(plan, partial, tick, workers, head))
+                                    lambda partial, tick: direct.write_direct(plan, partial, tick, workers, head), plan.ckpt)
     return ConvertReport(
         source=str(plan.ckpt.root), output=str(out_path), source_format=plan.format_name, target=plan.to,
         layers_converted=len(plan.layers), lossless=True, layer_changes=plan.layer_changes,
@@ -226,9 +228,10 @@ def _convert_direct(plan: direct.DirectPlan, src_path: Path, out_path: Path, sta
 
 
 def _write_atomically(out_path: Path, head, warnings: list[str], total: int, progress: Callable[[int, int], None] | None,
-                      write: Callable[[Path, Callable[[int], None]], int]) -> int:
+                      write: Callable[[Path, Callable[[int], None]], int], source: Checkpoint) -> int:
     """Run ``write(partial, tick)`` into the hidden partial directory (the head start's, or a new one) and
-    rename it into place; on any failure stop the head start and remove what was written. Returns bytes written."""
+    rename it into place unless a file of ``source`` changed meanwhile; on any failure stop the head start
+    and remove what was written. Returns bytes written."""
     if head is not None:
         partial, cleaned = head.partial, head.cleaned
     else:
@@ -247,6 +250,11 @@ def _write_atomically(out_path: Path, head, warnings: list[str], total: int, pro
         written = write(partial, tick)
         if head is not None:
             head.stop()  # every copy is finished (the writer waited for each): join the thread
+        changed = source.changed_files()
+        if changed:
+            more = f" (and {counted(len(changed) - 1, 'other file')})" if len(changed) > 1 else ""
+            raise FormatError(f"changed while it was being converted{more}: the output could mix two versions, so nothing "
+                              "was written", file=source.root / changed[0])
         commit_partial(partial, out_path)
     except BaseException as e:
         if head is not None:
