@@ -30,22 +30,23 @@
         (a) ^= t_ << (s);                         \
     } while (0)
 
-/* Transposes the 8x8 nibble matrix held in w[0..7]: nibble i of word k <-> nibble k of word i.
+/* One delta-swap stage on four word pairs. */
+#define STAGE(SW, s, m, a0, b0, a1, b1, a2, b2, a3, b3) \
+    do {                                                 \
+        SW(a0, b0, s, m);                                \
+        SW(a1, b1, s, m);                                \
+        SW(a2, b2, s, m);                                \
+        SW(a3, b3, s, m);                                \
+    } while (0)
+
+/* Transposes the 8x8 nibble matrix held in w0..w7: nibble i of word k <-> nibble k of word i (16-bit
+ * halves between words 4 apart, then bytes between words 2 apart, then nibbles between neighbours).
  * It is its own inverse. */
-#define TRANSPOSE_NIBBLES(SW, w0, w1, w2, w3, w4, w5, w6, w7) \
-    do {                                                       \
-        SW(w0, w4, 16, 0x0000FFFFu);                           \
-        SW(w1, w5, 16, 0x0000FFFFu);                           \
-        SW(w2, w6, 16, 0x0000FFFFu);                           \
-        SW(w3, w7, 16, 0x0000FFFFu);                           \
-        SW(w0, w2, 8, 0x00FF00FFu);                            \
-        SW(w1, w3, 8, 0x00FF00FFu);                            \
-        SW(w4, w6, 8, 0x00FF00FFu);                            \
-        SW(w5, w7, 8, 0x00FF00FFu);                            \
-        SW(w0, w1, 4, 0x0F0F0F0Fu);                            \
-        SW(w2, w3, 4, 0x0F0F0F0Fu);                            \
-        SW(w4, w5, 4, 0x0F0F0F0Fu);                            \
-        SW(w6, w7, 4, 0x0F0F0F0Fu);                            \
+#define TRANSPOSE_NIBBLES(SW, w0, w1, w2, w3, w4, w5, w6, w7)                  \
+    do {                                                                       \
+        STAGE(SW, 16, 0x0000FFFFu, w0, w4, w1, w5, w2, w6, w3, w7);            \
+        STAGE(SW, 8, 0x00FF00FFu, w0, w2, w1, w3, w4, w6, w5, w7);             \
+        STAGE(SW, 4, 0x0F0F0F0Fu, w0, w1, w2, w3, w4, w5, w6, w7);             \
     } while (0)
 
 /* One block, GPTQ -> row-wise. `block` is GPTQ's 8 words, `out` the block's first row-wise word. */
@@ -261,29 +262,17 @@ done:
 #define VECTOR(f) NULL
 #endif
 
-static PyObject *gptq4_to_rowwise(PyObject *self, PyObject *args)
-{
-    (void)self;
-    return run(args, to_rowwise_scalar, VECTOR(to_rowwise_avx2), 1);
-}
-
-static PyObject *rowwise4_to_gptq(PyObject *self, PyObject *args)
-{
-    (void)self;
-    return run(args, to_gptq_scalar, VECTOR(to_gptq_avx2), 1);
-}
-
-static PyObject *gptq4_to_rowwise_scalar(PyObject *self, PyObject *args)
-{
-    (void)self;
-    return run(args, to_rowwise_scalar, VECTOR(to_rowwise_avx2), 0);
-}
-
-static PyObject *rowwise4_to_gptq_scalar(PyObject *self, PyObject *args)
-{
-    (void)self;
-    return run(args, to_gptq_scalar, VECTOR(to_gptq_avx2), 0);
-}
+/* The module's four functions: each direction, with and without the vector path. */
+#define ENTRY(name, scalar, vector, allow_vector)                  \
+    static PyObject *name(PyObject *self, PyObject *args)          \
+    {                                                              \
+        (void)self;                                                \
+        return run(args, scalar, VECTOR(vector), allow_vector);    \
+    }
+ENTRY(gptq4_to_rowwise, to_rowwise_scalar, to_rowwise_avx2, 1)
+ENTRY(rowwise4_to_gptq, to_gptq_scalar, to_gptq_avx2, 1)
+ENTRY(gptq4_to_rowwise_scalar, to_rowwise_scalar, to_rowwise_avx2, 0)
+ENTRY(rowwise4_to_gptq_scalar, to_gptq_scalar, to_gptq_avx2, 0)
 
 static PyMethodDef methods[] = {
     {"gptq4_to_rowwise", gptq4_to_rowwise, METH_VARARGS,
