@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
+from conftest import fixture_path
 from hypothesis import strategies as st
 
+import woqconv
 from woqconv import packing
 from woqconv.ir import all_finite
 
@@ -325,3 +327,17 @@ def test_all_finite_matches_isfinite(dtype):
         y = x.clone()
         y[4000] = bad
         assert not all_finite(y)
+
+
+@pytest.mark.skipif(packing._native is None, reason="the C re-layout is not built: conversions already use numpy")
+@pytest.mark.parametrize("src, to", [("ar-g128-asym-auto_gptq", "awq"), ("ar-g128-asym-auto_gptq", "hpu"), ("ar-g32-asym-auto_awq", "gptq")])
+def test_conversions_write_the_same_bytes_without_the_c_relayout(src, to, tmp_path, monkeypatch):
+    # A machine without a C compiler at install converts with the numpy re-layout: same files, byte for byte.
+    # GPTQ -> awq takes the numpy-only path, -> hpu the torch path (its Gaudi cache), AWQ -> gptq the inverse.
+    woqconv.convert(fixture_path(src), tmp_path / "c", to=to, allow_bf16=True)
+    monkeypatch.setattr(packing, "_native", None)
+    woqconv.convert(fixture_path(src), tmp_path / "numpy", to=to, allow_bf16=True)
+    files = sorted(p.name for p in (tmp_path / "c").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "numpy").iterdir()) and "model.safetensors" in files
+    for name in files:
+        assert (tmp_path / "c" / name).read_bytes() == (tmp_path / "numpy" / name).read_bytes(), name
