@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
 from conftest import fixture_path
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import woqconv
