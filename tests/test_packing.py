@@ -274,6 +274,8 @@ def test_c_relayout_refuses_bad_arguments_before_touching_memory():
     src = np.zeros((2, 16), dtype=np.int32)
     dst = np.zeros(32, dtype=np.int32)
     native.gptq4_to_rowwise(src, dst, 2, 2, bytes(range(8)))  # the right sizes pass
+    empty = np.zeros(0, dtype=np.int32)
+    native.gptq4_to_rowwise(empty, empty.copy(), 2**62, 0, bytes(range(8)))  # no words: returns at once
     cases = [
         ((src, np.zeros(31, np.int32), 2, 2, bytes(range(8))), "expected 128 bytes"),
         ((src, dst, 2, 3, bytes(range(8))), "expected 192 bytes"),
@@ -341,3 +343,12 @@ def test_conversions_write_the_same_bytes_without_the_c_relayout(src, to, tmp_pa
     assert files == sorted(p.name for p in (tmp_path / "numpy").iterdir()) and "model.safetensors" in files
     for name in files:
         assert (tmp_path / "c" / name).read_bytes() == (tmp_path / "numpy" / name).read_bytes(), name
+
+
+def test_a_slot_order_that_is_not_a_permutation_is_refused():
+    words = torch.zeros((2, 16), dtype=torch.int32)
+    for order in ((0, 1, 2, 3, 4, 5, 6, 6), (0, 1, 2, 3, 4, 5, 6), (1, 2, 3, 4, 5, 6, 7, 8)):
+        with pytest.raises(ValueError, match="permutation"):
+            packing.gptq4_to_rowwise(words, order)
+        with pytest.raises(ValueError, match="permutation"):
+            packing.rowwise4_to_gptq(torch.zeros((16, 2), dtype=torch.int32), order)

@@ -84,3 +84,31 @@ def test_inc_weights_changed_during_conversion_at_the_cli(tmp_path, monkeypatch)
     assert r.returncode == 2
     assert r.stderr.strip() == f"woqconv: error: {pt}: changed while it was being converted: the output could mix two versions, so nothing was written"
     assert not (tmp_path / "out").exists()
+
+
+def test_weights_changed_before_the_torch_path_opens_them_give_no_output(tmp_path, monkeypatch):
+    # The head start copies shards before the torch path opens the checkpoint (head_start.py): the
+    # files' identities are taken when convert() is called, before either reads anything.
+    monkeypatch.setattr(direct, "ENABLED", False)
+    src = tmp_path / "src"
+    shutil.copytree(fixture_path(GPTQ), src)
+    open_checkpoint = CONVERT.open_checkpoint
+
+    def change_then_open(*args, **kwargs):
+        _touch_in_place(src / "model.safetensors")
+        return open_checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(CONVERT, "open_checkpoint", change_then_open)
+    with pytest.raises(FormatError, match="model.safetensors: changed while it was being converted"):
+        woqconv.convert(src, tmp_path / "out", to="gptq-v2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_a_quantization_config_changed_during_conversion_gives_no_output(tmp_path, monkeypatch):
+    # quantization_config.json decides bits, group size and the zero points' convention as much as config.json.
+    src = tmp_path / "src"
+    shutil.copytree(fixture_path(GPTQ), src)
+    _during_write(monkeypatch, lambda: _replace(src / "quantization_config.json"))
+    with pytest.raises(FormatError, match="quantization_config.json: changed while it was being converted"):
+        woqconv.convert(src, tmp_path / "out", to="awq")
+    assert not (tmp_path / "out").exists()

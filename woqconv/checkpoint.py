@@ -10,7 +10,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
@@ -84,8 +84,6 @@ class Checkpoint:
     index: dict | None  # parsed model.safetensors.index.json, if sharded
     other_files: list[str] = field(default_factory=list)  # relative paths copied as they are
     container: str = "safetensors"  # "safetensors", "inc-pt" (quantized_weight.pt), "hpu-cache" or "openvino-ir"
-    # Weight files, their index and config.json as they were when opened (see changed_files).
-    identities: dict[str, tuple[int, int, int, int] | None] = field(default_factory=dict)
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, hpu_cache: bool = False) -> "Checkpoint":
@@ -124,14 +122,7 @@ class Checkpoint:
             if rel in weight_files or not p.is_file() or rel.startswith("."):
                 continue
             others.append(rel)
-        identities = {rel: _identity(root / rel) for rel in sorted(weight_files | {CONFIG_NAME}) if (root / rel).exists()}
-        return cls(root, config, shards, locations, index, others, container, identities)
-
-    def changed_files(self) -> list[str]:
-        """The weight files, index and config.json that are no longer what they were when opened: written
-        to (size or modification time), replaced (another inode) or removed. A conversion checks this before
-        its output appears, because one that read a file while it was rewritten holds parts of two versions."""
-        return [rel for rel, identity in self.identities.items() if _identity(self.root / rel) != identity]
+        return cls(root, config, shards, locations, index, others, container)
 
     # -- tensors -----------------------------------------------------------------------------
 
@@ -180,12 +171,37 @@ def weights_container(path: str | os.PathLike) -> str:
     return _weight_files(_checked_root(path))[3]
 
 
-def _identity(path: Path) -> tuple[int, int, int, int] | None:
+FileIdentity = tuple[int, int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns
+
+
+def file_identities(path: str | os.PathLike) -> dict[str, FileIdentity]:
+    """Every regular file under the directory ``path`` (hidden ones aside, links followed) by relative name,
+    with what changes when it is written to (size, modification or change time) or replaced (device, inode).
+    Taken before a conversion reads anything, and compared by :func:`changed_files` before its output appears."""
+    root = Path(path)
+    found = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if not rel.startswith(".") and "/." not in rel and (identity := _identity(p)) is not None:
+            found[rel] = identity
+    return found
+
+
+def changed_files(path: str | os.PathLike, before: Mapping[str, FileIdentity]) -> list[str]:
+    """The files of ``before`` that are no longer what they were: written to, replaced or removed. A
+    conversion that read a file while it was being rewritten could hold parts of two versions of it."""
+    root = Path(path)
+    return [rel for rel, identity in before.items() if _identity(root / rel) != identity]
+
+
+def _identity(path: Path) -> FileIdentity | None:
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _checked_root(path: str | os.PathLike) -> Path:

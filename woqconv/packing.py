@@ -417,6 +417,15 @@ def _result_words(count: int) -> np.ndarray:
     return buffer[:count]
 
 
+def _checked_order(slot_order: tuple[int, ...] | None) -> tuple[int, ...]:
+    """A word's 8 slots as out-channel offsets; the C kernel refuses anything but a permutation of 0..7,
+    and the numpy version must too (it would write a word with one channel twice and another never)."""
+    order = tuple(slot_order) if slot_order is not None else tuple(range(8))
+    if sorted(order) != list(range(8)):
+        raise ValueError(f"slot order must be a permutation of 0..7, got {order}")
+    return order
+
+
 def gptq4_to_rowwise(qweight: torch.Tensor, slot_order: tuple[int, ...] | None = None) -> torch.Tensor:
     """GPTQ 4-bit qweight ``[in/8, out]`` -> codes packed along out_features, ``[in, out/8]``.
 
@@ -437,7 +446,7 @@ def gptq4_to_rowwise_into(qweight: np.ndarray, slot_order: tuple[int, ...] | Non
     (out divisible by 8) re-laid out into ``result``, int32 with as many elements, any shape (contiguous).
     For the numpy-only conversion (convert/direct.py) and the re-layout process (convert/ahead.py)."""
     rows, out = qweight.shape
-    order = slot_order or tuple(range(8))
+    order = _checked_order(slot_order)
     if _native is not None:
         _native.gptq4_to_rowwise(qweight, result, rows, out // 8, bytes(order))
     else:
@@ -466,7 +475,7 @@ def rowwise4_to_gptq(qweight: torch.Tensor, slot_order: tuple[int, ...] | None =
     if qweight.dtype != torch.int32 or qweight.dim() != 2 or qweight.shape[0] % 8:
         raise ValueError(f"expected int32 [in, out/8] with in divisible by 8, got {qweight.dtype} {list(qweight.shape)}")
     in_features, cols = qweight.shape
-    order = slot_order or tuple(range(8))
+    order = _checked_order(slot_order)
     src = qweight.contiguous().numpy()
     result = np.empty((in_features // 8, cols * 8), dtype=np.int32)
     if _native is not None:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..checkpoint import Checkpoint
+from ..checkpoint import FileIdentity, changed_files, file_identities
 from ..compute import compute_threads, default_workers
 from ..errors import FormatError
 from ..source import open_checkpoint
@@ -159,6 +159,9 @@ def convert(
         raise ValueError(f"workers must be at least 1, got {workers}")
     start = time.perf_counter()
     src_path, out_path = Path(src), Path(out)
+    # Before anything reads the source (the head start and the numpy plan begin at once): a file written to
+    # or replaced from here on fails the conversion instead of mixing two versions into its output.
+    source_files = file_identities(src_path) if src_path.is_dir() else {}
     # Plain GPTQ to gptq / gptq-v2 / inc-hf / awq is planned and written with numpy alone (direct.py); its
     # plan takes 0.1-0.3 s at 7B, so it is made before anything else starts.
     fast = direct.plan_direct(src_path, to, zero_point_convention) if requantize is None and not double_quant else None
@@ -171,9 +174,9 @@ def convert(
         head = None if dry_run else head_start.start(src_path, out_path, to, overwrite, workers=workers, requantize=requantize,
                                                      relayout=fast is None)
         if fast is not None:
-            return _convert_direct(fast, src_path, out_path, start, head, overwrite=overwrite, dry_run=dry_run, progress=progress,
-                                   workers=workers)
-        return _convert(src_path, out_path, to, start, head, overwrite=overwrite, dry_run=dry_run, allow_bf16=allow_bf16,
+            return _convert_direct(fast, src_path, out_path, start, head, source_files, overwrite=overwrite, dry_run=dry_run,
+                                   progress=progress, workers=workers)
+        return _convert(src_path, out_path, to, start, head, source_files, overwrite=overwrite, dry_run=dry_run, allow_bf16=allow_bf16,
                         requantize=requantize, double_quant=double_quant, zero_point_convention=zero_point_convention,
                         progress=progress, workers=workers)
     finally:
@@ -184,7 +187,8 @@ def convert(
             discard_partial(head.partial)  # nothing left once committed; else the unfinished output
 
 
-def _convert(src_path: Path, out_path: Path, to: str, start: float, head: head_start.HeadStart | head_start.Ahead | None, *, overwrite: bool,
+def _convert(src_path: Path, out_path: Path, to: str, start: float, head: head_start.HeadStart | head_start.Ahead | None,
+             source_files: dict[str, FileIdentity], *, overwrite: bool,
              dry_run: bool, allow_bf16: bool, requantize: str | None, double_quant: bool, zero_point_convention: str,
              progress: Callable[[int, int], None] | None, workers: int) -> ConvertReport:
     with compute_threads(workers), open_checkpoint(src_path, zero_point_convention=zero_point_convention, workers=workers,
@@ -205,11 +209,12 @@ def _convert(src_path: Path, out_path: Path, to: str, start: float, head: head_s
                 return write_openvino(plan, partial, tick)
             return write_plan(plan, partial, tick, workers=workers, head_start=head)
 
-        written = _write_atomically(out_path, head, warnings, total, progress, write, source.ckpt)
+        written = _write_atomically(out_path, head, warnings, total, progress, write, src_path, source_files)
         return _report(plan, out_path, total, written, time.perf_counter() - start, False, warnings)
 
 
-def _convert_direct(plan: direct.DirectPlan, src_path: Path, out_path: Path, start: float, head, *, overwrite: bool, dry_run: bool,
+def _convert_direct(plan: direct.DirectPlan, src_path: Path, out_path: Path, start: float, head, source_files: dict[str, FileIdentity], *,
+                    overwrite: bool, dry_run: bool,
                     progress: Callable[[int, int], None] | None, workers: int) -> ConvertReport:
     check_output(src_path, out_path, overwrite=overwrite)
     total = source_bytes(plan.ckpt, plan.copied_files)
@@ -217,7 +222,7 @@ def _convert_direct(plan: direct.DirectPlan, src_path: Path, out_path: Path, sta
     written = 0
     if not dry_run:
         written = _write_atomically(out_path, head, warnings, total, progress,
-                                    lambda partial, tick: direct.write_direct(plan, partial, tick, workers, head), plan.ckpt)
+                                    lambda partial, tick: direct.write_direct(plan, partial, tick, workers, head), src_path, source_files)
     return ConvertReport(
         source=str(plan.ckpt.root), output=str(out_path), source_format=plan.format_name, target=plan.to,
         layers_converted=len(plan.layers), lossless=True, layer_changes=plan.layer_changes,
@@ -228,10 +233,10 @@ def _convert_direct(plan: direct.DirectPlan, src_path: Path, out_path: Path, sta
 
 
 def _write_atomically(out_path: Path, head, warnings: list[str], total: int, progress: Callable[[int, int], None] | None,
-                      write: Callable[[Path, Callable[[int], None]], int], source: Checkpoint) -> int:
+                      write: Callable[[Path, Callable[[int], None]], int], src_path: Path, source_files: dict[str, FileIdentity]) -> int:
     """Run ``write(partial, tick)`` into the hidden partial directory (the head start's, or a new one) and
-    rename it into place unless a file of ``source`` changed meanwhile; on any failure stop the head start
-    and remove what was written. Returns bytes written."""
+    rename it into place unless a file of ``source_files`` changed meanwhile; on any failure stop the head
+    start and remove what was written. Returns bytes written."""
     if head is not None:
         partial, cleaned = head.partial, head.cleaned
     else:
@@ -250,11 +255,11 @@ def _write_atomically(out_path: Path, head, warnings: list[str], total: int, pro
         written = write(partial, tick)
         if head is not None:
             head.stop()  # every copy is finished (the writer waited for each): join the thread
-        changed = source.changed_files()
+        changed = changed_files(src_path, source_files)
         if changed:
             more = f" (and {counted(len(changed) - 1, 'other file')})" if len(changed) > 1 else ""
             raise FormatError(f"changed while it was being converted{more}: the output could mix two versions, so nothing "
-                              "was written", file=source.root / changed[0])
+                              "was written", file=src_path / changed[0])
         commit_partial(partial, out_path)
     except BaseException as e:
         if head is not None:
