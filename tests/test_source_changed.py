@@ -66,12 +66,14 @@ def test_weights_changed_during_conversion_give_no_output(numpy_path, how, tmp_p
     assert (out / "model.safetensors").exists()
 
 
-def test_config_changed_during_conversion_gives_no_output(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name, how, to", [("config.json", _touch_in_place, "gptq-v2"), ("quantization_config.json", _replace, "awq")])
+def test_a_config_changed_during_conversion_gives_no_output(name, how, to, tmp_path, monkeypatch):
+    # quantization_config.json decides bits, group size and the zero points' convention as much as config.json.
     src = tmp_path / "src"
     shutil.copytree(fixture_path(GPTQ), src)
-    _during_write(monkeypatch, lambda: _touch_in_place(src / "config.json"))
-    with pytest.raises(FormatError, match="config.json: changed while it was being converted"):
-        woqconv.convert(src, tmp_path / "out", to="gptq-v2")
+    _during_write(monkeypatch, lambda: how(src / name))
+    with pytest.raises(FormatError, match=f"{name}: changed while it was being converted"):
+        woqconv.convert(src, tmp_path / "out", to=to)
     assert not (tmp_path / "out").exists()
 
 
@@ -102,13 +104,3 @@ def test_weights_changed_before_the_torch_path_opens_them_give_no_output(tmp_pat
     with pytest.raises(FormatError, match="model.safetensors: changed while it was being converted"):
         woqconv.convert(src, tmp_path / "out", to="gptq-v2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
-
-
-def test_a_quantization_config_changed_during_conversion_gives_no_output(tmp_path, monkeypatch):
-    # quantization_config.json decides bits, group size and the zero points' convention as much as config.json.
-    src = tmp_path / "src"
-    shutil.copytree(fixture_path(GPTQ), src)
-    _during_write(monkeypatch, lambda: _replace(src / "quantization_config.json"))
-    with pytest.raises(FormatError, match="quantization_config.json: changed while it was being converted"):
-        woqconv.convert(src, tmp_path / "out", to="awq")
-    assert not (tmp_path / "out").exists()
