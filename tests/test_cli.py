@@ -12,6 +12,7 @@ import pytest
 import torch
 from cli_in_process import run_cli
 from conftest import fixture_path
+from rich.console import Console
 from safetensors.torch import load_file, save_file
 
 BASE = "ar-g32-asym-auto_gptq"
@@ -249,3 +250,13 @@ def test_changes_that_count_something_are_one_line_summed_over_layers():
         "32 layers: trivial g_idx dropped",
         f"32 layers: {sum(21636 + i for i in range(32))} {zero}",
     ]
+
+
+def test_the_progress_bar_is_drawn_on_a_terminal_only(tmp_path, monkeypatch):
+    # Anywhere else (a pipe, a log file) rich cannot redraw it, and a transient bar would leave an empty line
+    # on stderr: a successful conversion prints nothing there, and an error stays one line.
+    r = run_cli("convert", fixture_path(BASE), "-o", tmp_path / "piped", "--to", "awq")
+    assert r.returncode == 0 and r.stderr == "" and "lossless" in r.stdout
+    monkeypatch.setattr(Console, "is_terminal", property(lambda self: True))
+    r = run_cli("convert", fixture_path(BASE), "-o", tmp_path / "terminal", "--to", "awq")
+    assert r.returncode == 0 and "converting" in r.stderr, r.stderr

@@ -84,7 +84,7 @@ def test_inc_weights_changed_during_conversion_at_the_cli(tmp_path, monkeypatch)
     _during_write(monkeypatch, lambda: _replace(pt))
     r = run_cli("convert", src, "-o", tmp_path / "out", "--to", "inc-hf")
     assert r.returncode == 2
-    assert r.stderr.strip() == f"woqconv: error: {pt}: changed while it was being converted: the output could mix two versions, so nothing was written"
+    assert r.stderr == f"woqconv: error: {pt}: changed while it was being converted: the output could mix two versions, so nothing was written\n"
     assert not (tmp_path / "out").exists()
 
 

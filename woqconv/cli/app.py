@@ -143,7 +143,9 @@ def convert(
     quiet_all = quiet or fmt is OutputFormat.json
     show_progress = not quiet_all and not dry_run
     with mapped_errors(), hub_commands.source(src, revision=revision, push_to_hub=push_to_hub, push_revision=push_revision, create_pr=create_pr, quiet=quiet_all) as (local_src, hub_src):
-        bar = _LazyProgress(Console(stderr=True)) if show_progress else None
+        errors = Console(stderr=True)
+        # Only on a terminal: elsewhere rich cannot redraw the bar, and a transient one leaves an empty line.
+        bar = _LazyProgress(errors) if show_progress and errors.is_terminal else None
         try:
             report = convert_checkpoint(
                 local_src, output, to=to, overwrite=overwrite, dry_run=dry_run, allow_bf16=allow_bf16,
