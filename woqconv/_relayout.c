@@ -188,8 +188,9 @@ static int use_avx2 = 0;
 typedef void (*scalar_fn)(const uint32_t *, uint32_t *, size_t, size_t, size_t, const uint8_t *);
 typedef size_t (*vector_fn)(const uint32_t *, uint32_t *, size_t, size_t, const uint8_t *);
 
-/* Parses (src, dst, rows, cols, order), checks the buffers' sizes and the order, and runs the kernel. */
-static PyObject *run(PyObject *args, scalar_fn scalar, vector_fn vector, int allow_vector)
+/* Parses (src, dst, rows, cols, order), checks the buffers' sizes and the order, and runs the kernel:
+ * `vector` (NULL for none) where the CPU has AVX2, then `scalar` for the columns it left. */
+static PyObject *run(PyObject *args, scalar_fn scalar, vector_fn vector)
 {
     Py_buffer src, dst, order;
     Py_ssize_t rows, cols;
@@ -242,12 +243,8 @@ static PyObject *run(PyObject *args, scalar_fn scalar, vector_fn vector, int all
     memcpy(ord, order.buf, 8);
     Py_BEGIN_ALLOW_THREADS
     size_t c0 = 0;
-#ifdef HAVE_AVX2_PATH
-    if (allow_vector && use_avx2)
+    if (vector != NULL && use_avx2)
         c0 = vector((const uint32_t *)src.buf, (uint32_t *)dst.buf, (size_t)rows, (size_t)cols, ord);
-#else
-    (void)vector, (void)allow_vector;
-#endif
     scalar((const uint32_t *)src.buf, (uint32_t *)dst.buf, (size_t)rows, (size_t)cols, c0, ord);
     Py_END_ALLOW_THREADS
     Py_INCREF(Py_None);
@@ -266,16 +263,16 @@ done:
 #endif
 
 /* The module's four functions: each direction, with and without the vector path. */
-#define ENTRY(name, scalar, vector, allow_vector)                  \
-    static PyObject *name(PyObject *self, PyObject *args)          \
-    {                                                              \
-        (void)self;                                                \
-        return run(args, scalar, VECTOR(vector), allow_vector);    \
+#define ENTRY(name, scalar, vector)                       \
+    static PyObject *name(PyObject *self, PyObject *args) \
+    {                                                     \
+        (void)self;                                       \
+        return run(args, scalar, vector);                 \
     }
-ENTRY(gptq4_to_rowwise, to_rowwise_scalar, to_rowwise_avx2, 1)
-ENTRY(rowwise4_to_gptq, to_gptq_scalar, to_gptq_avx2, 1)
-ENTRY(gptq4_to_rowwise_scalar, to_rowwise_scalar, to_rowwise_avx2, 0)
-ENTRY(rowwise4_to_gptq_scalar, to_gptq_scalar, to_gptq_avx2, 0)
+ENTRY(gptq4_to_rowwise, to_rowwise_scalar, VECTOR(to_rowwise_avx2))
+ENTRY(rowwise4_to_gptq, to_gptq_scalar, VECTOR(to_gptq_avx2))
+ENTRY(gptq4_to_rowwise_scalar, to_rowwise_scalar, NULL)
+ENTRY(rowwise4_to_gptq_scalar, to_gptq_scalar, NULL)
 
 static PyMethodDef methods[] = {
     {"gptq4_to_rowwise", gptq4_to_rowwise, METH_VARARGS,

@@ -10,7 +10,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from .openvino_file import BIN_NAME as OPENVINO_BIN
 from .openvino_file import XML_NAME as OPENVINO_XML
 from .openvino_file import OpenVinoFile
 from .safetensors_io import SafetensorsFile, TensorInfo
+from .wording import counted
 
 if TYPE_CHECKING:  # imported when a checkpoint holds one (see _torch_file)
     from .torch_file import TorchFile
@@ -174,24 +175,33 @@ def weights_container(path: str | os.PathLike) -> str:
 FileIdentity = tuple[int, int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns
 
 
-def file_identities(path: str | os.PathLike) -> dict[str, FileIdentity]:
-    """Every regular file under the directory ``path`` (hidden ones aside, links followed) by relative name,
-    with what changes when it is written to (size, modification or change time) or replaced (device, inode).
-    Taken before a conversion reads anything, and compared by :func:`changed_files` before its output appears."""
-    root = Path(path)
-    found = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if not rel.startswith(".") and "/." not in rel and (identity := _identity(p)) is not None:
-            found[rel] = identity
-    return found
+@dataclass(frozen=True)
+class FileSnapshot:
+    """Every regular file under a directory (hidden ones aside, links followed) by relative name, with
+    what changes when it is written to (size, modification or change time) or replaced (device, inode).
+    A conversion takes one before it reads anything and checks it before its output appears: one that
+    read a file while it was being rewritten could hold parts of two versions of it."""
 
+    root: Path
+    identities: dict[str, FileIdentity]
 
-def changed_files(path: str | os.PathLike, before: Mapping[str, FileIdentity]) -> list[str]:
-    """The files of ``before`` that are no longer what they were: written to, replaced or removed. A
-    conversion that read a file while it was being rewritten could hold parts of two versions of it."""
-    root = Path(path)
-    return [rel for rel, identity in before.items() if _identity(root / rel) != identity]
+    @classmethod
+    def take(cls, path: str | os.PathLike) -> "FileSnapshot":
+        root = Path(path)
+        found = {}
+        for p in sorted(root.rglob("*")) if root.is_dir() else []:
+            rel = p.relative_to(root).as_posix()
+            if not rel.startswith(".") and "/." not in rel and (identity := _identity(p)) is not None:
+                found[rel] = identity
+        return cls(root, found)
+
+    def check_unchanged(self) -> None:
+        """Raise, naming the first one, if any file is no longer what it was: written to, replaced or removed."""
+        changed = [rel for rel, identity in self.identities.items() if _identity(self.root / rel) != identity]
+        if changed:
+            more = f" (and {counted(len(changed) - 1, 'other file')})" if len(changed) > 1 else ""
+            raise FormatError(f"changed while it was being converted{more}: the output could mix two versions, so nothing "
+                              "was written", file=self.root / changed[0])
 
 
 def _identity(path: Path) -> FileIdentity | None:

@@ -8,9 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..checkpoint import FileIdentity, changed_files, file_identities
+from ..checkpoint import FileSnapshot
 from ..compute import compute_threads, default_workers
-from ..errors import FormatError
 from ..source import open_checkpoint
 from . import direct, head_start
 from .output import check_output, commit_partial, discard_partial, start_partial, write_error
@@ -161,7 +160,7 @@ def convert(
     src_path, out_path = Path(src), Path(out)
     # Before anything reads the source (the head start and the numpy plan begin at once): a file written to
     # or replaced from here on fails the conversion instead of mixing two versions into its output.
-    source_files = file_identities(src_path) if src_path.is_dir() else {}
+    source_files = FileSnapshot.take(src_path)
     # Plain GPTQ to gptq / gptq-v2 / inc-hf / awq is planned and written with numpy alone (direct.py); its
     # plan takes 0.1-0.3 s at 7B, so it is made before anything else starts.
     fast = direct.plan_direct(src_path, to, zero_point_convention) if requantize is None and not double_quant else None
@@ -188,7 +187,7 @@ def convert(
 
 
 def _convert(src_path: Path, out_path: Path, to: str, start: float, head: head_start.HeadStart | head_start.Ahead | None,
-             source_files: dict[str, FileIdentity], *, overwrite: bool,
+             source_files: FileSnapshot, *, overwrite: bool,
              dry_run: bool, allow_bf16: bool, requantize: str | None, double_quant: bool, zero_point_convention: str,
              progress: Callable[[int, int], None] | None, workers: int) -> ConvertReport:
     with compute_threads(workers), open_checkpoint(src_path, zero_point_convention=zero_point_convention, workers=workers,
@@ -209,11 +208,11 @@ def _convert(src_path: Path, out_path: Path, to: str, start: float, head: head_s
                 return write_openvino(plan, partial, tick)
             return write_plan(plan, partial, tick, workers=workers, head_start=head)
 
-        written = _write_atomically(out_path, head, warnings, total, progress, write, src_path, source_files)
+        written = _write_atomically(out_path, head, warnings, total, progress, write, source_files)
         return _report(plan, out_path, total, written, time.perf_counter() - start, False, warnings)
 
 
-def _convert_direct(plan: direct.DirectPlan, src_path: Path, out_path: Path, start: float, head, source_files: dict[str, FileIdentity], *,
+def _convert_direct(plan: direct.DirectPlan, src_path: Path, out_path: Path, start: float, head, source_files: FileSnapshot, *,
                     overwrite: bool, dry_run: bool,
                     progress: Callable[[int, int], None] | None, workers: int) -> ConvertReport:
     check_output(src_path, out_path, overwrite=overwrite)
@@ -222,7 +221,7 @@ def _convert_direct(plan: direct.DirectPlan, src_path: Path, out_path: Path, sta
     written = 0
     if not dry_run:
         written = _write_atomically(out_path, head, warnings, total, progress,
-                                    lambda partial, tick: direct.write_direct(plan, partial, tick, workers, head), src_path, source_files)
+                                    lambda partial, tick: direct.write_direct(plan, partial, tick, workers, head), source_files)
     return ConvertReport(
         source=str(plan.ckpt.root), output=str(out_path), source_format=plan.format_name, target=plan.to,
         layers_converted=len(plan.layers), lossless=True, layer_changes=plan.layer_changes,
@@ -233,7 +232,7 @@ def _convert_direct(plan: direct.DirectPlan, src_path: Path, out_path: Path, sta
 
 
 def _write_atomically(out_path: Path, head, warnings: list[str], total: int, progress: Callable[[int, int], None] | None,
-                      write: Callable[[Path, Callable[[int], None]], int], src_path: Path, source_files: dict[str, FileIdentity]) -> int:
+                      write: Callable[[Path, Callable[[int], None]], int], source_files: FileSnapshot) -> int:
     """Run ``write(partial, tick)`` into the hidden partial directory (the head start's, or a new one) and
     rename it into place unless a file of ``source_files`` changed meanwhile; on any failure stop the head
     start and remove what was written. Returns bytes written."""
@@ -255,11 +254,7 @@ def _write_atomically(out_path: Path, head, warnings: list[str], total: int, pro
         written = write(partial, tick)
         if head is not None:
             head.stop()  # every copy is finished (the writer waited for each): join the thread
-        changed = changed_files(src_path, source_files)
-        if changed:
-            more = f" (and {counted(len(changed) - 1, 'other file')})" if len(changed) > 1 else ""
-            raise FormatError(f"changed while it was being converted{more}: the output could mix two versions, so nothing "
-                              "was written", file=src_path / changed[0])
+        source_files.check_unchanged()
         commit_partial(partial, out_path)
     except BaseException as e:
         if head is not None:
