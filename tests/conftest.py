@@ -42,3 +42,12 @@ def manifest() -> dict:
 
 def fixture_path(name: str) -> Path:
     return FIXTURES / name
+
+
+BASE = FIXTURES / "base-fp16"  # the original model of every quantized fixture
+
+
+def base_for(path: Path) -> Path | None:
+    """The base model to pass for a checkpoint that records no architecture (INC's default format, as INC
+    writes it), as a user passes --base-model; None for one that has its config.json."""
+    return None if (Path(path) / "config.json").exists() else BASE

@@ -5,14 +5,18 @@ Run as a subprocess by the tests (a bad checkpoint can abort gptqmodel's interpr
     python tests/load_logits.py OUT_DIR LOADER:CHECKPOINT_DIR [...]
 
 LOADER is ``transformers`` (quant_method dispatch: gptq/awq -> gptqmodel, auto-round -> auto-round),
-``inc`` (neural_compressor.torch.quantization.load, huggingface format) or ``inc-default`` (INC's
-default format, with the base model built from the checkpoint's config.json). Prints one JSON line per
-checkpoint: {"path", "loader", "module", "file"} or {"path", "error"}.
+``inc`` (neural_compressor.torch.quantization.load, huggingface format), ``inc-default`` (INC's
+default format, with the original model built from the checkpoint's config.json, or from the base
+model's in $WOQCONV_BASE_MODEL_DIR when the checkpoint records none), or ``inc-default-user-float32`` /
+``inc-default-user-bfloat16``: INC's documented call with the original model as a user builds it,
+``AutoModelForCausalLM.from_pretrained(BASE, dtype=D)`` (BASE = $WOQCONV_BASE_MODEL_DIR). Prints one JSON
+line per checkpoint: {"path", "loader", "module", "file"} or {"path", "error"}.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -31,12 +35,20 @@ def load(loader: str, path: str):
         from neural_compressor.torch.quantization import load as inc_load
 
         return inc_load(path, format="huggingface", device="cpu", torch_dtype=torch.float32)
+    if loader.startswith("inc-default-user-"):
+        from neural_compressor.torch.quantization import load as inc_load
+        from transformers import AutoModelForCausalLM
+
+        dtype = getattr(torch, loader.rsplit("-", 1)[1])
+        original = AutoModelForCausalLM.from_pretrained(os.environ["WOQCONV_BASE_MODEL_DIR"], dtype=dtype)
+        return inc_load(path, format="default", original_model=original)
     if loader == "inc-default":
-        # INC's default format needs the base architecture; woqconv's inc output carries its config.json.
+        # INC's default format needs the base architecture: the checkpoint's config.json, or the base model's.
         from neural_compressor.torch.quantization import load as inc_load
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)
+        arch = path if os.path.exists(os.path.join(path, "config.json")) else os.environ["WOQCONV_BASE_MODEL_DIR"]
+        base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(arch), dtype=torch.float32)
         # INC assigns the checkpoint's own unquantized tensors (bf16 when AutoRound wrote them) into the
         # fp32 base; cast the loaded model to fp32, as a CPU user would, for fp32 logits.
         return inc_load(path, format="default", original_model=base, device="cpu").float()

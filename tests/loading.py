@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import MANIFEST, ROOT
+from conftest import BASE, MANIFEST, ROOT
 
 TOL = 1e-4
 
 
 def run_loads(specs: list[tuple[str, Path]], out: Path, script: str = "load_logits.py", timeout: int = 1500) -> dict[str, dict]:
-    """Run ``tests/<script> OUT LOADER:PATH ...`` and return its JSON rows by path."""
+    """Run ``tests/<script> OUT LOADER:PATH ...`` and return its JSON rows by path (INC's default-format
+    fixtures record no architecture: the loaders build their original model from base-fp16)."""
     args = [f"{loader}:{path}" for loader, path in specs]
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / script), str(out), *args], capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / script), str(out), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "WOQCONV_BASE_MODEL_DIR": str(BASE)})
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(rows) == len(specs), f"loader subprocess died (exit {proc.returncode}): {proc.stderr[-3000:]}"
     return {row["path"]: row for row in rows}

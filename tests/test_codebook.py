@@ -7,6 +7,7 @@ recover(), and the outputs loaded by transformers + bitsandbytes / gptqmodel and
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,12 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 from cli_in_process import run_cli
-from conftest import MANIFEST, ROOT, fixture_path
+from conftest import BASE, MANIFEST, ROOT, base_for, fixture_path
 from safetensors.torch import load_file, save_file
 
 from woqconv.convert import convert
 from woqconv.errors import RefusedConversion
 from woqconv.runtime.verify import verify
+from woqconv.runtime.worker import BASE_ENV
 from woqconv.source import open_checkpoint
 
 BNB = sorted(n for n, e in MANIFEST.items() if e.get("family") == "bnb")
@@ -64,8 +66,8 @@ import json, sys, torch
 from transformers import AutoConfig, AutoModelForCausalLM
 from neural_compressor.torch.quantization import load
 from woqconv.source import open_checkpoint
-for path in sys.argv[1:]:
-    base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)
+for path in sys.argv[2:]:  # argv[1]: the original model's directory (INC's default format records none)
+    base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(sys.argv[1]), dtype=torch.float32)
     modules = dict(load(path, format="default", original_model=base, device="cpu").named_modules())
     with open_checkpoint(path) as src:
         for info in src.layers:
@@ -78,7 +80,7 @@ for path in sys.argv[1:]:
 
 def test_inc_codebook_dequantize_equals_inc_recover(tmp_path):
     paths = [str(fixture_path(n)) for n in INC_CODEBOOK]
-    proc = subprocess.run([sys.executable, "-c", INC_RECOVER, *paths], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-c", INC_RECOVER, str(BASE), *paths], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(rows) == 14 * len(paths), proc.stderr[-2000:]
     assert all(r["equal"] for r in rows), [(r["path"], r["layer"]) for r in rows if not r["equal"]]
@@ -87,7 +89,7 @@ def test_inc_codebook_dequantize_equals_inc_recover(tmp_path):
 def _worker(tmp: Path, *specs: str) -> list[dict]:
     """Real loaders (woqconv.runtime.worker): fp32 logits of a fixed prompt and perplexity on a fixed stream."""
     proc = subprocess.run([sys.executable, "-m", "woqconv.runtime.worker", str(tmp / "logits"), "cpu", *specs],
-                          capture_output=True, text=True, timeout=1500, cwd=tmp)
+                          capture_output=True, text=True, timeout=1500, cwd=tmp, env={**os.environ, BASE_ENV: str(BASE)})
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(rows) == len(specs), proc.stderr[-3000:]
     for row in rows:
@@ -102,7 +104,7 @@ def test_nf4_writer_loads_with_the_source_logits(tmp_path):
     for name in BNB + ["inc-default-nf4-g64"]:
         to = MANIFEST[name]["quant_type"]
         out = tmp_path / name
-        report = convert(fixture_path(name), out, to=to)
+        report = convert(fixture_path(name), out, base_model=base_for(fixture_path(name)), to=to)
         assert report.lossless and not report.requantized
         pairs.append((name, len(specs)))
         if name.startswith("bnb"):
@@ -131,7 +133,7 @@ def test_nf4_writer_loads_with_the_source_logits(tmp_path):
 def test_nf4_output_is_read_back_bit_exact(tmp_path):
     for name in BNB + ["inc-default-nf4-g64"]:
         to = MANIFEST[name]["quant_type"]
-        convert(fixture_path(name), tmp_path / name, to=to)
+        convert(fixture_path(name), tmp_path / name, base_model=base_for(fixture_path(name)), to=to)
         with open_checkpoint(fixture_path(name)) as a, open_checkpoint(tmp_path / name) as b:
             for la, lb in zip(a.iter_layers(), b.iter_layers()):
                 assert la.name == lb.name and lb.double_quant is False
@@ -142,15 +144,15 @@ def test_inc_fp4_to_bnb_fp4_is_refused_then_requantized(tmp_path):
     """INC's fp4 table is integer-valued (scale = absmax / 12): its products differ from bitsandbytes' in the
     last bit (FORMATS.md 4.6), so the lossless writer refuses and --requantize quotes a tiny error."""
     with pytest.raises(RefusedConversion, match="--requantize"):
-        convert(fixture_path("inc-default-fp4-g64"), tmp_path / "a", to="fp4")
+        convert(fixture_path("inc-default-fp4-g64"), tmp_path / "a", base_model=base_for(fixture_path("inc-default-fp4-g64")), to="fp4")
     assert not (tmp_path / "a").exists()
-    report = convert(fixture_path("inc-default-fp4-g64"), tmp_path / "b", to="fp4", requantize="search")
+    report = convert(fixture_path("inc-default-fp4-g64"), tmp_path / "b", base_model=base_for(fixture_path("inc-default-fp4-g64")), to="fp4", requantize="search")
     worst = max(v["rel_fro"] for v in report.requantized.values())
     assert worst < 1e-6, worst
 
 
 def test_double_quant_on_request_is_reported_and_loads(tmp_path):
-    report = convert(fixture_path("bnb-nf4-fp16"), tmp_path / "dq", to="nf4", double_quant=True)
+    report = convert(fixture_path("bnb-nf4-fp16"), tmp_path / "dq", base_model=base_for(fixture_path("bnb-nf4-fp16")), to="nf4", double_quant=True)
     assert not report.lossless
     assert {v["kind"] for v in report.lossy_layers.values()} == {"double-quant"}
     assert all(0 < v["max_rel_change"] < 0.05 for v in report.lossy_layers.values())
@@ -165,15 +167,15 @@ def test_double_quant_on_request_is_reported_and_loads(tmp_path):
 @pytest.mark.parametrize("to", AFFINE_TARGETS)
 def test_codebook_to_affine_is_refused_without_requantize(to, tmp_path):
     with pytest.raises(RefusedConversion, match="--requantize would fit"):
-        convert(fixture_path("bnb-nf4-fp16"), tmp_path / "out", to=to)
+        convert(fixture_path("bnb-nf4-fp16"), tmp_path / "out", base_model=base_for(fixture_path("bnb-nf4-fp16")), to=to)
     assert not any(tmp_path.iterdir())
 
 
 def test_affine_to_codebook_and_act_order_are_refused_without_requantize(tmp_path):
     with pytest.raises(RefusedConversion, match="--requantize would fit nf4"):
-        convert(fixture_path("ar-g32-asym-auto_gptq"), tmp_path / "a", to="nf4")
+        convert(fixture_path("ar-g32-asym-auto_gptq"), tmp_path / "a", base_model=base_for(fixture_path("ar-g32-asym-auto_gptq")), to="nf4")
     with pytest.raises(RefusedConversion, match="--requantize would refit contiguous groups"):
-        convert(fixture_path("inc-hf-gptq-actorder-g32-asym"), tmp_path / "b", to="awq")
+        convert(fixture_path("inc-hf-gptq-actorder-g32-asym"), tmp_path / "b", base_model=base_for(fixture_path("inc-hf-gptq-actorder-g32-asym")), to="awq")
     assert not any(tmp_path.iterdir())
 
 
@@ -183,7 +185,7 @@ REQUANT_CASES = [(n, "gptq") for n in BNB] + [("inc-default-nf4-g64", "hpu"), ("
 
 @pytest.mark.parametrize("name,to", REQUANT_CASES)
 def test_requantize_search_beats_min_max_on_every_layer(name, to, tmp_path):
-    report = convert(fixture_path(name), tmp_path / "out", to=to, requantize="search", dry_run=True,
+    report = convert(fixture_path(name), tmp_path / "out", base_model=base_for(fixture_path(name)), to=to, requantize="search", dry_run=True,
                      allow_bf16=to == "hpu")
     assert not (tmp_path / "out").exists()  # a dry run computes the errors, writes nothing
     assert len(report.requantized) == 14
@@ -229,14 +231,14 @@ def test_requantized_outputs_load_in_their_real_loaders(tmp_path):
 def test_verify_codebook_outputs(tmp_path):
     """verify: a lossless nf4 output is bit-identical layer by layer; a requantized gptq output is judged by
     its weight error and by running close to the source (transformers + gptqmodel against bitsandbytes)."""
-    convert(fixture_path("inc-default-nf4-g64"), tmp_path / "nf4", to="nf4")
-    lossless = verify(tmp_path / "nf4", against=fixture_path("inc-default-nf4-g64"), run=False)
+    convert(fixture_path("inc-default-nf4-g64"), tmp_path / "nf4", base_model=base_for(fixture_path("inc-default-nf4-g64")), to="nf4")
+    lossless = verify(tmp_path / "nf4", against=fixture_path("inc-default-nf4-g64"), base_model=base_for(fixture_path("inc-default-nf4-g64")), run=False)
     assert lossless.passed, lossless.failures
     weights = [c for c in lossless.checks if c.check == "weights"]
     assert len(weights) == 14 and all(c.detail == "bit-identical (dequantized)" for c in weights)
 
-    convert(fixture_path("bnb-nf4-fp16"), tmp_path / "gptq", to="gptq", requantize="search")
-    lossy = verify(tmp_path / "gptq", against=fixture_path("bnb-nf4-fp16"))
+    convert(fixture_path("bnb-nf4-fp16"), tmp_path / "gptq", base_model=base_for(fixture_path("bnb-nf4-fp16")), to="gptq", requantize="search")
+    lossy = verify(tmp_path / "gptq", against=fixture_path("bnb-nf4-fp16"), base_model=base_for(fixture_path("bnb-nf4-fp16")))
     assert lossy.passed, lossy.failures
     assert not [c for c in lossy.checks if c.check == "weights"]  # no layer claims to be the source's
     weights = [c for c in lossy.checks if c.check == "weights (requantized)"]

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import fixture_path
+from conftest import base_for, fixture_path
 from corpus import shard, snapshot
 
 import woqconv
@@ -46,10 +46,11 @@ def test_converting_twice_gives_identical_bytes(tmp_path):
         else:
             sources[name] = fixture_path(name)
     before = snapshot(*set(sources.values()))
-    jobs = [(str(sources[s]), str(tmp_path / f"b{i}-second-run"), t) for i, (s, t) in enumerate(CONVERSIONS)]
-    for i, (src, _, target) in enumerate(jobs):
-        woqconv.convert(src, tmp_path / f"a{i}", to=target, allow_bf16=True)
-    script = "import json, sys, woqconv\nfor s, o, t in json.loads(sys.argv[1]):\n    woqconv.convert(s, o, to=t, allow_bf16=True)\n"
+    bases = {s: str(base_for(p)) if base_for(p) else None for s, p in sources.items()}  # INC's default format records no architecture
+    jobs = [(str(sources[s]), str(tmp_path / f"b{i}-second-run"), t, bases[s]) for i, (s, t) in enumerate(CONVERSIONS)]
+    for i, (src, _, target, base) in enumerate(jobs):
+        woqconv.convert(src, tmp_path / f"a{i}", to=target, allow_bf16=True, base_model=base)
+    script = "import json, sys, woqconv\nfor s, o, t, b in json.loads(sys.argv[1]):\n    woqconv.convert(s, o, to=t, allow_bf16=True, base_model=b)\n"
     r = subprocess.run([sys.executable, "-c", script, json.dumps(jobs)], capture_output=True, text=True, timeout=600,
                        cwd=tmp_path, env={**__import__("os").environ, "PYTHONHASHSEED": "12345"})
     assert r.returncode == 0, r.stderr[-3000:]

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import MANIFEST, fixture_path
+from conftest import BASE, MANIFEST, base_for, fixture_path
 from loading import (
     TOL,
     read_by_auto_round_kernel,
@@ -19,6 +19,7 @@ from loading import (
 from safetensors.torch import load_file
 
 import woqconv
+from woqconv.errors import RefusedConversion
 
 pytestmark = pytest.mark.loaders
 
@@ -50,7 +51,7 @@ def test_inc_load_reads_inc_and_inc_hf_outputs(group, tmp_path, record_property)
     for src in GROUPS[group]:
         for target, loader in (("inc", "inc-default"), ("inc-hf", "inc")):
             out = tmp_path / f"{src}--{target}"
-            woqconv.convert(fixture_path(src), out, to=target)
+            woqconv.convert(fixture_path(src), out, to=target, base_model=base_for(fixture_path(src)))
             outputs.append((src, target, loader, out))
     refs = sorted(set(GROUPS[group]) | {twin_auto_gptq(s) for s in GROUPS[group] if MANIFEST[s]["producer"].startswith("auto-round") or s.startswith("mislabelled")})
     specs = [(source_loader(s), fixture_path(s)) for s in refs] + [(loader, out) for _, _, loader, out in outputs]
@@ -150,20 +151,70 @@ def test_hpu_cache_is_byte_identical_to_inc_own_cache(tmp_path, record_property)
     print(json.dumps(measured, indent=1))
 
 
-def test_main_job_loads_through_inc_hpu_path_without_repacking(tmp_path):
+# GPTQ (sym and asym), AWQ, INC's own default format (RTN; AWQ with MulLinear wrappers), z = 0 stored modularly.
+HPU_DEFAULT_SOURCES = ["ar-g32-asym-auto_gptq", "ar-g128-sym-auto_gptq", "ar-g32-asym-auto_awq", "inc-default-rtn-g32-asym",
+                       "inc-default-awq-g32-asym", "inc-hf-rtn-zp0-g32-asym"]
+
+
+def test_hpu_default_cache_is_inc_own_cache_and_the_recipe_repacks_nothing(tmp_path, record_property):
+    """The Gaudi recipe, verbatim, on each --to hpu-default output: INC's first load of the same
+    checkpoint without woqconv's cache writes a file byte-identical to woqconv's, and the load that reads
+    woqconv's cache (repacking made to fail) gives the logits of INC's own first load."""
+    specs, pairs = [], []
+    for src in HPU_DEFAULT_SOURCES:
+        ours = tmp_path / f"{src}--hpu-default"
+        report = woqconv.convert(fixture_path(src), ours, to="hpu-default", allow_bf16=True, base_model=base_for(fixture_path(src)))
+        assert "quantized_hpu_weight.pt" in report.files_rewritten
+        theirs = tmp_path / f"{src}--inc-first-load"
+        shutil.copytree(ours, theirs)
+        (theirs / "quantized_hpu_weight.pt").unlink()
+        specs += [("default-first", theirs), ("default-cached", ours)]
+        pairs.append((src, ours, theirs))
+    mine = {src: (ours / "quantized_hpu_weight.pt").read_bytes() for src, ours, _ in pairs}
+    rows = run_loads(specs, tmp_path / "logits", script="hpu_load.py")
+    errors = {p: r["error"] for p, r in rows.items() if "error" in r}
+    assert not errors, errors
+    measured = {}
+    for src, ours, theirs in pairs:
+        assert (ours / "quantized_hpu_weight.pt").read_bytes() == mine[src], "INC rewrote a cache it could use"
+        same_file = (theirs / "quantized_hpu_weight.pt").read_bytes() == mine[src]
+        diff = float((_logits(rows, ours) - _logits(rows, theirs)).abs().max())
+        measured[src] = {"cache_bytes": len(mine[src]), "byte_identical": same_file, "logits_max_abs_diff": diff,
+                         "device": rows[str(ours)]["device"], "module": rows[str(ours)]["module"]}
+        assert same_file and diff == 0.0, (src, measured[src])
+        assert rows[str(ours)]["module"] in ("HPUWeightOnlyLinear", "MulLinear")
+    record_property("hpu_default_cache", json.dumps(measured))
+    print(json.dumps(measured, indent=1))
+
+
+def test_hpu_default_refuses_what_gaudi_cannot_hold(tmp_path):
+    with pytest.raises(RefusedConversion, match="scattered act-order"):
+        woqconv.convert(fixture_path("inc-default-gptq-actorder-g32-asym"), tmp_path / "a", to="hpu-default", base_model=BASE)
+    with pytest.raises(RefusedConversion, match="--allow-bf16"):
+        woqconv.convert(fixture_path("ar-g32-asym-auto_gptq"), tmp_path / "b", to="hpu-default")
+    with pytest.raises(RefusedConversion, match="records no architecture"):
+        woqconv.convert(fixture_path("inc-default-rtn-g32-asym"), tmp_path / "c", to="hpu-default", allow_bf16=True)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("target, cache", [("hpu-default", "quantized_hpu_weight.pt"), ("hpu", "hpu_model.safetensors")])
+def test_main_job_loads_through_inc_hpu_path_without_repacking(target, cache, tmp_path):
+    """scripts/demo.sh: both of INC's Gaudi routes, the default format's by the recipe's own call."""
     import subprocess
     import sys
 
-    out = tmp_path / "hpu"
-    woqconv.convert(fixture_path("ar-g128-asym-auto_gptq"), out, to="hpu", allow_bf16=True)
-    before = (out / "hpu_model.safetensors").read_bytes()
-    r = subprocess.run([sys.executable, "-m", "woqconv.runtime.inc_hpu", str(out), "--format", "json"], capture_output=True, text=True, timeout=600)
+    out = tmp_path / target
+    woqconv.convert(fixture_path("ar-g128-asym-auto_gptq"), out, to=target, allow_bf16=True)
+    before = (out / cache).read_bytes()
+    base = ["--base-model", str(BASE)] if target == "hpu-default" else []
+    r = subprocess.run([sys.executable, "-m", "woqconv.runtime.inc_hpu", str(out), *base, "--format", "json"], capture_output=True,
+                       text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads(r.stdout)
-    assert report["layers_repacked"] == 0 and report["hpu_modules"] == 14 and report["cache"] == "hpu_model.safetensors"
+    assert report["layers_repacked"] == 0 and report["hpu_modules"] == 14 and report["cache"] == cache
     assert report["device"] in ("hpu", "hpu (emulated on CPU)")
     assert report["max_abs_diff_vs_cpu_fp32"] < 2e-2 and report["top1_agreement"] == 1.0  # bf16 scales and activations
-    assert (out / "hpu_model.safetensors").read_bytes() == before, "INC must read the cache, not rewrite it"
+    assert (out / cache).read_bytes() == before, "INC must read the cache, not rewrite it"
 
 
 def test_a_stale_hpu_cache_never_travels(tmp_path):
@@ -194,7 +245,7 @@ def test_inc_default_format_hpu_cache_is_read(tmp_path):
         "from neural_compressor.torch.quantization import load\n"
         "from woqconv.runtime.hpu_emulation import emulated_hpu\n"
         f"p = {str(src)!r}\n"
-        "base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(p), dtype=torch.bfloat16)\n"
+        f"base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained({str(BASE)!r}), dtype=torch.bfloat16)\n"
         "with emulated_hpu():\n"
         "    load(p, format='default', original_model=base, device='hpu')\n"
     )
@@ -202,7 +253,7 @@ def test_inc_default_format_hpu_cache_is_read(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     cache_only = tmp_path / "cache-only"
     cache_only.mkdir()
-    for f in ("quantized_hpu_weight.pt", "qconfig.json", "config.json"):
+    for f in ("quantized_hpu_weight.pt", "qconfig.json"):
         shutil.copy(src / f, cache_only / f)
     with woqconv.open_checkpoint(cache_only) as cache, woqconv.open_checkpoint(fixture_path("inc-default-rtn-g32-asym")) as ref:
         assert cache.format.name == "hpu" and cache.format.family == "hpu"

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import MANIFEST, fixture_path
+from conftest import MANIFEST, base_for, fixture_path
 
 import woqconv
 from woqconv.errors import FormatError
@@ -105,9 +105,9 @@ def test_inc_own_unpack_and_recover_agree(name):
 def test_convert_matches_converting_the_optimum_fixture(name, target, tmp_path):
     src = fixture_path(name)
     ref = fixture_path(MANIFEST[name]["run_reference"])
-    report = woqconv.convert(src, tmp_path / "out", to=target)
+    report = woqconv.convert(src, tmp_path / "out", to=target, base_model=base_for(src))
     assert report.lossless and report.layers_converted == 14 and report.source_format == "inc-nonopt"
-    woqconv.convert(ref, tmp_path / "ref", to=target)
+    woqconv.convert(ref, tmp_path / "ref", to=target, base_model=base_for(ref))
     src_layers = _layers(src)
     with woqconv.open_checkpoint(tmp_path / "out") as ckpt:
         assert ckpt.format.name == READ_BACK_AS[target]

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from cli_in_process import run_cli
-from conftest import MANIFEST, fixture_path
+from conftest import BASE, MANIFEST, fixture_path
 
 ov = pytest.importorskip("openvino")
 
@@ -80,7 +80,7 @@ def openvino_logits() -> torch.Tensor:
 def converted(tmp_path_factory):
     root = tmp_path_factory.mktemp("ov")
     for to in ("gptq", "gptq-v2"):
-        woqconv.convert(fixture_path(NAME), root / to, to=to)
+        woqconv.convert(fixture_path(NAME), root / to, to=to, base_model=BASE)  # ov.save_model writes no config.json
     return {to: root / to for to in ("gptq", "gptq-v2")}
 
 
@@ -149,7 +149,7 @@ def test_every_tensor_is_found_the_ir_as_a_dense_transformers_model_computes_ope
         owned = src.owned_tensors()
         state = {f"{layer.name}.weight": layer.dequantize() for layer in src.iter_layers()}
         state |= {t: src.ckpt.read(t) for t in src.ckpt.tensor_names if t not in owned}
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(fixture_path(NAME)), dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(BASE), dtype=torch.float32).eval()
     result = model.load_state_dict(state, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     with torch.no_grad():

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 from cli_in_process import run_cli
-from conftest import fixture_path
+from conftest import BASE, fixture_path
 
 import woqconv
 from woqconv.convert import direct, stream
@@ -82,7 +82,7 @@ def test_inc_weights_changed_during_conversion_at_the_cli(tmp_path, monkeypatch)
     shutil.copytree(fixture_path(INC_DEFAULT), src)
     pt = next(src.glob("*.pt"))
     _during_write(monkeypatch, lambda: _replace(pt))
-    r = run_cli("convert", src, "-o", tmp_path / "out", "--to", "inc-hf")
+    r = run_cli("convert", src, "-o", tmp_path / "out", "--to", "inc-hf", "--base-model", BASE)
     assert r.returncode == 2
     assert r.stderr == f"woqconv: error: {pt}: changed while it was being converted: the output could mix two versions, so nothing was written\n"
     assert not (tmp_path / "out").exists()

@@ -85,6 +85,8 @@ class Checkpoint:
     index: dict | None  # parsed model.safetensors.index.json, if sharded
     other_files: list[str] = field(default_factory=list)  # relative paths copied as they are
     container: str = "safetensors"  # "safetensors", "inc-pt" (quantized_weight.pt), "hpu-cache" or "openvino-ir"
+    # Architecture files the checkpoint lacks, taken from its original model (attach_base): name -> path.
+    borrowed: dict[str, Path] = field(default_factory=dict)
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, hpu_cache: bool = False) -> "Checkpoint":
@@ -124,6 +126,30 @@ class Checkpoint:
                 continue
             others.append(rel)
         return cls(root, config, shards, locations, index, others, container)
+
+    @property
+    def has_config(self) -> bool:
+        """Whether the architecture is known: the checkpoint's own config.json, or its base model's."""
+        return (self.root / CONFIG_NAME).exists() or CONFIG_NAME in self.borrowed
+
+    def path_of(self, rel: str) -> Path:
+        """Where one of ``other_files`` lies: in the checkpoint, or in the base model it was borrowed from."""
+        return self.borrowed.get(rel, self.root / rel)
+
+    def attach_base(self, root: Path, files, config: dict) -> list[str]:
+        """Take the base model's architecture ``files`` (in ``root``; ``config`` is its config.json, read) where
+        the checkpoint has none of its own; returns the names taken."""
+        taken = []
+        for name in files:
+            if (self.root / name).exists():
+                continue
+            if name == CONFIG_NAME:
+                self.config = dict(config)
+            self.borrowed[name] = root / name
+            self.other_files.append(name)
+            taken.append(name)
+        self.other_files.sort()
+        return taken
 
     # -- tensors -----------------------------------------------------------------------------
 

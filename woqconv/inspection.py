@@ -7,7 +7,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from . import numpy_scan
-from .checkpoint import Checkpoint, weights_container
+from pathlib import Path
+
+from .base_model import recorded_model_path
+from .checkpoint import CONFIG_NAME, Checkpoint, weights_container
 from .compute import compute_threads
 from .errors import FormatError, WoqconvError
 from .formats import LayerFamily
@@ -77,6 +80,11 @@ class InspectReport:
     # The layers by precision, most populous first: [{"bits", "group_size", "sym", "layers", "names"}]. One
     # entry for a uniform checkpoint; several for mixed precision (NNCF ratio/backup, GPTQModel dynamic).
     precisions: list[dict] = field(default_factory=list)
+    # The architecture: {"model_type", "architectures", "hidden_size", "num_hidden_layers"} from the
+    # checkpoint's config.json or its base model's; None when neither is at hand (INC's default format).
+    architecture: dict | None = None
+    architecture_from: str | None = None  # "config.json", or the base model and how it was found
+    model_path_recorded: str | None = None  # the original model INC recorded in qconfig.json
 
     @property
     def mixed(self) -> bool:
@@ -172,7 +180,15 @@ def _local_report(ckpt: Checkpoint, fmt: SourceFormat, layers: list[LayerInfo], 
         layers=layers,
         warnings=warnings,
         codebook=codebook,
+        **_recorded_architecture(ckpt),
     )
+
+
+def _recorded_architecture(ckpt: Checkpoint) -> dict:
+    """What the checkpoint itself says of its architecture: its config.json, and INC's model_path."""
+    own = (ckpt.root / CONFIG_NAME).exists()
+    return {"architecture": architecture_summary(ckpt.config) if own else None, "architecture_from": CONFIG_NAME if own else None,
+            "model_path_recorded": recorded_model_path(ckpt.root)}
 
 
 def _scanned_report(ckpt: Checkpoint, requested: str) -> InspectReport | None:
@@ -249,26 +265,47 @@ def header_report(ckpt: Checkpoint, *, label: str, total_bytes: int) -> InspectR
         layers=layers,
         warnings=[],
         needs_tensor_data=needs,
+        **_recorded_architecture(ckpt),
     )
 
 
-def inspect(path: str | os.PathLike, *, zero_point_convention: str = "auto") -> InspectReport:
+def inspect(path: str | os.PathLike, *, zero_point_convention: str = "auto", base_model: str | os.PathLike | None = None) -> InspectReport:
     """Describe a quantized checkpoint: format, conventions found in the data, layers, warnings.
 
     Reads the safetensors headers and only the small tensors (qzeros, scales, g_idx, bitsandbytes absmax and
     quant state); never the codes. GPTQ and AWQ GEMM checkpoints in safetensors are read with numpy
     alone (no torch import, which costs more than the rest); the report is the same.
 
+    The architecture comes from the checkpoint's config.json. INC's default format records none: then
+    ``base_model`` (a directory or a Hub repo id; by default the ``model_path`` INC recorded, when at hand)
+    supplies it, after a check that it matches the checkpoint's tensors.
+
     Example::
 
         report = woqconv.inspect("llama-gptq")
         print(report.format, report.bits, report.group_size, report.zero_point_convention)
     """
-    report = _inspect_without_torch(path, zero_point_convention)
-    if report is not None:
-        return report
-    with compute_threads(1), open_checkpoint(path, zero_point_convention=zero_point_convention) as src:
-        return report_for(src)
+    from .base_model import check_matches, find_recorded, resolve
+
+    root = Path(path)
+    base = resolve(base_model) if base_model is not None else None
+    recorded = recorded_model_path(root) if root.is_dir() else None
+    if base is None and root.is_dir() and not (root / CONFIG_NAME).exists():
+        base = find_recorded(recorded)
+    report = _inspect_without_torch(path, zero_point_convention) if base is None else None
+    if report is None:
+        with compute_threads(1), open_checkpoint(path, zero_point_convention=zero_point_convention) as src:
+            report = report_for(src)
+            if base is not None:
+                check_matches(base, src)
+    if base is not None and not (root / CONFIG_NAME).exists():
+        report.architecture, report.architecture_from = architecture_summary(base.config), base.describe()
+    return report
+
+
+def architecture_summary(config: dict) -> dict:
+    keys = ("model_type", "architectures", "hidden_size", "num_hidden_layers")
+    return {k: config.get(k) for k in keys}
 
 
 def _inspect_without_torch(path: str | os.PathLike, requested: str) -> InspectReport | None:

@@ -144,12 +144,17 @@ def migrate(
     run: bool = True,
     allow_bf16: bool = False,
     requantize: str | None = None,
+    base_model: str | os.PathLike | None = None,
     token: str | None = None,
     command: str = "",
     quiet: bool = True,
     on_entry: Callable[[MigrationEntry], None] | None = None,
 ) -> MigrationReport:
-    """Convert (verify, push) every repo of ``list_file`` into ``root``; skip those an earlier run finished."""
+    """Convert (verify, push) every repo of ``list_file`` into ``root``; skip those an earlier run finished.
+
+    ``base_model`` is the original model of every repo that records no architecture (INC's default format);
+    a repo whose tensors do not match it is refused. Without it each such repo uses the model_path INC
+    recorded, when at hand."""
     from .formats import TARGETS
 
     if to not in TARGETS:
@@ -172,7 +177,8 @@ def migrate(
             entry.done_earlier = True
         else:
             entry = _one(repo_id, revision, root, to=to, push_pattern=push_pattern, private=private, verify=verify,
-                         run=run, allow_bf16=allow_bf16, requantize=requantize, token=token, command=command, quiet=quiet)
+                         run=run, allow_bf16=allow_bf16, requantize=requantize, base_model=base_model, token=token, command=command,
+                         quiet=quiet)
             state[key] = {**asdict(entry), "target": to, "done_earlier": False}
             save_state(root, to, state)
         report.entries.append(entry)
@@ -181,7 +187,7 @@ def migrate(
     return report
 
 
-def _one(repo_id, revision, root: Path, *, to, push_pattern, private, verify, run, allow_bf16, requantize, token, command,
+def _one(repo_id, revision, root: Path, *, to, push_pattern, private, verify, run, allow_bf16, requantize, base_model, token, command,
          quiet) -> MigrationEntry:
     from .runtime.verify import verify as verify_checkpoint
 
@@ -190,12 +196,12 @@ def _one(repo_id, revision, root: Path, *, to, push_pattern, private, verify, ru
     try:
         with hub_checkout(repo_id, revision=revision, token=token, quiet=quiet) as src:
             entry.commit = src.commit
-            result = convert(src.path, out, to=to, overwrite=True, allow_bf16=allow_bf16, requantize=requantize)
+            result = convert(src.path, out, to=to, base_model=base_model, overwrite=True, allow_bf16=allow_bf16, requantize=requantize)
             src.relabel(result)
             entry.lossless = result.lossless
             checked = None
             if verify:
-                checked = verify_checkpoint(out, against=src.path, run=run)
+                checked = verify_checkpoint(out, against=src.path, base_model=base_model, run=run)
                 src.relabel(checked)
                 entry.verified = checked.passed
                 if not checked.passed:

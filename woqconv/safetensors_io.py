@@ -369,6 +369,10 @@ class SafetensorsWriter:
         os.close(fd)
         return None
 
+    def dtype_of(self, name: str) -> str:
+        """The dtype a declared tensor is written in."""
+        return self._slots[name][0].dtype
+
     def _place(self, name: str) -> tuple[TensorSpec, int]:
         if name not in self._pending:
             raise ValueError(f"{name}: not declared, or written twice")

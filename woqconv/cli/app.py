@@ -78,6 +78,7 @@ def inspect(
     fmt: FormatOpt = OutputFormat.text,
     zp_convention: ConventionOpt = "auto",
     revision: hub_commands.RevisionOpt = None,
+    base_model: hub_commands.BaseModelOpt = None,
 ) -> None:
     """Describe a quantized checkpoint: format, bits, groups, zero-point convention found, g_idx, warnings.
 
@@ -88,7 +89,7 @@ def inspect(
         if hub_commands.is_repo_id(path):
             report = hub_commands.inspect_remote(str(path), revision=revision, quiet=fmt is OutputFormat.json)
         else:
-            report = inspect_checkpoint(path, zero_point_convention=_check_convention(zp_convention))
+            report = inspect_checkpoint(path, zero_point_convention=_check_convention(zp_convention), base_model=base_model)
     if fmt is OutputFormat.json:
         print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
@@ -125,6 +126,7 @@ def convert(
     ] = None,
     fmt: FormatOpt = OutputFormat.text,
     zp_convention: ConventionOpt = "auto",
+    base_model: hub_commands.BaseModelOpt = None,
     revision: hub_commands.RevisionOpt = None,
     push_to_hub: hub_commands.PushOpt = None,
     private: hub_commands.PrivateOpt = False,
@@ -148,7 +150,7 @@ def convert(
         bar = _LazyProgress(errors) if show_progress and errors.is_terminal else None
         try:
             report = convert_checkpoint(
-                local_src, output, to=to, overwrite=overwrite, dry_run=dry_run, allow_bf16=allow_bf16,
+                local_src, output, to=to, base_model=base_model, overwrite=overwrite, dry_run=dry_run, allow_bf16=allow_bf16,
                 requantize=requant_method if requantize else None, double_quant=double_quant,
                 zero_point_convention=_check_convention(zp_convention), progress=bar.update if bar else None,
                 workers=workers,
@@ -161,7 +163,7 @@ def convert(
             # runtime.verify brings torch and the loaders: imported only when asked to verify
             from ..runtime.verify import verify as verify_checkpoint
 
-            checked = verify_checkpoint(output, against=local_src, workers=workers)
+            checked = verify_checkpoint(output, against=local_src, workers=workers, base_model=base_model)
         if hub_src is not None:
             hub_src.relabel(report)
             if checked is not None:
@@ -228,6 +230,7 @@ def verify(
                      help="Layers compared in parallel threads (memory: one layer of each side each). Default: one per core, at most 4."),
     ] = None,
     fmt: FormatOpt = OutputFormat.text,
+    base_model: hub_commands.BaseModelOpt = None,
 ) -> None:
     """Check OUT: structure, weights against --against SRC, and a run with its real loader.
 
@@ -239,7 +242,7 @@ def verify(
 
     with mapped_errors():
         report = verify_checkpoint(path, against=against, device=device, run=not no_run, thresholds=parse_thresholds(threshold or []),
-                                   workers=workers)
+                                   workers=workers, base_model=base_model)
     if fmt is OutputFormat.json:
         print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:

@@ -33,6 +33,15 @@ PrivateOpt = Annotated[bool, typer.Option("--private", help="With --push-to-hub:
 PushRevisionOpt = Annotated[
     Optional[str], typer.Option("--push-revision", help="With --push-to-hub: commit to this branch (created if missing).", show_default=False)
 ]
+BaseModelOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--base-model",
+        help="The original unquantized model (a directory or a Hub repo id), as INC's original_model: a checkpoint that records "
+        "no architecture (INC's default format) takes config.json, generation_config.json and the tokenizer from it, never weights.",
+        show_default=False,
+    ),
+]
 CreatePrOpt = Annotated[bool, typer.Option("--create-pr", help="With --push-to-hub: open a pull request instead of committing to the branch.")]
 
 
@@ -88,6 +97,7 @@ def migrate(
     requantize: Annotated[
         bool, typer.Option("--requantize", help="Refit layers no lossless path reaches (error search; each layer's error is reported).")
     ] = False,
+    base_model: BaseModelOpt = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip woqconv verify (not recommended before a push).")] = False,
     no_run: Annotated[bool, typer.Option("--no-run", help="Verify structure and weights only; load nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-repo progress lines.")] = False,
@@ -111,7 +121,7 @@ def migrate(
     with mapped_errors():
         report = run_migration(
             list_file, output, to=to, push_pattern=push_pattern, private=private, verify=not no_verify, run=not no_run,
-            allow_bf16=allow_bf16, requantize="search" if requantize else None, command=exact_command(),
+            allow_bf16=allow_bf16, requantize="search" if requantize else None, base_model=base_model, command=exact_command(),
             quiet=quiet or fmt == "json", on_entry=progress,
         )
     if fmt == "json":

@@ -67,6 +67,15 @@ def inspect_report(console: Console, r: InspectReport, *, layers: bool) -> None:
         ("bits per weight", f"{r.bits_per_weight:.3f}"),
         ("size", f"{_size(r.total_bytes)} in {r.shards} shard(s)"),
     ]
+    if r.architecture:
+        a = r.architecture
+        arch = (a.get("architectures") or [a.get("model_type")])[0]
+        rows.insert(0, ("architecture", f"{arch}, hidden size {a.get('hidden_size')}, {a.get('num_hidden_layers')} layers"
+                        + ("" if r.architecture_from == "config.json" else f"  [dim]from base model {r.architecture_from}[/dim]")))
+    else:
+        recorded = f"; INC recorded model_path {r.model_path_recorded!r}" if r.model_path_recorded else ""
+        rows.insert(0, ("architecture", f"[yellow]not recorded in the checkpoint[/yellow] (no config.json{recorded}): "
+                        "pass --base-model PATH_OR_REPO, the original model"))
     if r.codebook:
         cb = r.codebook
         table = (f"{', '.join(cb['quant_type'])}, blocks of {', '.join(map(str, cb['blocksizes']))}"
@@ -108,7 +117,14 @@ def convert_report(console: Console, r: ConvertReport) -> None:
         t.add_row("[yellow]lossy[/yellow]", line)
     if r.cast_tensors:
         t.add_row("[yellow]lossy[/yellow]", f"{len(r.cast_tensors)} unquantized tensors cast to bf16 in the Gaudi cache")
-    t.add_row("tensors copied", f"{r.tensors_copied} unquantized tensors, byte for byte")
+    if r.widened_tensors:
+        kinds = ", ".join(sorted(set(r.widened_tensors.values())))
+        t.add_row("tensors copied", f"{r.tensors_copied} unquantized tensors; {len(r.widened_tensors)} of them ({kinds}) widened to fp32, "
+                  "exactly, so that INC's load runs with an original model in any dtype; the rest byte for byte")
+    else:
+        t.add_row("tensors copied", f"{r.tensors_copied} unquantized tensors, byte for byte")
+    if r.base_model:
+        t.add_row("base model", f"{r.base_model}: {', '.join(r.files_from_base) or 'architecture checked, no file needed'}")
     t.add_row("files", f"copied {len(r.files_copied)}; rewrote {', '.join(r.files_rewritten) or 'none'}; dropped {', '.join(r.files_dropped) or 'none'}")
     t.add_row("bytes", f"{_size(r.bytes_in)} in" + ("" if r.dry_run else f", {_size(r.bytes_out)} out"))
     t.add_row("time", f"{r.seconds:.2f} s")

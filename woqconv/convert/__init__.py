@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..checkpoint import FileSnapshot
+from .. import base_model as bases
+from ..checkpoint import CONFIG_NAME, FileSnapshot
 from ..compute import compute_threads, default_workers
 from ..source import open_checkpoint
 from . import direct, head_start
@@ -45,6 +46,12 @@ class ConvertReport:
     # Per requantized layer (only with requantize): {"method", "rel_fro", "max_abs", "snr_db", and
     # "minmax": the same figures for plain min-max rounding of the same weights}.
     requantized: dict[str, dict] = field(default_factory=dict)
+    # The original model the architecture files came from (its label and how it was found), and which
+    # of its files the output took; None when the source records its own architecture.
+    base_model: str | None = None
+    files_from_base: list[str] = field(default_factory=list)
+    # Unquantized 16-bit tensors written as fp32 (exact): name -> source dtype (the inc target).
+    widened_tensors: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,9 +100,10 @@ def _files_rewritten(config: dict | None, extra_json: dict[str, dict], index: bo
     return rewritten
 
 
-def _report(plan: ConversionPlan, out: Path, bytes_in: int, bytes_out: int, seconds: float, dry_run: bool, warnings: list[str]) -> ConvertReport:
+def _report(plan: ConversionPlan, out: Path, bytes_in: int, bytes_out: int, seconds: float, dry_run: bool, warnings: list[str],
+            base: bases.BaseModel | None) -> ConvertReport:
     rewritten = _files_rewritten(plan.config, plan.extra_json, plan.sharded and plan.target.container == "safetensors",
-                                 plan.target.companion.file if plan.target.companion else None)
+                                 plan.target.companion.file if plan.target.companion else plan.target.default_hpu_cache)
     return ConvertReport(
         source=str(plan.source.root),
         output=str(out),
@@ -116,6 +124,9 @@ def _report(plan: ConversionPlan, out: Path, bytes_in: int, bytes_out: int, seco
         lossy_layers=plan.lossy_layers,
         cast_tensors=dict(plan.companion_casts),
         requantized={n: plan.requant_stats[n] for n in sorted(plan.requant_stats)},
+        base_model=base.describe() if base else None,
+        files_from_base=sorted(plan.source.ckpt.borrowed),
+        widened_tensors=dict(plan.widened),
     )
 
 
@@ -124,6 +135,7 @@ def convert(
     out: str | os.PathLike,
     *,
     to: str,
+    base_model: str | os.PathLike | None = None,
     overwrite: bool = False,
     dry_run: bool = False,
     allow_bf16: bool = False,
@@ -147,6 +159,11 @@ def convert(
     ``progress(done, total)`` receives source bytes.
     ``workers`` layers are re-laid out and written in parallel threads (memory: one layer each); by
     default one per core, at most 4.
+    ``base_model`` names the original unquantized model (a local directory or a Hub repo id), as INC's
+    ``original_model`` does: a checkpoint that records no architecture (INC's default format) takes its
+    ``config.json``, ``generation_config.json`` and tokenizer files from it, never its weights. Without it, the
+    ``model_path`` INC recorded in ``qconfig.json`` is used when it is a local directory or a cached Hub repo.
+    A base whose architecture is not the checkpoint's is refused.
 
     Example::
 
@@ -161,9 +178,10 @@ def convert(
     # Before anything reads the source (the head start and the numpy plan begin at once): a file written to
     # or replaced from here on fails the conversion instead of mixing two versions into its output.
     source_files = FileSnapshot.take(src_path)
+    base = base_for(src_path, base_model)
     # Plain GPTQ to gptq / gptq-v2 / inc-hf / awq is planned and written with numpy alone (direct.py); its
     # plan takes 0.1-0.3 s at 7B, so it is made before anything else starts.
-    fast = direct.plan_direct(src_path, to, zero_point_convention) if requantize is None and not double_quant else None
+    fast = direct.plan_direct(src_path, to, zero_point_convention) if requantize is None and not double_quant and base is None else None
     head = None
     try:
         # Copying the source's shards may start now, while torch is imported and the checkpoint is scanned
@@ -175,7 +193,7 @@ def convert(
         if fast is not None:
             return _convert_direct(fast, src_path, out_path, start, head, source_files, overwrite=overwrite, dry_run=dry_run,
                                    progress=progress, workers=workers)
-        return _convert(src_path, out_path, to, start, head, source_files, overwrite=overwrite, dry_run=dry_run, allow_bf16=allow_bf16,
+        return _convert(src_path, out_path, to, start, head, source_files, base, overwrite=overwrite, dry_run=dry_run, allow_bf16=allow_bf16,
                         requantize=requantize, double_quant=double_quant, zero_point_convention=zero_point_convention,
                         progress=progress, workers=workers)
     finally:
@@ -187,19 +205,23 @@ def convert(
 
 
 def _convert(src_path: Path, out_path: Path, to: str, start: float, head: head_start.HeadStart | head_start.Ahead | None,
-             source_files: FileSnapshot, *, overwrite: bool,
+             source_files: FileSnapshot, base: bases.BaseModel | None, *, overwrite: bool,
              dry_run: bool, allow_bf16: bool, requantize: str | None, double_quant: bool, zero_point_convention: str,
              progress: Callable[[int, int], None] | None, workers: int) -> ConvertReport:
     with compute_threads(workers), open_checkpoint(src_path, zero_point_convention=zero_point_convention, workers=workers,
                                                    read_layers=False) as source:
+        if base is not None:
+            source.ckpt.attach_base(base.root, base.files, base.config)
         plan = plan_conversion(source, to, allow_bf16=allow_bf16, requantize=requantize, double_quant=double_quant, workers=workers)
+        if base is not None:
+            bases.check_matches(base, source)  # the plan read every layer's shell; nothing is written yet
         check_output(src_path, out_path, overwrite=overwrite)
         total = total_source_bytes(plan)
         warnings = list(source.warnings) + plan.warnings
         if dry_run:
             if plan.requantized_layers:
                 measure_requantization(plan)
-            return _report(plan, out_path, total, 0, time.perf_counter() - start, True, warnings)
+            return _report(plan, out_path, total, 0, time.perf_counter() - start, True, warnings, base)
 
         def write(partial: Path, tick: Callable[[int], None]) -> int:
             if plan.target.container == "openvino":  # an OpenVINO IR, built from optimum-intel's export
@@ -209,7 +231,17 @@ def _convert(src_path: Path, out_path: Path, to: str, start: float, head: head_s
             return write_plan(plan, partial, tick, workers=workers, head_start=head)
 
         written = _write_atomically(out_path, head, warnings, total, progress, write, source_files)
-        return _report(plan, out_path, total, written, time.perf_counter() - start, False, warnings)
+        return _report(plan, out_path, total, written, time.perf_counter() - start, False, warnings, base)
+
+
+def base_for(src: Path, spec: str | os.PathLike | None) -> bases.BaseModel | None:
+    """The base model a conversion of ``src`` uses: the one named, else, for a checkpoint that records no
+    architecture, the original model INC recorded, when it is at hand (a local directory or cached repo)."""
+    if spec is not None:
+        return bases.resolve(spec)
+    if (src / CONFIG_NAME).exists():
+        return None
+    return bases.find_recorded(bases.recorded_model_path(src))
 
 
 def _convert_direct(plan: direct.DirectPlan, src_path: Path, out_path: Path, start: float, head, source_files: FileSnapshot, *,

@@ -264,7 +264,7 @@ def write_direct(plan: DirectPlan, into: Path, tick: Callable[[int], None], work
         closer.shutdown(wait=True)  # every file closed (fsynced or not) before the caller cleans up
     if plan.sharded:
         write_index(into, plan.shards, weight_map)
-    return write_configs_and_files(into, ckpt.root, plan.config, plan.extra_json, plan.copied_files, tick)
+    return write_configs_and_files(into, ckpt.path_of, plan.config, plan.extra_json, plan.copied_files, tick)
 
 
 def _copy(writer: SafetensorsWriter, ckpt: Checkpoint, name: str) -> None:

@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .._lazy import torch
+from ..base_model import missing_architecture
 from ..checkpoint import CONFIG_NAME, HPU_CACHES, QUANT_CONFIG_FILES, Checkpoint
 from ..compute import map_in_order, release_freed_memory
 from ..errors import RefusedConversion
@@ -54,6 +55,7 @@ class ConversionPlan:
     companion_specs: list[TensorSpec] = field(default_factory=list)
     companion_casts: dict[str, str] = field(default_factory=dict)  # unquantized tensor -> its source dtype, when cast
     companion_passthrough: set[str] = field(default_factory=set)  # source tensors the companion also holds
+    widened: dict[str, str] = field(default_factory=dict)  # unquantized tensor -> its 16-bit source dtype, written as fp32
     warnings: list[str] = field(default_factory=list)
     # Per requantized layer: the method and its weight error (filled while writing, or by a dry run).
     requant_stats: dict[str, dict] = field(default_factory=dict)
@@ -195,7 +197,7 @@ def requant_recipe(target: Target, layer, method: str):
         dtype = layer.dtype if isinstance(layer, CodebookLinear) else layer.scales.dtype
         return CodebookRecipe(target.quant_type, code_table(target.quant_type), REQUANT_BLOCKSIZE, dtype, method)
     bits = 4 if isinstance(layer, CodebookLinear) else layer.bits
-    grid = torch.bfloat16 if target.companion and target.companion.float_dtype == "BF16" else None
+    grid = torch.bfloat16 if target.bf16_scales else None
     zero_min = 1 if target.zero_point_convention == ZP_V1 and target.v1_zero_point_zero == "refuse" else 0
     return AffineRecipe(bits, min(layer.group_size, layer.in_features), getattr(torch, REQUANT_SCALE_DTYPE), grid, zero_min, method)
 
@@ -245,6 +247,8 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
         target = target.configured(double_quant=True)
 
     ckpt = src.ckpt
+    if target.needs_config and not ckpt.has_config:
+        raise RefusedConversion(missing_architecture(src.root, to), file=src.root)
     wrapped = mul_linear_modules(ckpt)
     if wrapped and not target.holds_mul_linear:
         raise RefusedConversion(
@@ -295,12 +299,17 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
     shards: dict[str, ShardPlan] = {
         name: ShardPlan(out_names[name], shard_metadata(f), source=name) for name, f in sorted(ckpt.shards.items())
     }
+    widened: dict[str, str] = {}
     for t in ckpt.tensor_names:
         if t not in owned:
             shard = shards[ckpt.locations[t]]
             shard.passthrough.append(t)
             info = ckpt.info(t)
-            shard.specs.append(TensorSpec(t, info.dtype, info.shape))
+            dtype = info.dtype
+            # INC's per-layer scale_bf16_to_fp8 is bf16 in INC's own modules, and stays so.
+            if target.carried_float_dtype and dtype in ("F16", "BF16") and not t.endswith(".scale_bf16_to_fp8"):
+                widened[t], dtype = dtype, target.carried_float_dtype
+            shard.specs.append(TensorSpec(t, dtype, info.shape))
     for name, p in prepared.items():
         shard = shards[ckpt.locations[src.family.owned_tensors(ckpt, name)[0]]]
         shard.layers.append(name)
@@ -338,7 +347,7 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
     config, extra, copied, dropped = output_configs(ckpt, target, qc, summary)
     return ConversionPlan(
         src, target, list(shards.values()), prepared, owned, config, qc, extra, copied, dropped, companion_specs, casts,
-        companion_passthrough, warnings,
+        companion_passthrough, widened, warnings,
     )
 
 
@@ -346,7 +355,7 @@ def output_configs(ckpt: Checkpoint, target: Target, qc: dict | None, summary: M
     """The output's config.json (None without one in the source), the target's extra config files, and
     the source's other files copied and dropped (its quantization configs and Gaudi caches)."""
     config = None
-    if (ckpt.root / CONFIG_NAME).exists():
+    if ckpt.has_config:
         config = dict(ckpt.config)
         if qc is None:
             config.pop("quantization_config", None)  # INC default: config.json describes the base model

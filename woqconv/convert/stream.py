@@ -18,7 +18,7 @@ from ..requant import requantize
 from ..safetensors_io import SafetensorsFile, SafetensorsWriter
 from .ahead import Ahead
 from .head_start import HeadStart
-from .inc_container import safetensors_to_torch_save
+from .inc_container import safetensors_to_torch_save, write_default_hpu_cache
 from .plan import ConversionPlan
 
 Progress = Callable[[int], None]  # called with bytes of source data consumed since the last call
@@ -57,13 +57,13 @@ def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = Non
 
     def carry_tensor(t: str, writer: SafetensorsWriter) -> tuple[list[str], int]:
         source_file = ckpt.shards[ckpt.locations[t]]
-        writer.copy_from(t, source_file)
+        if t in plan.widened:
+            _cast(writer, t, source_file)
+        else:
+            writer.copy_from(t, source_file)
         if companion and t in plan.companion_passthrough:
             if t in plan.companion_casts:
-                if isinstance(source_file, SafetensorsFile):
-                    companion.cast_from(t, source_file)
-                else:
-                    companion.write(t, source_file.read(t).to(safetensors_io.DTYPES[comp.float_dtype]))
+                _cast(companion, t, source_file)
             else:
                 companion.copy_from(t, source_file)
         return [t], ckpt.info(t).nbytes
@@ -104,7 +104,18 @@ def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = Non
         safetensors_to_torch_save(shards, into / INC_WEIGHTS)
         for f in shards:
             f.unlink()
-    return write_configs_and_files(into, ckpt.root, plan.config, plan.extra_json, plan.copied_files, tick)
+    written = write_configs_and_files(into, ckpt.path_of, plan.config, plan.extra_json, plan.copied_files, tick)
+    if target.default_hpu_cache:  # made from the finished checkpoint, as INC makes it on its first Gaudi load
+        written += write_default_hpu_cache(into, plan.config or ckpt.config)
+    return written
+
+
+def _cast(writer: SafetensorsWriter, name: str, source_file) -> None:
+    """Write a source float tensor cast to the dtype its slot in ``writer`` was planned with."""
+    if isinstance(source_file, SafetensorsFile):
+        writer.cast_from(name, source_file)
+    else:
+        writer.write(name, source_file.read(name).to(safetensors_io.DTYPES[writer.dtype_of(name)]))
 
 
 def write_shard(into: Path, shard, source_file, head_start: HeadStart | Ahead | None, carry_tensor, convert_layer,
@@ -139,10 +150,10 @@ def write_index(into: Path, shards, weight_map: dict[str, str]) -> None:
     (into / INDEX_NAME).write_text(dump_json(index), encoding="utf-8")
 
 
-def write_configs_and_files(into: Path, root: Path, config: dict | None, extra_json: dict[str, dict], copied_files: list[str],
+def write_configs_and_files(into: Path, path_of: Callable[[str], Path], config: dict | None, extra_json: dict[str, dict], copied_files: list[str],
                             tick: Progress) -> int:
-    """The output's config files and the source's other files (tokenizer, ...); returns the bytes the whole
-    output directory holds."""
+    """The output's config files and the source's other files (tokenizer, ...; ``path_of`` says where each
+    lies); returns the bytes the whole output directory holds."""
     if config is not None:
         (into / CONFIG_NAME).write_text(dump_json(config), encoding="utf-8")
     for name, data in extra_json.items():
@@ -150,7 +161,7 @@ def write_configs_and_files(into: Path, root: Path, config: dict | None, extra_j
     for rel in copied_files:
         dst = into / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(root / rel, dst)
+        shutil.copyfile(path_of(rel), dst)
         tick(dst.stat().st_size)
     return sum(p.stat().st_size for p in into.rglob("*") if p.is_file())
 
@@ -214,7 +225,7 @@ def total_source_bytes(plan: ConversionPlan) -> int:
 def source_bytes(ckpt, copied_files: list[str]) -> int:
     """Source bytes the progress counts: every tensor, and every file copied."""
     tensors = sum(ckpt.info(t).nbytes for t in ckpt.locations)
-    files = sum((ckpt.root / f).stat().st_size for f in copied_files)
+    files = sum(ckpt.path_of(f).stat().st_size for f in copied_files)
     return tensors + files
 
 

@@ -60,18 +60,19 @@ class Companion:
     float_dtype: str  # safetensors dtype every unquantized float tensor is cast to
 
 
-def bf16_scale_loss(scales: torch.Tensor) -> dict | None:
-    """How casting scales to bf16 changes them: None when exact (bf16 sources, lucky fp16 values)."""
-    return scale_cast_loss(scales, torch.bfloat16)
+def bf16_scale_loss(scales: torch.Tensor, via: torch.dtype | None = None) -> dict | None:
+    """How casting scales to bf16 (through ``via`` first) changes them: None when exact (bf16 sources,
+    lucky fp16 values)."""
+    return scale_cast_loss(scales, torch.bfloat16, via)
 
 
-def scale_cast_loss(scales: torch.Tensor, dtype: torch.dtype) -> dict | None:
-    """How casting scales to ``dtype`` changes them: None when every value survives exactly."""
+def scale_cast_loss(scales: torch.Tensor, dtype: torch.dtype, via: torch.dtype | None = None) -> dict | None:
+    """How casting scales to ``dtype`` (through ``via`` first) changes them: None when every value survives exactly."""
     if scales.dtype == dtype:
         return None
     s = scales.to(torch.float32)
     # Exact in fp32: a value and its rounding to a narrower float are within a factor of 2.
-    diff = scales.to(dtype).to(torch.float32) - s
+    diff = (scales.to(via) if via is not None else scales).to(dtype).to(torch.float32) - s
     n = int(torch.count_nonzero(diff))
     if not n:
         return None
@@ -97,6 +98,16 @@ class Target:
     # The target's config can state bits / group size per layer (GPTQModel's ``dynamic``, INC's
     # per-module entries); the others hold one precision per checkpoint.
     per_layer_precision: bool = False
+    # The target's loaders need the architecture (config.json) beside the weights; INC's default format
+    # does not: its load() takes the original model from the user.
+    needs_config: bool = True
+    # Unquantized 16-bit float tensors are written widened to this dtype (exact), or kept as they are.
+    carried_float_dtype: str | None = None
+    # Gaudi computes with bf16 scales: a target that pre-bakes INC's Gaudi cache casts them (lossy unless
+    # they are bf16-exact, and refused until the user accepts it).
+    bf16_scales: bool = False
+    # INC's default-format Gaudi cache (quantized_hpu_weight.pt), written from the finished weights.
+    default_hpu_cache: str | None = None
 
     def check_bits(self, layer: QuantLinear) -> str | None:
         return None
@@ -110,7 +121,8 @@ class Target:
                 "weights and report the error per layer",
                 requantizable=True,
             )
-        for family in (*([self.companion.family] if self.companion else []), self.family):
+        cache_family = [HpuFamily] if self.default_hpu_cache else [self.companion.family] if self.companion else []
+        for family in (*cache_family, self.family):
             problem = family.check_writable(layer)
             if problem:
                 return Prepared(layer, [], problem)
@@ -136,7 +148,8 @@ class Target:
             if self.v1_zero_point_zero == "refuse":
                 return Prepared(layer, [], f"{zero} groups have zero point 0", zero_point_zero_groups=zero)
             changes.append(f"{zero} zero points of 0 stored as all-ones fields (INC's modular v1)")
-        lossy = bf16_scale_loss(layer.scales) if self.companion and self.companion.float_dtype == "BF16" else None
+        # INC's default route holds scales in its fp16 optimum buffers before packing them for Gaudi.
+        lossy = bf16_scale_loss(layer.scales, torch.float16 if self.default_hpu_cache else None) if self.bf16_scales else None
         if lossy:
             lossy = {"kind": "bf16", **lossy}
         return Prepared(layer, changes, zero_point_zero_groups=zero, lossy=lossy)
@@ -281,6 +294,7 @@ class IncHfTarget(Target):
 class HpuTarget(IncHfTarget):
     name = "hpu"
     keeps_g_idx = False  # INC drops ordered g_idx, and older SynapseAI ignores any g_idx
+    bf16_scales = True
     companion = Companion("hpu_model.safetensors", HpuFamily, ZP_V2, "BF16")
     description = "inc-hf plus the hpu_model.safetensors cache INC's Gaudi loader reads without repacking"
 
@@ -295,6 +309,13 @@ class IncDefaultTarget(Target):
     holds_mul_linear = True
     per_layer_precision = True
     loader_scale_dtype = "float16"
+    needs_config = False
+    # Every entry is labelled awq (below), so INC's load assigns the checkpoint's unquantized tensors into
+    # the user's original model, replacing its parameters with the file's dtype. fp16 or bf16 ones would
+    # then meet the fp32 activations INC's CPU linears return ("mixed dtype", "m1 and m2 ... same dtype")
+    # whatever dtype the user built the model in; fp32 holds every 16-bit value exactly and runs with
+    # original models built in float32 or bfloat16 alike.
+    carried_float_dtype = "F32"
     description = "INC default format: qconfig.json + quantized_weight.pt for load(..., original_model=...)"
 
     def check_bits(self, layer):
@@ -329,6 +350,19 @@ class IncDefaultTarget(Target):
                 }
             }
         return {"qconfig.json": entries}
+
+
+class HpuDefaultTarget(IncDefaultTarget):
+    """The Gaudi recipe's own route: INC's default format, loaded with
+    ``load(OUT, format="default", device="hpu", original_model=...)``, plus the cache INC writes on that
+    first load (``quantized_hpu_weight.pt``), so that INC repacks nothing."""
+
+    name = "hpu-default"
+    keeps_g_idx = False  # as hpu: older SynapseAI ignores any g_idx
+    bf16_scales = True
+    needs_config = True  # the cache's key order is the architecture's module tree
+    default_hpu_cache = "quantized_hpu_weight.pt"
+    description = "inc plus the quantized_hpu_weight.pt cache INC's default-format Gaudi loader reads without repacking"
 
 
 def _entry_group_size(layer: QuantLinear, declared: int) -> int:
@@ -447,6 +481,6 @@ from .openvino_target import OpenvinoTarget  # noqa: E402  (it subclasses Target
 
 TARGETS: dict[str, Target] = {
     t.name: t
-    for t in (GptqV1Target(), GptqV2Target(), AwqGemmTarget(), IncDefaultTarget(), IncHfTarget(), HpuTarget(), Nf4Target(), Fp4Target(),
-              OpenvinoTarget())
+    for t in (GptqV1Target(), GptqV2Target(), AwqGemmTarget(), IncDefaultTarget(), IncHfTarget(), HpuTarget(), HpuDefaultTarget(), Nf4Target(),
+              Fp4Target(), OpenvinoTarget())
 }

@@ -1,10 +1,15 @@
-"""Load an ``hpu`` output through INC's own Gaudi path and show that INC repacked nothing.
+"""Load an ``hpu`` or ``hpu-default`` output through INC's own Gaudi path and show that INC repacked nothing.
 
 On a Gaudi host this is INC's real ``load(..., device="hpu")``; elsewhere it runs the same INC code
 under :func:`woqconv.runtime.hpu_emulation.emulated_hpu` and says so. The logits are compared with
 INC's CPU load of the same checkpoint's primary (fp16-scale) weights.
 
-    python -m woqconv.runtime.inc_hpu OUT [--format json]
+An ``hpu`` output is loaded by INC's huggingface route, ``load(OUT, format="huggingface", device="hpu")``;
+an ``hpu-default`` output by the default format's route, as the Gaudi recipe writes it:
+``load(model_name_or_path=OUT, format="default", device="hpu",
+original_model=AutoModelForCausalLM.from_pretrained(BASE))``, with BASE the original model (``--base-model``).
+
+    python -m woqconv.runtime.inc_hpu OUT [--base-model BASE] [--format json]
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,23 +58,37 @@ def counting_inc_repacks():
         modules.INCWeightOnlyLinear.unpack = original_unpack
 
 
-def load_through_inc_hpu(path: str | Path) -> HpuLoadReport:
+def load_through_inc_hpu(path: str | Path, base_model: str | Path | None = None) -> HpuLoadReport:
     import torch
     from neural_compressor.torch.quantization import load
+    from transformers import AutoModelForCausalLM
 
     from .hpu_emulation import emulated_hpu
 
     path = Path(path)
     cache = next((c for c in HPU_CACHES if (path / c).exists()), None)
     if cache is None:
-        raise WoqconvError("no hpu_model.safetensors here: convert with --to hpu first", file=path)
+        raise WoqconvError("no INC Gaudi cache here (hpu_model.safetensors or quantized_hpu_weight.pt): convert with --to hpu "
+                           "or --to hpu-default first", file=path)
+    default_route = cache != "hpu_model.safetensors"
+    if default_route and base_model is None:
+        raise WoqconvError("INC's default format loads with original_model: pass --base-model, the original model's directory", file=path)
     with counting_inc_repacks() as repacks, emulated_hpu() as label:
-        model = load(str(path), format="huggingface", device="hpu", torch_dtype=torch.bfloat16)
+        if default_route:
+            # The Gaudi recipe's call, verbatim.
+            model = load(model_name_or_path=str(path), format="default", device="hpu",
+                         original_model=AutoModelForCausalLM.from_pretrained(str(base_model)))
+        else:
+            model = load(str(path), format="huggingface", device="hpu", torch_dtype=torch.bfloat16)
         with torch.no_grad():
             hpu_logits = model(torch.tensor(PROMPT)).logits.float().cpu()
     repacked = repacks[0]
     hpu_modules = sum(type(m).__name__ == "HPUWeightOnlyLinear" for m in model.modules())
-    cpu = load(str(path), format="huggingface", device="cpu", torch_dtype=torch.float32)
+    if default_route:
+        cpu = load(str(path), format="default", device="cpu", original_model=AutoModelForCausalLM.from_pretrained(str(base_model),
+                                                                                                                dtype=torch.float32))
+    else:
+        cpu = load(str(path), format="huggingface", device="cpu", torch_dtype=torch.float32)
     with torch.no_grad():
         cpu_logits = cpu(torch.tensor(PROMPT)).logits.float()
     return HpuLoadReport(
@@ -97,11 +116,14 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m woqconv.runtime.inc_hpu", description=__doc__.splitlines()[0])
     parser.add_argument("path")
+    parser.add_argument("--base-model", help="the original model (a directory with its weights), for INC's default format")
     parser.add_argument("--format", choices=("text", "json"), default="text")
     args = parser.parse_args(argv)
     _quiet_libraries()
     try:
-        report = load_through_inc_hpu(args.path)
+        # INC's default-format loader prints its progress on stdout, which carries the report.
+        with redirect_stdout(sys.stderr):
+            report = load_through_inc_hpu(args.path, args.base_model)
     except WoqconvError as e:
         print(f"woqconv: error: {e.one_line()}", file=sys.stderr)
         return e.exit_code

@@ -133,6 +133,6 @@ def write_openvino(plan, into: Path, progress: Callable[[int], None] | None = No
     for rel in plan.copied_files:
         dst = into / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src.ckpt.root / rel, dst)
+        shutil.copyfile(src.ckpt.path_of(rel), dst)
         tick(dst.stat().st_size)
     return sum(p.stat().st_size for p in into.rglob("*") if p.is_file())

@@ -24,13 +24,15 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import HPU_CACHES
+from .. import base_model as bases
+from ..checkpoint import CONFIG_NAME, HPU_CACHES
 from ..compute import compute_threads, default_workers, map_in_order, release_freed_memory
 from ..errors import WoqconvError
 from ..ir import CodebookLinear, GIdxKind, QuantLinear
 from ..requant import weight_error
 from ..source import QuantizedCheckpoint, open_checkpoint
 from .devices import select_device
+from .worker import BASE_ENV
 
 
 @dataclass
@@ -112,12 +114,16 @@ REQUANTIZED = "weights (requantized)"
 
 # Which real loader reads a format, and in what precision it runs.
 LOADERS = {"gptq": "transformers", "gptq-v2": "transformers", "awq": "transformers", "inc": "inc-default", "hpu": "inc-hpu"}
+# INC's Gaudi routes: bf16 scales, judged by the bf16 thresholds, on the device the loader reports.
+GAUDI_LOADERS = ("inc-hpu", "inc-hpu-default")
 
 
 def _loader_for(ckpt: QuantizedCheckpoint) -> str:
     fmt = ckpt.format
     if (ckpt.root / "hpu_model.safetensors").exists():
         return "inc-hpu"  # an hpu output is meant for INC's Gaudi path, whoever produced its source
+    if (ckpt.root / "quantized_hpu_weight.pt").exists():
+        return "inc-hpu-default"  # the Gaudi recipe's own route: INC's default format with its cache
     if fmt.name == "gptq" and fmt.producer == "neural-compressor":
         return "inc"
     return LOADERS.get(fmt.name, "transformers")
@@ -168,12 +174,14 @@ def _config_class_check(ckpt: QuantizedCheckpoint) -> Check:
 
 def _completeness_check(ckpt: QuantizedCheckpoint) -> list[Check]:
     """Every linear of the architecture inside the decoder blocks must be quantized (like its siblings)."""
+    if not ckpt.ckpt.has_config:
+        return [Check("complete", True, "the checkpoint records no architecture (INC's default format) and no base model was given; "
+                      "completeness not checked")]
     try:
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        config = AutoConfig.from_pretrained(ckpt.root)
-        if hasattr(config, "quantization_config"):
-            delattr(config, "quantization_config")
+        known = {k: v for k, v in ckpt.ckpt.config.items() if k not in ("quantization_config", "model_type")}
+        config = AutoConfig.for_model(ckpt.ckpt.config.get("model_type", "?"), **known)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
     except Exception as e:
@@ -303,7 +311,8 @@ def _weights_checks(out: QuantizedCheckpoint, src: QuantizedCheckpoint, t: Thres
     report.metrics["layers_compared" if not bf16 else "hpu_cache_layers_compared"] = len(out_names & src_names)
 
 
-def _run_check(out: QuantizedCheckpoint, src_path: Path | None, src_loader: str | None, device: str, t: Thresholds, report: VerifyReport) -> None:
+def _run_check(out: QuantizedCheckpoint, src_path: Path | None, src_loader: str | None, device: str, t: Thresholds, report: VerifyReport,
+               base: bases.BaseModel | None = None) -> None:
     loader = _loader_for(out)
     report.loader = loader
     ref_loader, ref_path = (src_loader, src_path.resolve()) if src_path is not None else ("dense", out.root.resolve())
@@ -311,7 +320,8 @@ def _run_check(out: QuantizedCheckpoint, src_path: Path | None, src_loader: str 
     with tempfile.TemporaryDirectory(prefix="woqconv-verify-") as tmp:
         proc = subprocess.run(
             [sys.executable, "-m", "woqconv.runtime.worker", tmp, device, f"{loader}:{out.root.resolve()}", f"{ref_loader}:{ref_path}"],
-            capture_output=True, text=True, timeout=3600, cwd=tmp, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            capture_output=True, text=True, timeout=3600, cwd=tmp,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", **({BASE_ENV: str(base.root.resolve())} if base else {})},
         )
         rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
         if len(rows) != 2:
@@ -325,8 +335,8 @@ def _run_check(out: QuantizedCheckpoint, src_path: Path | None, src_loader: str 
         if "error" in got or "error" in ref:
             return
         a, b = torch.load(got["file"]), torch.load(ref["file"])
-    report.device = got["device"] if loader == "inc-hpu" else device
-    bf16 = loader == "inc-hpu"
+    bf16 = loader in GAUDI_LOADERS
+    report.device = got["device"] if bf16 else device
     max_abs = float((a - b).abs().max())
     cos = float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
     top1_raw = float((a.argmax(-1) == b.argmax(-1)).float().mean())
@@ -334,7 +344,7 @@ def _run_check(out: QuantizedCheckpoint, src_path: Path | None, src_loader: str 
     # error this precision allows is a near-tie, not a disagreement (bf16 flips those on flat logits).
     pick_out, pick_ref = a.argmax(-1, keepdim=True), b.argmax(-1, keepdim=True)
     margin = (b.gather(-1, pick_ref) - b.gather(-1, pick_out)).squeeze(-1)
-    limit_abs = t.bf16_max_abs_logit if loader == "inc-hpu" else t.max_abs_logit
+    limit_abs = t.bf16_max_abs_logit if bf16 else t.max_abs_logit
     top1 = float(((pick_out == pick_ref).squeeze(-1) | (margin <= limit_abs)).float().mean())
     ppl_rel = abs(got["ppl"] - ref["ppl"]) / ref["ppl"]
     limits = (
@@ -377,10 +387,23 @@ def _source_loader(src: QuantizedCheckpoint) -> str:
     return "transformers"
 
 
+def _base_for(path: Path, against: Path | None, spec: str | os.PathLike | None) -> bases.BaseModel | None:
+    """The base model: the one named, else the one INC recorded for OUT or SRC when either lacks config.json."""
+    if spec is not None:
+        return bases.resolve(spec)
+    for ckpt in (path, against):
+        if ckpt is not None and ckpt.is_dir() and not (ckpt / CONFIG_NAME).exists():
+            found = bases.find_recorded(bases.recorded_model_path(ckpt))
+            if found is not None:
+                return found
+    return None
+
+
 def verify(
     path: str | os.PathLike,
     *,
     against: str | os.PathLike | None = None,
+    base_model: str | os.PathLike | None = None,
     device: str = "auto",
     run: bool = True,
     thresholds: Thresholds | None = None,
@@ -389,6 +412,9 @@ def verify(
     """Check a converted checkpoint: structure, weights against ``against`` (its source), and a real run.
 
     ``workers`` layers are compared at once, in threads (by default one per core, at most 4).
+    ``base_model`` (a directory or a Hub repo id) is the original model for checkpoints that record no
+    architecture (INC's default format): INC's load needs it built, and so do the other checks. Without it,
+    the ``model_path`` INC recorded is used when it is at hand, as :func:`woqconv.convert` does.
 
     Example::
 
@@ -410,12 +436,20 @@ def verify(
         verify_openvino(path, Path(against) if against is not None else None, run, t, report)
         return report
     dev = select_device(device).kind if run else None
+    base = _base_for(path, Path(against) if against is not None else None, base_model)
     report = VerifyReport(str(path), str(against) if against else None, format="?")
     out = _open_as_loader_reads(path, report)
     with out:
         # Both checkpoints are read (and refused when bad) before any check runs or any loader starts.
         src = open_checkpoint(against) if against is not None else None
         try:
+            for ckpt in (out, src):
+                if ckpt is not None and base is not None and not ckpt.ckpt.has_config:
+                    ckpt.ckpt.attach_base(base.root, base.files, base.config)
+                    bases.check_matches(base, ckpt)
+            if run and base is None and any(c is not None and not c.ckpt.has_config for c in (out, src)):
+                bare = out if not out.ckpt.has_config else src
+                raise WoqconvError(bases.missing_architecture(bare.root), file=bare.root)
             report.format = out.format.name
             report.checks.append(Check("structure", True, f"{len(out.layers)} quantized layers read, shapes and ranges consistent"))
             report.checks.append(_config_class_check(out))
@@ -426,7 +460,8 @@ def verify(
                     with open_checkpoint(out.root, hpu_cache=True) as cache:
                         _weights_checks(cache, src, t, report, workers)
             if run:
-                _run_check(out, Path(against) if src is not None else None, _source_loader(src) if src is not None else None, dev, t, report)
+                _run_check(out, Path(against) if src is not None else None, _source_loader(src) if src is not None else None, dev, t, report,
+                           base)
         finally:
             if src is not None:
                 src.close()

@@ -7,8 +7,10 @@ per checkpoint: {"path", "loader", "module", "file", "ppl", "device"} or {"path"
 Loaders:
   transformers  AutoModelForCausalLM: quant_method dispatch (gptq/awq -> gptqmodel, auto-round -> auto-round)
   inc           INC load(format="huggingface")
-  inc-default   INC load(format="default") with the base model built from the checkpoint's config.json
+  inc-default   INC load(format="default") with the original model built from the checkpoint's config.json, or from
+                the base model's (WOQCONV_BASE_MODEL_DIR) when the checkpoint records none
   inc-hpu       INC load(format="huggingface", device="hpu"): real Gaudi, or emulated on CPU
+  inc-hpu-default  INC load(format="default", device="hpu", original_model=...): the same, by the default format's route
   dense         the checkpoint's IR dequantized by woqconv into the plain fp32 architecture
 """
 
@@ -23,6 +25,8 @@ from pathlib import Path
 PROMPT = [[1, 5, 9, 33, 100, 200, 7, 8, 9, 10, 11, 12, 250, 3, 64, 128]]
 STREAM_LEN = 64
 STREAM_SEED = 1234
+# The directory of the base model's files (config.json, ...) for checkpoints that record no architecture.
+BASE_ENV = "WOQCONV_BASE_MODEL_DIR"
 
 
 def token_stream(vocab: int):
@@ -46,15 +50,17 @@ def _load(loader: str, path: str, device: str):
         return load(path, format="huggingface", device="cpu", torch_dtype=torch.float32), "cpu"
     if loader == "inc-default":
         from neural_compressor.torch.quantization import load
-        from transformers import AutoConfig, AutoModelForCausalLM
 
-        base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)
-        # INC takes embeddings and norms from original_model unless the entries are awq/teq; a user
-        # passes the real base model, whose tensors INC's default format saved in the same state dict.
-        _fill_base(base, path)
         # INC may assign the checkpoint's own tensors (bf16 when AutoRound wrote them) into the fp32
         # base; cast the loaded model to fp32, as a CPU user would, for fp32 logits.
-        return load(path, format="default", original_model=base, device="cpu").float(), "cpu"
+        return load(path, format="default", original_model=_original_model(path), device="cpu").float(), "cpu"
+    if loader == "inc-hpu-default":
+        from neural_compressor.torch.quantization import load
+
+        from .hpu_emulation import emulated_hpu
+
+        with emulated_hpu() as label:
+            return load(path, format="default", original_model=_original_model(path), device="hpu"), label
     if loader == "inc-hpu":
         from neural_compressor.torch.quantization import load
 
@@ -65,6 +71,29 @@ def _load(loader: str, path: str, device: str):
     if loader == "dense":
         return _dense(path), "cpu"
     raise ValueError(f"unknown loader {loader}")
+
+
+def _config_dir(path: str) -> str:
+    """Where a checkpoint's architecture is: its own config.json, else the base model verify was given
+    (INC's default format records none; the user builds the original model, as INC's load() asks)."""
+    if os.path.exists(os.path.join(path, "config.json")):
+        return path
+    base = os.environ.get(BASE_ENV)
+    if not base:
+        raise ValueError(f"{path} records no architecture (no config.json) and no base model was given")
+    return base
+
+
+def _original_model(path: str):
+    """The original model INC's default format asks for, built from the architecture and holding the
+    checkpoint's unquantized tensors: the weights a user's base model has (INC takes embeddings and norms
+    from it unless the entries are awq/teq, and saved the same tensors in the same state dict)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(_config_dir(path)), dtype=torch.float32)
+    _fill_base(base, path)
+    return base
 
 
 def _fill_base(model, path: str) -> None:
@@ -87,7 +116,7 @@ def _dense(path: str):
 
     from ..source import open_checkpoint
 
-    config = AutoConfig.from_pretrained(path)
+    config = AutoConfig.from_pretrained(_config_dir(path))
     config.quantization_config = None
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
