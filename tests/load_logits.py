@@ -6,8 +6,8 @@ Run as a subprocess by the tests (a bad checkpoint can abort gptqmodel's interpr
 
 LOADER is ``transformers`` (quant_method dispatch: gptq/awq -> gptqmodel, auto-round -> auto-round),
 ``inc`` (neural_compressor.torch.quantization.load, huggingface format), ``inc-default`` (INC's
-default format, with the original model built from the checkpoint's config.json, or from the base
-model's in $WOQCONV_BASE_MODEL_DIR when the checkpoint records none), or ``inc-default-user-float32`` /
+default format, with the original model from_pretrained($WOQCONV_BASE_MODEL_DIR) in fp32; ``-sharded``
+for INC's blockwise save), or ``inc-default-user-float32`` /
 ``inc-default-user-bfloat16``: INC's documented call with the original model as a user builds it,
 ``AutoModelForCausalLM.from_pretrained(BASE, dtype=D)`` (BASE = $WOQCONV_BASE_MODEL_DIR). Prints one JSON
 line per checkpoint: {"path", "loader", "module", "file"} or {"path", "error"}.
@@ -42,16 +42,16 @@ def load(loader: str, path: str):
         dtype = getattr(torch, loader.rsplit("-", 1)[1])
         original = AutoModelForCausalLM.from_pretrained(os.environ["WOQCONV_BASE_MODEL_DIR"], dtype=dtype)
         return inc_load(path, format="default", original_model=original)
-    if loader == "inc-default":
-        # INC's default format needs the base architecture: the checkpoint's config.json, or the base model's.
+    if loader in ("inc-default", "inc-default-sharded"):
+        # INC's documented call: the original model built from its own weights (every fixture's is
+        # $WOQCONV_BASE_MODEL_DIR). INC takes embeddings and norms from it unless the entries say awq/teq.
+        # The blockwise save (safetensors shards + model_bin_index.json) loads with sharded_checkpoints.
         from neural_compressor.torch.quantization import load as inc_load
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM
 
-        arch = path if os.path.exists(os.path.join(path, "config.json")) else os.environ["WOQCONV_BASE_MODEL_DIR"]
-        base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(arch), dtype=torch.float32)
-        # INC assigns the checkpoint's own unquantized tensors (bf16 when AutoRound wrote them) into the
-        # fp32 base; cast the loaded model to fp32, as a CPU user would, for fp32 logits.
-        return inc_load(path, format="default", original_model=base, device="cpu").float()
+        original = AutoModelForCausalLM.from_pretrained(os.environ["WOQCONV_BASE_MODEL_DIR"], dtype=torch.float32)
+        sharded = {"sharded_checkpoints": True} if loader == "inc-default-sharded" else {}
+        return inc_load(path, format="default", original_model=original, device="cpu", **sharded).float()
     if loader == "gptqmodel":
         # GPTQModel's own loader honours per-module `dynamic` (mixed precision); its torch kernel builds in
         # fp16 and the model is then cast to fp32 like the others.

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MANIFEST, fixture_path
+from conftest import BASE, MANIFEST, fixture_path
 from fake_hub import FakeHub, populate_cache, read_dir, tree_state
 
 import woqconv
@@ -242,3 +242,34 @@ def test_hub_options_misused_are_one_line_errors(tmp_path):
         r = run_cli(env, *args, cwd=tmp_path)
         assert r.returncode == 2 and r.stderr.startswith(message) and r.stderr.count("\n") == 1, (args, r.stderr)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repos.txt"]
+
+
+def test_inc_default_repos_with_a_hub_base_model(tmp_path):
+    """INC's default format from the Hub, with --base-model a Hub repo: only the base's config, generation
+    config and tokenizer are downloaded from it, never its weights; convert (+ verify) and migrate use it."""
+    with FakeHub() as hub:
+        hub.add_repo("org/tiny-llama", read_dir(BASE))  # the original model, weights and all
+        hub.add_repo("org/llama-inc-rtn", read_dir(fixture_path("inc-default-rtn-g32-asym")))
+        hub.add_repo("org/llama-inc-awq", read_dir(fixture_path("inc-default-awq-g32-asym")))
+        env = hub_env(tmp_path / "hf", hub.endpoint)
+        r = run_cli(env, "convert", "org/llama-inc-rtn", "-o", tmp_path / "out", "--to", "gptq", "--format", "json", cwd=tmp_path)
+        assert r.returncode == 2 and "--base-model" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        r = run_cli(env, "convert", "org/llama-inc-rtn", "-o", tmp_path / "out", "--to", "gptq", "--base-model", "org/tiny-llama",
+                    "--verify", "--format", "json", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        data = json.loads(r.stdout)
+        assert data["verify"]["passed"] and data["base_model"].startswith("org/tiny-llama@")
+        fetched = {tuple(q.path.split("/")[1:3]) + (q.path.rsplit("/", 1)[-1],) for q in hub.requests if q.method == "GET" and "/resolve/" in q.path}
+        assert {f for org, repo, f in fetched if repo == "tiny-llama"} == {"config.json", "generation_config.json", "tokenizer.json",
+                                                                             "tokenizer_config.json"}
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "generation_config.json", "model.safetensors",
+                                                                         "quantize_config.json", "tokenizer.json", "tokenizer_config.json"]
+        listing = tmp_path / "repos.txt"
+        listing.write_text("org/llama-inc-rtn\norg/llama-inc-awq\n")
+        r = run_cli(env, "migrate", listing, "--to", "inc-hf", "-o", tmp_path / "migrated", "--base-model", "org/tiny-llama", "--no-run",
+                    "--format", "json", cwd=tmp_path)
+        report = json.loads(r.stdout)
+        by_repo = {e["repo_id"]: e for e in report["entries"]}
+        assert by_repo["org/llama-inc-rtn"]["status"] == "succeeded" and by_repo["org/llama-inc-rtn"]["verified"], by_repo
+        # AWQ's MulLinear wrappers have no place in inc-hf: refused for what the layers are, not for the base.
+        assert by_repo["org/llama-inc-awq"]["status"] == "refused" and "MulLinear" in by_repo["org/llama-inc-awq"]["reason"]
