@@ -21,21 +21,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from .checkpoint import CONFIG_NAME, read_json
+from .checkpoint import CONFIG_NAME, MODEL_FILE_PATTERNS, read_json
 from .errors import FormatError, WoqconvError
 
-# What a converted checkpoint carries from its original model. Top-level files only; weights never.
-BASE_FILE_PATTERNS = (
-    CONFIG_NAME,
-    "generation_config.json",
-    "tokenizer*",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.*",
-    "merges.txt",
-    "chat_template.*",
-    "*.tiktoken",
-)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
 GIVEN = "--base-model"
 RECORDED = "qconfig.json model_path"
@@ -44,7 +32,7 @@ _INC_EXTRAS = (".scale_bf16_to_fp8", ".input_scale")
 
 
 def is_base_file(name: str) -> bool:
-    return "/" not in name and not name.endswith(_WEIGHT_SUFFIXES) and any(fnmatch.fnmatch(name, p) for p in BASE_FILE_PATTERNS)
+    return "/" not in name and not name.endswith(_WEIGHT_SUFFIXES) and any(fnmatch.fnmatch(name, p) for p in MODEL_FILE_PATTERNS)
 
 
 @dataclass(frozen=True)
@@ -101,7 +89,7 @@ def _from_hub(repo_id: str, *, origin: str, revision: str | None, cache_only: bo
 
     try:
         with quiet_hub(True):
-            snapshot = Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(BASE_FILE_PATTERNS),
+            snapshot = Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(MODEL_FILE_PATTERNS),
                                               local_files_only=cache_only))
     except (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, httpx2.HTTPError, ConnectionError) as e:
         raise hub_error(repo_id, e) from None

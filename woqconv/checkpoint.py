@@ -39,6 +39,21 @@ INC_SHARD_INDEX = "model_bin_index.json"
 HPU_CACHES = ("hpu_model.safetensors", "quantized_hpu_weight.safetensors", "quantized_hpu_weight.pt")
 
 
+# What a model carries beside its weights that loaders read: the architecture, generation defaults and the
+# tokenizer (top-level names, fnmatch patterns as huggingface_hub takes them).
+MODEL_FILE_PATTERNS = (
+    CONFIG_NAME,
+    "generation_config.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.*",
+    "merges.txt",
+    "chat_template.*",
+    "*.tiktoken",
+)
+
+
 # Configs and indexes are kilobytes (a 400B model's index is a few MB); a larger "JSON" file is not
 # read into memory.
 MAX_JSON_BYTES = 64 * 1024 * 1024

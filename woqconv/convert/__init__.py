@@ -181,7 +181,9 @@ def convert(
     base = base_for(src_path, base_model)
     # Plain GPTQ to gptq / gptq-v2 / inc-hf / awq is planned and written with numpy alone (direct.py); its
     # plan takes 0.1-0.3 s at 7B, so it is made before anything else starts.
-    fast = direct.plan_direct(src_path, to, zero_point_convention) if requantize is None and not double_quant and base is None else None
+    # The numpy path carries the source's own config.json; a base model, or its absence, is the torch path's.
+    simple = requantize is None and not double_quant and base is None and (src_path / CONFIG_NAME).exists()
+    fast = direct.plan_direct(src_path, to, zero_point_convention) if simple else None
     head = None
     try:
         # Copying the source's shards may start now, while torch is imported and the checkpoint is scanned

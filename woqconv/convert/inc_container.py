@@ -122,7 +122,6 @@ def write_default_hpu_cache(into: Path, config: dict) -> int:
         spill.unlink(missing_ok=True)
 
 
-
 class _quiet_readonly_warning:
     def __enter__(self):
         import warnings

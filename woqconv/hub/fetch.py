@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from ..checkpoint import HPU_CACHES
+from ..checkpoint import HPU_CACHES, MODEL_FILE_PATTERNS
 from ..errors import FormatError, WoqconvError
 
 # What a conversion reads or carries along (top-level files only). Weights: safetensors shards and
@@ -28,18 +28,10 @@ ALLOW_PATTERNS = [
     "model.safetensors.index.json",
     "model_bin_index.json",
     "quantized_weight.pt",
-    "config.json",
     "quantize_config.json",
     "quantization_config.json",
     "qconfig.json",
-    "generation_config.json",
-    "tokenizer*",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.*",
-    "merges.txt",
-    "chat_template.*",
-    "*.tiktoken",
+    *MODEL_FILE_PATTERNS,
 ]
 # INC's Gaudi caches are dropped by every conversion (checkpoint.HPU_CACHES); sub-folders hold
 # other exports (onnx/, original/), never the checkpoint woqconv reads.
