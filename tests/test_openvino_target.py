@@ -179,3 +179,14 @@ def test_mixed_precision_keeps_each_layers_bits(tmp_path):
             layer = src.read_layer(shell.name)
             assert got[shell.name].codes_type == ("u8" if layer.bits == 8 else "u4"), shell.name
             assert torch.equal(got[shell.name].weight.float(), layer.dequantize()), shell.name
+
+
+def test_verify_runs_an_inc_default_source_through_its_base_model(converted):
+    """INC's default format records no architecture: verify builds INC's original model from --base-model."""
+    outs, _, _ = converted
+    name = "inc-default-rtn-g32-asym"
+    with pytest.raises(WoqconvError, match="--base-model"):
+        woqconv.verify(outs[name], against=fixture_path(name))
+    report = woqconv.verify(outs[name], against=fixture_path(name), base_model=BASE)
+    assert report.passed, report.failures
+    assert report.reference.startswith("inc-default:") and report.metrics["max_abs_logit_diff"] <= LOGIT_TOL

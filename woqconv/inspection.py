@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-
-from . import numpy_scan
 from pathlib import Path
 
-from .base_model import recorded_model_path
+from . import numpy_scan
+from .base_model import check_matches, find_recorded, recorded_model_path, resolve
 from .checkpoint import CONFIG_NAME, Checkpoint, weights_container
 from .compute import compute_threads
 from .errors import FormatError, WoqconvError
@@ -285,8 +284,6 @@ def inspect(path: str | os.PathLike, *, zero_point_convention: str = "auto", bas
         report = woqconv.inspect("llama-gptq")
         print(report.format, report.bits, report.group_size, report.zero_point_convention)
     """
-    from .base_model import check_matches, find_recorded, resolve
-
     root = Path(path)
     base = resolve(base_model) if base_model is not None else None
     recorded = recorded_model_path(root) if root.is_dir() else None

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -128,8 +129,9 @@ def run_logits(result_dir: Path, profiles: list[str], paths: list[Path]) -> list
     return run_worker(["run", str(result_dir), ",".join(profiles), *(str(p.resolve()) for p in paths)])
 
 
-def verify_openvino(path: Path, against: Path | None, run: bool, t, report) -> None:
-    """Fill ``report`` (a VerifyReport) for an openvino output."""
+def verify_openvino(path: Path, against: Path | None, run: bool, t, report, base=None) -> None:
+    """Fill ``report`` (a VerifyReport) for an openvino output; ``base`` (a BaseModel) is the source's
+    original model when the source records no architecture (INC's default format)."""
     from ..source import open_checkpoint
     from .verify import Check
 
@@ -154,12 +156,13 @@ def verify_openvino(path: Path, against: Path | None, run: bool, t, report) -> N
                 report.checks.append(Check("weights", same, detail, layer.name))
             report.metrics["layers_compared"] = len(names & set(weights))
     if run:
-        _run_check(path, against, t, report)
+        _run_check(path, against, t, report, base)
     report.seconds = round(time.perf_counter() - start, 3)
 
 
-def _run_check(path: Path, against: Path | None, t, report) -> None:
+def _run_check(path: Path, against: Path | None, t, report, base=None) -> None:
     from .verify import Check, _source_loader
+    from .worker import BASE_ENV
 
     from ..source import open_checkpoint
 
@@ -173,7 +176,8 @@ def _run_check(path: Path, against: Path | None, t, report) -> None:
             ref_loader = _source_loader(src)
         report.reference = f"{ref_loader}:{Path(against).resolve()}"
         proc = subprocess.run([sys.executable, "-m", "woqconv.runtime.worker", tmp, "cpu", f"{ref_loader}:{Path(against).resolve()}"],
-                              capture_output=True, text=True, timeout=3600, cwd=tmp)
+                              capture_output=True, text=True, timeout=3600, cwd=tmp,
+                              env={**os.environ, **({BASE_ENV: str(base.root.resolve())} if base else {})})
         ref = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
         got = run_logits(Path(tmp), ["f32"], [path])
         for row, what in ((got[0] if got else {"error": "no output"}, "output"), (ref[0] if ref else {"error": proc.stderr[-300:]}, "reference")):

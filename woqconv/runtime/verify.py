@@ -429,14 +429,16 @@ def verify(
     path = Path(path)
     if not path.exists():
         raise WoqconvError("no such file or directory", file=path)
+    base = _base_for(path, Path(against) if against is not None else None, base_model)
     if (path / "openvino_model.xml").exists():  # an openvino output: read back and run by OpenVINO itself
         from .openvino_check import verify_openvino
 
+        if run and against is not None and base is None and not (Path(against) / CONFIG_NAME).exists():
+            raise WoqconvError(bases.missing_architecture(Path(against)), file=against)
         report = VerifyReport(str(path), str(against) if against else None, format="openvino")
-        verify_openvino(path, Path(against) if against is not None else None, run, t, report)
+        verify_openvino(path, Path(against) if against is not None else None, run, t, report, base)
         return report
     dev = select_device(device).kind if run else None
-    base = _base_for(path, Path(against) if against is not None else None, base_model)
     report = VerifyReport(str(path), str(against) if against else None, format="?")
     out = _open_as_loader_reads(path, report)
     with out:
