@@ -16,7 +16,7 @@ from loading import (
     source_loader,
     twin_auto_gptq,
 )
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import woqconv
 from woqconv.errors import RefusedConversion
@@ -195,6 +195,17 @@ def test_hpu_default_refuses_what_gaudi_cannot_hold(tmp_path):
     with pytest.raises(RefusedConversion, match="records no architecture"):
         woqconv.convert(fixture_path("inc-default-rtn-g32-asym"), tmp_path / "c", to="hpu-default", allow_bf16=True)
     assert not any(tmp_path.iterdir())
+    # Tied embeddings stored once: INC's cache would hold the user's own lm_head, in the dtype they load it.
+    tied = tmp_path / "tied"
+    shutil.copytree(fixture_path("ar-g32-asym-auto_gptq"), tied)
+    config = json.loads((tied / "config.json").read_text())
+    (tied / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    tensors = load_file(tied / "model.safetensors")
+    del tensors["lm_head.weight"]
+    save_file(tensors, tied / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(RefusedConversion, match="tied embeddings without lm_head.weight"):
+        woqconv.convert(tied, tmp_path / "d", to="hpu-default", allow_bf16=True)
+    assert not (tmp_path / "d").exists()
 
 
 @pytest.mark.parametrize("target, cache", [("hpu-default", "quantized_hpu_weight.pt"), ("hpu", "hpu_model.safetensors")])

@@ -15,6 +15,7 @@ from pathlib import Path
 from .. import safetensors_io
 from .._lazy import torch
 from ..checkpoint import INC_WEIGHTS
+from ..errors import WoqconvError
 from ..safetensors_io import SafetensorsFile
 
 
@@ -115,7 +116,10 @@ def write_default_hpu_cache(into: Path, config: dict) -> int:
         stored = torch.load(into / INC_WEIGHTS, mmap=True, weights_only=True)
         tensors = {k: v for k, v in stored.items() if k not in owned and k not in generated}
         tensors.update(_mapped(spill, maps))
-        path = inc_hpu_cache.write_cache(config, tensors, into)
+        try:
+            path = inc_hpu_cache.write_cache(config, tensors, into)
+        except ValueError as e:  # the architecture and the tensors disagree in a way the plan did not foresee
+            raise WoqconvError(f"INC's Gaudi cache ({inc_hpu_cache.HPU_WEIGHT_NAME}) cannot be built: {e}") from None
         return path.stat().st_size
     finally:
         _close(maps)

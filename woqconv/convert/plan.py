@@ -319,6 +319,11 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
         dup = sorted({n for n in out_names if out_names.count(n) > 1})[0]
         raise RefusedConversion(f"output tensor {dup} would be written twice (a passthrough tensor collides with a converted one)", file=src.root)
 
+    if target.default_hpu_cache and ckpt.config.get("tie_word_embeddings") and not ckpt.has("lm_head.weight"):
+        # INC's cache would hold the original model's own lm_head, in whatever dtype the user loads it.
+        raise RefusedConversion(f"tied embeddings without lm_head.weight in the checkpoint: the {target.default_hpu_cache} INC writes then "
+                                "depends on the dtype the original model is loaded in; convert to inc, and INC writes the cache on its first "
+                                "Gaudi load", file=src.root)
     companion_specs: list[TensorSpec] = []
     casts: dict[str, str] = {}
     companion_passthrough: set[str] = set()
