@@ -29,18 +29,20 @@ from woqconv.errors import RefusedConversion
 # INC's default-format fixtures with integer codes (the codebook ones are covered by test_codebook.py).
 INC_DEFAULT = sorted(n for n, e in MANIFEST.items() if e["family"] in ("inc-default", "inc-nonoptimum") and e.get("bits") == 4
                      and not (fixture_path(n) / "config.json").exists())
+# Every fixture in INC's default format, the nf4/fp4 ones too (their conversions are test_codebook.py's).
+INC_DEFAULT_ALL = sorted(n for n, e in MANIFEST.items() if e["family"] in ("inc-default", "inc-nonoptimum", "inc-codebook"))
 NEEDS_CONFIG = [t for t, target in woqconv.TARGETS.items() if target.needs_config]
 BASE_FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
 
 
 def test_inc_default_fixtures_are_what_inc_writes():
-    assert len(INC_DEFAULT) >= 7, INC_DEFAULT
-    for name in INC_DEFAULT:
+    assert len(INC_DEFAULT) >= 7 and len(INC_DEFAULT_ALL) == len(INC_DEFAULT) + 2, INC_DEFAULT_ALL
+    for name in INC_DEFAULT_ALL:
         files = sorted(os.listdir(fixture_path(name)))
         assert "config.json" not in files and not any(f.startswith("tokenizer") for f in files), (name, files)
 
 
-@pytest.mark.parametrize("name", INC_DEFAULT)
+@pytest.mark.parametrize("name", INC_DEFAULT_ALL)
 def test_targets_needing_a_config_refuse_without_base(name, tmp_path):
     for target in NEEDS_CONFIG:
         out = tmp_path / target
