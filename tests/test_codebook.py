@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli_in_process import run_cli
-from conftest import BASE, MANIFEST, ROOT, base_for, fixture_path
+from conftest import BASE, MANIFEST, base_for, fixture_path
 from safetensors.torch import load_file, save_file
 
 from woqconv.convert import convert

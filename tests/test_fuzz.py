@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import fixture_path
-from corpus import read_raw, snapshot, write_raw
+from corpus import snapshot
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 

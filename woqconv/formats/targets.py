@@ -19,6 +19,7 @@ from .bnb import BnbFamily, code_table, double_quant, undo_double_quant, dynamic
 from .gptq import GptqFamily, effective_group_size
 from .gptq import dynamic_config as gptq_dynamic_config
 from .inc import HpuFamily
+from .inc_hpu_cache import HPU_WEIGHT_NAME
 
 
 @dataclass
@@ -361,7 +362,7 @@ class HpuDefaultTarget(IncDefaultTarget):
     keeps_g_idx = False  # as hpu: older SynapseAI ignores any g_idx
     bf16_scales = True
     needs_config = True  # the cache's key order is the architecture's module tree
-    default_hpu_cache = "quantized_hpu_weight.pt"
+    default_hpu_cache = HPU_WEIGHT_NAME
     description = "inc plus the quantized_hpu_weight.pt cache INC's default-format Gaudi loader reads without repacking"
 
 

@@ -28,6 +28,7 @@ from .. import base_model as bases
 from ..checkpoint import CONFIG_NAME, HPU_CACHES
 from ..compute import compute_threads, default_workers, map_in_order, release_freed_memory
 from ..errors import WoqconvError
+from ..formats.inc_hpu_cache import HPU_WEIGHT_NAME
 from ..ir import CodebookLinear, GIdxKind, QuantLinear
 from ..requant import weight_error
 from ..source import QuantizedCheckpoint, open_checkpoint
@@ -122,7 +123,7 @@ def _loader_for(ckpt: QuantizedCheckpoint) -> str:
     fmt = ckpt.format
     if (ckpt.root / "hpu_model.safetensors").exists():
         return "inc-hpu"  # an hpu output is meant for INC's Gaudi path, whoever produced its source
-    if (ckpt.root / "quantized_hpu_weight.pt").exists():
+    if (ckpt.root / HPU_WEIGHT_NAME).exists():
         return "inc-hpu-default"  # the Gaudi recipe's own route: INC's default format with its cache
     if fmt.name == "gptq" and fmt.producer == "neural-compressor":
         return "inc"
