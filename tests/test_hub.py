@@ -20,6 +20,7 @@ from conftest import BASE, MANIFEST, fixture_path
 from fake_hub import FakeHub, populate_cache, read_dir, tree_state
 
 import woqconv
+from woqconv.hub import CardFacts, render_card
 
 GPTQ = "inc-hf-rtn-g32-asym"  # GPTQ v1 written by INC, no g_idx
 ACT_ORDER = "inc-hf-gptq-actorder-g32-asym"  # scattered act-order g_idx (fixtures/manifest.json)
@@ -273,3 +274,35 @@ def test_inc_default_repos_with_a_hub_base_model(tmp_path):
         assert by_repo["org/llama-inc-rtn"]["status"] == "succeeded" and by_repo["org/llama-inc-rtn"]["verified"], by_repo
         # AWQ's MulLinear wrappers have no place in inc-hf: refused for what the layers are, not for the base.
         assert by_repo["org/llama-inc-awq"]["status"] == "refused" and "MulLinear" in by_repo["org/llama-inc-awq"]["reason"]
+
+
+CARD_RUNNER = r"""
+import re, sys, huggingface_hub, torch
+from woqconv.runtime.hpu_emulation import emulated_hpu
+from woqconv.runtime.inc_hpu import counting_inc_repacks
+card, local = open(sys.argv[1]).read(), sys.argv[2]
+code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+huggingface_hub.snapshot_download = lambda repo_id, **kw: local  # the pushed repo is the local output
+scope = {}
+with counting_inc_repacks() as repacks, emulated_hpu():
+    exec(code, scope)
+    logits = scope["model"](torch.tensor([[1, 5, 9, 33]])).logits
+print(repacks[0], bool(torch.isfinite(logits).all()))
+"""
+
+
+@pytest.mark.parametrize("target", ["inc", "hpu-default"])
+def test_model_card_code_loads_inc_default_outputs(target, tmp_path):
+    """The card's "How to load" code, run as written (the Hub download pointed at the output): INC loads
+    an inc output, and an hpu-default output on the (emulated) Gaudi without repacking a layer."""
+    out = tmp_path / "out"
+    report = woqconv.convert(fixture_path("inc-default-rtn-g32-asym"), out, to=target, base_model=BASE, allow_bf16=True)
+    card = render_card(CardFacts(repo_id="me/llama-inc", source="org/llama-inc", source_commit="0" * 40, convert=report.to_dict(),
+                                 verify=None, version="test", command="woqconv convert ..."))
+    (tmp_path / "README.md").write_text(card)
+    r = subprocess.run([sys.executable, "-c", CARD_RUNNER, str(tmp_path / "README.md"), str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    repacked, finite = r.stdout.split()[-2:]
+    assert finite == "True"
+    if target == "hpu-default":
+        assert repacked == "0"  # the card's Gaudi call reads the pre-baked cache

@@ -156,16 +156,16 @@ def mismatch(config: dict, layers, tensors: dict[str, tuple[int, ...]], owned: s
     Checked in this order: hidden size, number of blocks, each quantized module's name, its in/out
     features, then every unquantized tensor's name and shape."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .architecture import meta_model
 
     try:
-        cfg = AutoConfig.for_model(config.get("model_type", "?"), **{k: v for k, v in config.items() if k != "model_type"})
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(cfg)
+        model = meta_model(config)
     except Exception as e:  # transformers' own verdict on the config, whatever it raises
         return f"transformers cannot build its architecture ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})"
     modules = dict(model.named_modules())
     params = {n: tuple(p.shape) for n, p in model.state_dict().items()}
+    cfg = model.config
     hidden = getattr(cfg, "hidden_size", None)
     emb = model.get_input_embeddings()
     emb_name = next((f"{n}.weight" for n, m in modules.items() if m is emb), None)

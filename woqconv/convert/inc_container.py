@@ -74,6 +74,7 @@ def write_default_hpu_cache(into: Path, config: dict) -> int:
     decides its bytes). Each quantized layer is re-laid out for Gaudi into a scratch safetensors file, one
     layer in memory at a time; ``torch.save`` then reads every tensor through a memory map. Returns the
     cache's size in bytes."""
+    from ..architecture import meta_model
     from ..formats import inc_hpu_cache
     from ..formats.inc import parse_qconfig
     from ..safetensors_io import SafetensorsWriter, TensorSpec
@@ -84,7 +85,7 @@ def write_default_hpu_cache(into: Path, config: dict) -> int:
     try:
         with open_checkpoint(into) as ckpt:
             entries = {module: entry for module, (_, entry) in parse_qconfig(ckpt.ckpt).items()}
-            model = inc_hpu_cache.meta_model(config)
+            model = meta_model(config)
             owned = set(ckpt.owned_tensors())
 
             def args(layer) -> dict:

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .._lazy import torch
+from ..architecture import meta_model
 from ..ir import PackedCodes, QuantLinear
 from .base import ZP_V2
 from .inc import HpuFamily
@@ -123,18 +124,6 @@ def _own_storage(t: torch.Tensor) -> torch.Tensor:
 
 
 # -- the module tree INC saves ---------------------------------------------------------------------
-
-
-def meta_model(config: Mapping) -> torch.nn.Module:
-    """The architecture of ``config`` (a config.json dict) as AutoModelForCausalLM builds it, on
-    ``meta``: module names, buffers and state-dict metadata without a byte of weights. Any
-    ``quantization_config`` is left out: INC's recipe starts from the unquantized original model."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    rest = {k: v for k, v in config.items() if k not in ("model_type", "quantization_config")}
-    cfg = AutoConfig.for_model(config["model_type"], **rest)
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(cfg)
 
 
 def linear_has_bias(model: torch.nn.Module, module: str) -> bool:

@@ -17,6 +17,9 @@ _INC_LOAD = {
     "gptq": 'model = load(path, format="huggingface", device="hpu", torch_dtype=torch.bfloat16)  # INC repacks GPTQ at load; a woqconv --to hpu checkpoint skips that',
     "inc": 'original_model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))\n'
            'model = load(path, format="default", original_model=original_model, device="cpu")',
+    "hpu-default": 'original_model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))\n'
+                   'model = load(model_name_or_path=path, format="default", device="hpu", original_model=original_model)'
+                   '  # Gaudi: uses quantized_hpu_weight.pt, no repack',
 }
 _TRANSFORMERS_TARGETS = ("gptq", "gptq-v2", "awq", "inc-hf", "hpu")
 
@@ -101,7 +104,7 @@ def _load_section(f: CardFacts) -> list[str]:
             "import torch",
             "from huggingface_hub import snapshot_download",
             "from neural_compressor.torch.quantization import load",
-            *(["from transformers import AutoConfig, AutoModelForCausalLM"] if target == "inc" else []),
+            *(["from transformers import AutoConfig, AutoModelForCausalLM"] if target in ("inc", "hpu-default") else []),
             "",
             f'path = snapshot_download("{f.repo_id}")',
             _INC_LOAD[target],

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from .. import base_model as bases
+from ..architecture import meta_model
 from ..checkpoint import CONFIG_NAME, HPU_CACHES
 from ..compute import compute_threads, default_workers, map_in_order, release_freed_memory
 from ..errors import WoqconvError
@@ -179,12 +180,7 @@ def _completeness_check(ckpt: QuantizedCheckpoint) -> list[Check]:
         return [Check("complete", True, "the checkpoint records no architecture (INC's default format) and no base model was given; "
                       "completeness not checked")]
     try:
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        known = {k: v for k, v in ckpt.ckpt.config.items() if k not in ("quantization_config", "model_type")}
-        config = AutoConfig.for_model(ckpt.ckpt.config.get("model_type", "?"), **known)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
+        model = meta_model(ckpt.ckpt.config)
     except Exception as e:
         return [Check("complete", True, f"architecture not instantiable here ({type(e).__name__}); completeness not checked")]
     quantized = {layer.name[: -len(".linear")] if layer.name.endswith(".linear") else layer.name for layer in ckpt.layers}
