@@ -306,3 +306,46 @@ def test_model_card_code_loads_inc_default_outputs(target, tmp_path):
     assert finite == "True"
     if target == "hpu-default":
         assert repacked == "0"  # the card's Gaudi call reads the pre-baked cache
+
+
+OPENVINO = "ov-optimum-qwen2-int4-asym-g64-r06"  # optimum-cli's export, as a *-int4-ov repo holds it (with README.md)
+
+
+def test_openvino_repo_from_the_offline_cache_inspects_and_converts(tmp_path):
+    """An OpenVINO repo as optimum-intel pushes it: the IR, openvino_config.json, the tokenizer as IR and as
+    Hugging Face files. Its format names the files it reads, so all of them come from the cache."""
+    home = tmp_path / "hf"
+    files = {**repo_files(OPENVINO), "README.md": b"---\nlicense: apache-2.0\n---\n"}
+    sha = populate_cache(home / "hub", "org/tiny-int4-ov", files)
+    ref = tmp_path / "ref"
+    woqconv.convert(fixture_path(OPENVINO), ref, to="gptq-v2")
+    with FakeHub() as hub:
+        env = hub_env(home, hub.endpoint, HF_HUB_OFFLINE="1")
+        r = run_cli(env, "inspect", "org/tiny-int4-ov", "--format", "json", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        report = json.loads(r.stdout)
+        assert (report["path"], report["format"], report["quantized_modules"]) == (f"org/tiny-int4-ov@{sha}", "openvino", 14)
+        assert [row["mode"] for row in report["compression_table"]["rows"]] == ["int8_asym, per-channel", "int4_asym, group size 64"]
+        r = run_cli(env, "convert", "org/tiny-int4-ov", "-o", tmp_path / "out", "--to", "gptq-v2", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert hub.requests == []
+    assert read_dir(tmp_path / "out") == read_dir(ref)  # the same bytes as converting the local export
+    assert {"openvino_tokenizer.xml", "openvino_tokenizer.bin", "openvino_detokenizer.xml", "tokenizer.json"} <= set(read_dir(ref))
+
+
+def test_openvino_repo_online_is_fetched_and_inspected_in_full(tmp_path):
+    """An IR has no header to range-read (which constants are weights is known from the graph): inspect
+    fetches the format's files into the cache and reads them, and names nothing it does not need."""
+    files = {**repo_files(OPENVINO), "README.md": b"card"}
+    with FakeHub() as hub:
+        sha = hub.add_repo("org/tiny-int4-ov", files)
+        env = hub_env(tmp_path / "hf", hub.endpoint)
+        r = run_cli(env, "inspect", "org/tiny-int4-ov", "--format", "json", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        got = {q.path.rsplit("/", 1)[-1] for q in hub.requests if q.method == "GET"}
+    report = json.loads(r.stdout)
+    local = woqconv.inspect(fixture_path(OPENVINO)).to_dict()
+    assert report.pop("path") == f"org/tiny-int4-ov@{sha}"
+    local.pop("path")
+    assert report == local
+    assert {"openvino_model.xml", "openvino_model.bin"} <= got and not got & {"pytorch_model.bin", "README.md", "model.onnx"}

@@ -17,6 +17,7 @@ import numpy as np
 from ._lazy import torch
 from .errors import FormatError
 from .openvino_file import BIN_NAME as OPENVINO_BIN
+from .openvino_file import CONFIG_NAME as OPENVINO_CONFIG
 from .openvino_file import XML_NAME as OPENVINO_XML
 from .openvino_file import OpenVinoFile
 from .safetensors_io import SafetensorsFile, TensorInfo
@@ -29,7 +30,7 @@ CONFIG_NAME = "config.json"
 SINGLE_WEIGHTS = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 # Files that only describe quantization; a target writes its own and drops the others.
-QUANT_CONFIG_FILES = ("quantize_config.json", "quantization_config.json", "qconfig.json")
+QUANT_CONFIG_FILES = ("quantize_config.json", "quantization_config.json", "qconfig.json", OPENVINO_CONFIG)
 PICKLE_WEIGHTS_SUFFIXES = (".bin", ".pt", ".pth")
 # INC's "default" format: torch.save'd state dict (+ qconfig.json), or safetensors shards + this index.
 INC_WEIGHTS = "quantized_weight.pt"

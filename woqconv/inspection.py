@@ -84,6 +84,10 @@ class InspectReport:
     architecture: dict | None = None
     architecture_from: str | None = None  # "config.json", or the base model and how it was found
     model_path_recorded: str | None = None  # the original model INC recorded in qconfig.json
+    # The producer's account of its compression, where the format keeps one (OpenVINO: NNCF's bitwidth
+    # table, {"rows": [{"mode", "bits", "parameters", "layers", "ratio_defining_parameters",
+    # "ratio_defining_layers"}], "parameters", "layers", "ratio_defining_parameters", "ratio_defining_layers"}).
+    compression_table: dict | None = None
 
     @property
     def mixed(self) -> bool:
@@ -179,6 +183,7 @@ def _local_report(ckpt: Checkpoint, fmt: SourceFormat, layers: list[LayerInfo], 
         layers=layers,
         warnings=warnings,
         codebook=codebook,
+        compression_table=LayerFamily.registry[fmt.family].compression_table(ckpt),
         **_recorded_architecture(ckpt),
     )
 

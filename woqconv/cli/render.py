@@ -99,10 +99,31 @@ def inspect_report(console: Console, r: InspectReport, *, layers: bool) -> None:
                 layer.g_idx, "?" if layer.sym is None else "yes" if layer.sym else "no", layer.scales_dtype, "yes" if layer.bias else "no",
             )
         console.print(lt)
+    if r.compression_table:
+        compression_table(console, r.compression_table)
     for w in r.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
     if r.needs_tensor_data:
         console.print(f"[dim]read from the config and safetensors headers only; unknown without tensor data: {', '.join(r.needs_tensor_data)}[/dim]")
+
+
+def _share(part: int, total: int, layers: int, of_layers: int) -> str:
+    """NNCF's "86% (14 / 17)": share of the weights, then layers."""
+    return f"{part / max(total, 1) * 100:.0f}% ({layers} / {of_layers})"
+
+
+def compression_table(console: Console, table: dict) -> None:
+    """NNCF's bitwidth table (OpenVINO sources), with the layers of each mode named."""
+    t = Table(title="weight compression (NNCF's bitwidth distribution, from the IR)", title_justify="left")
+    for col in ("mode", "% all parameters (layers)", "% ratio-defining parameters (layers)", "layers"):
+        t.add_column(col, overflow="fold")
+    for row in table["rows"]:
+        names = row["layers"]
+        shown = ", ".join(names[:4]) + (f", +{len(names) - 4} more" if len(names) > 4 else "")
+        t.add_row(row["mode"], _share(row["parameters"], table["parameters"], len(names), table["layers"]),
+                  _share(row["ratio_defining_parameters"], table["ratio_defining_parameters"], len(row["ratio_defining_layers"]),
+                         table["ratio_defining_layers"]), shown)
+    console.print(t)
 
 
 def convert_report(console: Console, r: ConvertReport) -> None:

@@ -77,7 +77,7 @@ class ConversionPlan:
         return len(self.shards) > 1
 
 
-def _refusal_message(target: Target, refused: dict[str, Prepared]) -> str:
+def _refusal_message(target: Target, refused: dict[str, Prepared], total: int) -> str:
     names = sorted(refused)
     zp0 = {n: refused[n].zero_point_zero_groups for n in names if refused[n].zero_point_zero_groups}
     if zp0 and len(zp0) == len(refused) and target.zero_point_convention == ZP_V1:
@@ -87,9 +87,24 @@ def _refusal_message(target: Target, refused: dict[str, Prepared]) -> str:
             f"GPTQ v1 cannot store zero point 0 (it stores z-1): {counted(sum(zp0.values()), 'group')} in {counted(len(zp0), 'layer')} "
             f"have z = 0: {listed}{more}. Use --to gptq-v2, which stores zero points as they are"
         )
-    first = names[0]
-    more = f" (and {len(names) - 1} more layers)" if len(names) > 1 else ""
-    return f"cannot convert to {target.name}: {first}: {refused[first].refusal}{more}"
+    # One line for any number of layers: each reason once, with the layers it holds for.
+    by_reason: dict[str, list[str]] = {}
+    for n in names:
+        by_reason.setdefault(refused[n].refusal, []).append(n)
+    parts = [f"{reason}: {_named(group, total)}" if len(group) > 1 else f"{group[0]}: {reason}"
+             for reason, group in sorted(by_reason.items(), key=lambda kv: -len(kv[1]))]
+    return f"cannot convert to {target.name}: {'; '.join(parts)}"
+
+
+LISTED_LAYERS = 16  # a refusal names this many layers, then counts the rest
+
+
+def _named(names: list[str], total: int) -> str:
+    """The layers a refusal holds for, by name: "every layer (14)", or "9 layers: a, b, ..."."""
+    if len(names) == total:
+        return f"every layer ({total})"
+    listed = ", ".join(names[:LISTED_LAYERS]) + (f" and {len(names) - LISTED_LAYERS} more" if len(names) > LISTED_LAYERS else "")
+    return f"{len(names)} layers: {listed}"
 
 
 def at_base_precision(layer, base: tuple[int, int]) -> bool:
@@ -97,12 +112,14 @@ def at_base_precision(layer, base: tuple[int, int]) -> bool:
     return layer.bits == base[0] and layer.group_size == effective_group_size(base[1], layer.in_features)
 
 
-def _base_precision(src: QuantizedCheckpoint) -> tuple[int, int]:
+def _base_precision(src: QuantizedCheckpoint, held: set[str] | None = None) -> tuple[int, int]:
     """The model-level (bits, declared group size) a target config states: the source's own when some
-    layer has it, else the most common precision (mixed checkpoints state the others per layer)."""
+    layer has it, else the most common precision (mixed checkpoints state the others per layer).
+    ``held``: only the layers the target can hold count (an 8-bit majority is no base for a 4-bit-only target)."""
     declared = (src.format.bits, src.format.group_size)
-    counts = Counter((layer.bits, layer.group_size) for layer in src.layers)
-    if any(at_base_precision(layer, declared) for layer in src.layers):
+    layers = [layer for layer in src.layers if held is None or layer.name in held] or src.layers
+    counts = Counter((layer.bits, layer.group_size) for layer in layers)
+    if any(at_base_precision(layer, declared) for layer in layers):
         return declared
     (bits, gs), _ = counts.most_common(1)[0] if counts else (declared, 0)
     return bits, gs
@@ -117,7 +134,9 @@ def precision_counts(layers) -> dict[str, list[str]]:
 
 
 def precision_label(layer) -> str:
-    return f"{layer.bits}-bit g{layer.group_size} {'sym' if layer.is_symmetric else 'asym'}"
+    """"4-bit g64 asym"; a layer with one group per row is "per-channel", whatever its width."""
+    group = "per-channel" if layer.group_size >= layer.in_features else f"g{layer.group_size}"
+    return f"{layer.bits}-bit {group} {'sym' if layer.is_symmetric else 'asym'}"
 
 
 def _mixed_refusal(src: QuantizedCheckpoint, target: Target, refused: dict[str, Prepared], base: tuple[int, int]) -> str | None:
@@ -129,7 +148,7 @@ def _mixed_refusal(src: QuantizedCheckpoint, target: Target, refused: dict[str, 
     if not other or len(other) != len(refused):
         return None
     kinds = ", ".join(f"{len(v)} {k}" for k, v in precision_counts([layers[n] for n in other]).items())
-    listed = ", ".join(other[:4]) + (f" and {len(other) - 4} more" if len(other) > 4 else "")
+    listed = ", ".join(other[:LISTED_LAYERS]) + (f" and {len(other) - LISTED_LAYERS} more" if len(other) > LISTED_LAYERS else "")
     return (f"cannot convert to {target.name}: mixed precision, and {target.name} holds only {base[0]}-bit group size {base[1]} "
             f"here; {kinds} layers are not: {listed}")
 
@@ -286,13 +305,17 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
         src.adopt_shells(shells)
     base = _base_precision(src)
     if not target.per_layer_precision:
+        check_base = _base_precision(src, held={n for n, p in prepared.items() if not p.refusal})
         for name, p in prepared.items():
-            if not p.refusal and p.requant is None and not at_base_precision(p.layer, base):
-                p.refusal = (f"{target.name} states one precision per checkpoint ({base[0]}-bit, group size {base[1]}); "
-                             f"this layer is {precision_label(p.layer)}")
+            if not p.refusal and p.requant is None and not at_base_precision(p.layer, check_base):
+                p.refusal = (f"{target.name} states one precision per checkpoint ({check_base[0]}-bit, group size "
+                             f"{check_base[1]}), not {precision_label(p.layer)}")
+    else:
+        check_base = base
     refused = {n: p for n, p in prepared.items() if p.refusal}
     if refused:
-        raise RefusedConversion(_mixed_refusal(src, target, refused, base) or _refusal_message(target, refused), file=src.root)
+        raise RefusedConversion(_mixed_refusal(src, target, refused, check_base) or _refusal_message(target, refused, len(prepared)),
+                                file=src.root)
 
     owned = src.owned_tensors()
     out_names = output_shard_names(ckpt)

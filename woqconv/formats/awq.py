@@ -94,7 +94,7 @@ class AwqGemmFamily(LayerFamily, key="awq"):
     @classmethod
     def check_writable(cls, layer: QuantLinear) -> str | None:
         if layer.bits != BITS:
-            return f"AWQ GEMM stores 4-bit codes only, this layer has {layer.bits} bits"
+            return f"AWQ GEMM stores 4-bit codes only, not {layer.bits}-bit"
         if layer.out_features % 8:
             return f"AWQ GEMM needs out_features divisible by 8, got {layer.out_features}"
         if layer.in_features % layer.group_size:

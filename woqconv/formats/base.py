@@ -82,6 +82,12 @@ class LayerFamily:
         return []
 
     @classmethod
+    def compression_table(cls, ckpt: Checkpoint) -> dict | None:
+        """The producer's own account of which weights it compressed how (NNCF's bitwidth table for OpenVINO
+        IRs), for inspect; None where the format has none beyond the per-layer precisions."""
+        return None
+
+    @classmethod
     def packed_codes(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> PackedCodes | None:
         """The layer's codes as stored, without unpacking them (None: this family cannot say)."""
         return None

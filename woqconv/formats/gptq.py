@@ -31,6 +31,10 @@ from .base import (
     validated,
 )
 
+# A Hub repo's files this format reads beside the safetensors: AutoGPTQ's and GPTQModel's quantize config
+# (and the name some exporters give it).
+HUB_FILE_PATTERNS = ("quantize_config.json", "quantization_config.json")
+
 SCALE_DTYPES = ("F16", "BF16", "F32")
 
 

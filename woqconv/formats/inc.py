@@ -20,7 +20,7 @@ from collections import Counter
 
 from .. import packing
 from .._lazy import torch
-from ..checkpoint import Checkpoint, read_json
+from ..checkpoint import INC_SHARD_INDEX, INC_WEIGHTS, Checkpoint, read_json
 from ..errors import FormatError
 from ..ir import PackedCodes, QuantLinear
 from ..safetensors_io import TensorSpec
@@ -40,6 +40,9 @@ from .base import (
 from .gptq import effective_group_size
 
 QCONFIG = "qconfig.json"
+# A Hub repo's files this format reads: INC's default format (torch.save'd weights, or safetensors shards and
+# their index) and its qconfig.json.
+HUB_FILE_PATTERNS = (INC_WEIGHTS, INC_SHARD_INDEX, QCONFIG)
 PRODUCER = "neural-compressor"
 _KEY = re.compile(r"^\('(?P<name>[^']+)', '(?P<type>[^']+)'\)$")
 # What INC's loader reads from a per-module entry (save_load.py _replace_woqlinear_modules).
@@ -223,7 +226,7 @@ class HpuFamily(LayerFamily, key="hpu"):
     @classmethod
     def check_writable(cls, layer: QuantLinear) -> str | None:
         if layer.bits != 4:
-            return f"Gaudi's convert_from_uint4 takes 4-bit codes only, this layer has {layer.bits} bits"
+            return f"Gaudi's convert_from_uint4 takes 4-bit codes only, not {layer.bits}-bit"
         if layer.out_features % 32:
             return f"INC's HPU layout needs out_features divisible by 32, got {layer.out_features}"
         return None

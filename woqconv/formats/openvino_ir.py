@@ -20,9 +20,14 @@ from .._lazy import torch
 from ..checkpoint import Checkpoint
 from ..errors import FormatError
 from ..ir import QuantLinear
+from ..openvino_file import BIN_NAME, CONFIG_NAME, XML_NAME
+from ..wording import counted
 from .base import ZP_V2, LayerFamily, SourceFormat, layer_error, require, validated
 
 KEY = "openvino"
+# A Hub repo's files this format reads or carries: the IR, optimum-intel's quantization record, and the
+# tokenizer and detokenizer as OpenVINO models (openvino_tokenizers), which openvino.genai loads.
+HUB_FILE_PATTERNS = (XML_NAME, BIN_NAME, CONFIG_NAME, "openvino_tokenizer.*", "openvino_detokenizer.*")
 SCALE_DTYPES = ("F16", "BF16", "F32")
 
 
@@ -40,8 +45,36 @@ class OpenVinoFamily(LayerFamily, key=KEY):
         (ir,) = ckpt.shards.values()
         if not ir.densified:
             return []
-        return [f"{len(ir.densified)} compressed weights feed an embedding lookup or the output head ({', '.join(ir.densified)}), "
-                "which Hugging Face quantized checkpoints keep dense: read as dense fp32 (q - z) * s, the values OpenVINO computes"]
+        tied = ", tied to the output head" if ir.tied_head else ""
+        return [f"{counted(len(ir.densified), 'compressed weight')} {'feeds' if len(ir.densified) == 1 else 'feed'} an embedding "
+                f"lookup or the output head ({', '.join(ir.densified)}){tied}, which Hugging Face quantized checkpoints keep dense: "
+                "read as dense fp32 (q - z) * s, the values OpenVINO computes"]
+
+    @classmethod
+    def compression_table(cls, ckpt: Checkpoint) -> dict:
+        """NNCF's "Statistics of the bitwidth distribution", rebuilt from the IR: every weight of a MatMul or
+        Gather by compression mode, over all of them and over the ratio-defining ones (the linears NNCF's
+        ``ratio`` chooses between primary and backup precision: all but the embedding and the output head).
+
+        NNCF also counts MatMuls on unnamed float constants (a rotary table) as float layers; only named
+        weights are counted here, so its layer totals can be one higher."""
+        (ir,) = ckpt.shards.values()
+        weights = [(p, c, True) for p, c in ir.compressed.items()] + [(p, c, False) for p, c in ir.densified.items()]
+        rows: dict[tuple, dict] = {}
+        for prefix, c, ratio_defining in weights:
+            group = "per-channel" if c.groups == 1 else f"group size {c.in_features // c.groups}"
+            mode = f"int{c.bits}_{'asym' if c.zero_point is not None else 'sym'}, {group}"
+            _add_row(rows, mode, c.bits, prefix, c.out_features * c.in_features, ratio_defining)
+        for name, shape in ir.float_linears.items():
+            _add_row(rows, "float", 32, name.removesuffix(".weight"), shape[0] * shape[1], False)
+        ordered = sorted(rows.values(), key=lambda r: (-r["bits"], *_mode_order(r["mode"])))
+        return {
+            "rows": ordered,
+            "parameters": sum(r["parameters"] for r in ordered),
+            "layers": sum(len(r["layers"]) for r in ordered),
+            "ratio_defining_parameters": sum(r["ratio_defining_parameters"] for r in ordered),
+            "ratio_defining_layers": sum(len(r["ratio_defining_layers"]) for r in ordered),
+        }
 
     @classmethod
     def _geometry(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> tuple[int, int, int]:
@@ -77,6 +110,22 @@ class OpenVinoFamily(LayerFamily, key=KEY):
         if codes:
             layer.codes = ckpt.read(f"{prefix}.codes")
         return validated(ckpt, prefix, layer)
+
+
+def _add_row(rows: dict, mode: str, bits: int, name: str, weights: int, ratio_defining: bool) -> None:
+    row = rows.setdefault((mode, bits), {"mode": mode, "bits": bits, "parameters": 0, "layers": [],
+                                         "ratio_defining_parameters": 0, "ratio_defining_layers": []})
+    row["parameters"] += weights
+    row["layers"].append(name)
+    if ratio_defining:
+        row["ratio_defining_parameters"] += weights
+        row["ratio_defining_layers"].append(name)
+
+
+def _mode_order(mode: str) -> tuple[str, int]:
+    """NNCF's order within one bit width: by mode name, then group size (per-channel first)."""
+    base, _, group = mode.partition(", group size ")
+    return (base, int(group)) if group else (mode, -1)
 
 
 def detect(ckpt: Checkpoint) -> SourceFormat:

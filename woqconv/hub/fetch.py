@@ -18,19 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from ..checkpoint import HPU_CACHES, MODEL_FILE_PATTERNS
+from ..checkpoint import HPU_CACHES, INC_WEIGHTS, MODEL_FILE_PATTERNS
 from ..errors import FormatError, WoqconvError
+from ..formats import HUB_FILE_PATTERNS
+from ..openvino_file import XML_NAME as OPENVINO_XML
 
-# What a conversion reads or carries along (top-level files only). Weights: safetensors shards and
-# their index, or INC's default container; configs; tokenizer and generation files.
+# What a conversion reads or carries along (top-level files only): safetensors weights and their index,
+# the files of each format (their own containers and configs), and the model files (config, tokenizer,
+# generation defaults).
 ALLOW_PATTERNS = [
     "*.safetensors",
     "model.safetensors.index.json",
-    "model_bin_index.json",
-    "quantized_weight.pt",
-    "quantize_config.json",
-    "quantization_config.json",
-    "qconfig.json",
+    *HUB_FILE_PATTERNS,
     *MODEL_FILE_PATTERNS,
 ]
 # INC's Gaudi caches are dropped by every conversion (checkpoint.HPU_CACHES); sub-folders hold
@@ -139,8 +138,9 @@ def hub_checkout(repo_id: str, *, revision: str | None = None, token: str | None
     if not files:
         raise FormatError(f"no files a conversion reads in the snapshot {snapshot}", file=repo_id)
     label = f"{repo_id}@{snapshot.name}"
-    if not any(f.endswith(".safetensors") or f == "quantized_weight.pt" for f in files):
-        raise FormatError("no safetensors weights (nor INC's quantized_weight.pt) in the repo; woqconv does not read pickle .bin weights", file=label)
+    if not any(f.endswith(".safetensors") or f in (INC_WEIGHTS, OPENVINO_XML) for f in files):
+        raise FormatError("no safetensors weights (nor INC's quantized_weight.pt, nor an OpenVINO IR) in the repo; "
+                          "woqconv does not read pickle .bin weights", file=label)
     view = Path(tempfile.mkdtemp(prefix="woqconv-hub-"))
     try:
         for rel in files:

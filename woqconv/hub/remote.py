@@ -3,7 +3,8 @@
 The headers come from huggingface_hub's safetensors-metadata API (range requests on each shard's
 first bytes); the small config files are downloaded. No tensor data is read, so what only the data
 can tell (symmetry found, the zero-point convention the data proves, the g_idx class) is reported as
-unknown. Offline, a cached snapshot is inspected completely instead.
+unknown. Offline, a cached snapshot is inspected completely instead; so is an OpenVINO IR repo, whose
+weights are known only from its graph and .bin (it is downloaded first).
 """
 
 from __future__ import annotations
@@ -16,11 +17,16 @@ from pathlib import Path
 from ..checkpoint import INDEX_NAME, Checkpoint, read_json
 from ..errors import FormatError
 from ..inspection import InspectReport, header_report, inspect as inspect_local
+from ..openvino_file import XML_NAME as OPENVINO_XML
 from ..safetensors_io import TensorInfo
 from .fetch import ALLOW_PATTERNS, hub_checkout, hub_error, named_as, quiet_hub, selected
 
 # Small files read by format detection; the rest of the selection is weights or carried along.
 _CONFIG_FILES = ("config.json", "quantize_config.json", "quantization_config.json", "qconfig.json")
+
+
+class _WholeCheckout(Exception):
+    """The repo's format has no headers to read remotely: inspect a checkout of it instead."""
 
 
 class HeaderOnlyShard:
@@ -49,6 +55,14 @@ def _shard(label: str, meta, size: int | None) -> HeaderOnlyShard:
     return HeaderOnlyShard(label, tensors, size if size is not None else data_bytes)
 
 
+def _inspect_checkout(repo_id: str, revision: str | None, token: str | None, quiet: bool) -> InspectReport:
+    """The full inspect of the repo's files (from the cache, fetched first when online)."""
+    with hub_checkout(repo_id, revision=revision, token=token, quiet=quiet) as src:
+        report = inspect_local(src.path)
+        report.path = src.label
+        return report
+
+
 def inspect_remote(repo_id: str, *, revision: str | None = None, token: str | None = None, quiet: bool = False) -> InspectReport:
     """Describe ``repo_id`` without downloading its weights (offline: the cached snapshot, in full)."""
     import httpx2
@@ -56,10 +70,7 @@ def inspect_remote(repo_id: str, *, revision: str | None = None, token: str | No
     from huggingface_hub.errors import HfHubHTTPError, NotASafetensorsRepoError, SafetensorsParsingError
 
     if constants.is_offline_mode():
-        with hub_checkout(repo_id, revision=revision, token=token, quiet=quiet) as src:
-            report = inspect_local(src.path)
-            report.path = src.label
-            return report
+        return _inspect_checkout(repo_id, revision, token, quiet)
     api = HfApi(token=token)
     view = Path(tempfile.mkdtemp(prefix="woqconv-hub-"))
     try:
@@ -70,12 +81,20 @@ def inspect_remote(repo_id: str, *, revision: str | None = None, token: str | No
             for name in _CONFIG_FILES:
                 if name in sizes:
                     os.symlink(hf_hub_download(repo_id, name, revision=info.sha, token=token), view / name)
+            if OPENVINO_XML in sizes and not any(n.endswith(".safetensors") for n in selected(list(sizes))):
+                raise _WholeCheckout
             if "quantized_weight.pt" in sizes and not any(n.endswith(".safetensors") for n in sizes):
                 raise FormatError(
                     "INC's quantized_weight.pt is a torch pickle, not safetensors: its header cannot be read remotely; "
                     "convert it (which downloads it) or inspect a local copy", file=label,
                 )
             meta = api.get_safetensors_metadata(repo_id, revision=info.sha, token=token)
+    except _WholeCheckout:
+        # An OpenVINO IR has no header to range-read: which constants are weights, and how they are
+        # compressed, is only known from the graph, whose constants live in openvino_model.bin. So the
+        # repo's files are fetched (into the Hub cache) and inspected in full.
+        shutil.rmtree(view, ignore_errors=True)
+        return _inspect_checkout(repo_id, revision, token, quiet)
     except (HfHubHTTPError, httpx2.HTTPError, ConnectionError) as e:
         shutil.rmtree(view, ignore_errors=True)
         raise hub_error(repo_id, e) from None

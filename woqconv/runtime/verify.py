@@ -314,17 +314,25 @@ def _run_check(out: QuantizedCheckpoint, src_path: Path | None, src_loader: str 
     report.loader = loader
     ref_loader, ref_path = (src_loader, src_path.resolve()) if src_path is not None else ("dense", out.root.resolve())
     report.reference = f"{ref_loader}:{ref_path}"
+    # An OpenVINO source runs in OpenVINO's own environment (OVModelForCausalLM, f32, no dynamic
+    # quantization: what its graph computes); every other loader runs in woqconv's worker.
+    in_openvino = ref_loader == "openvino"
+    specs = [f"{loader}:{out.root.resolve()}"] + ([] if in_openvino else [f"{ref_loader}:{ref_path}"])
     with tempfile.TemporaryDirectory(prefix="woqconv-verify-") as tmp:
         proc = subprocess.run(
-            [sys.executable, "-m", "woqconv.runtime.worker", tmp, device, f"{loader}:{out.root.resolve()}", f"{ref_loader}:{ref_path}"],
+            [sys.executable, "-m", "woqconv.runtime.worker", tmp, device, *specs],
             capture_output=True, text=True, timeout=3600, cwd=tmp,
             env={**os.environ, "HF_HUB_OFFLINE": "1", **({BASE_ENV: str(base.root.resolve())} if base else {})},
         )
         rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-        if len(rows) != 2:
+        if len(rows) != len(specs):
             tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
             report.checks.append(Check("run", False, f"loader process died (exit {proc.returncode}): {tail[0][:300]}"))
             return
+        if in_openvino:
+            from .openvino_check import run_logits
+
+            rows += run_logits(Path(tmp), ["f32"], [ref_path])
         got, ref = rows
         for row, what in ((got, "output"), (ref, "reference")):
             if "error" in row:
@@ -368,6 +376,8 @@ def _run_check(out: QuantizedCheckpoint, src_path: Path | None, src_loader: str 
 
 def _source_loader(src: QuantizedCheckpoint) -> str:
     fmt = src.format
+    if fmt.name == "openvino":
+        return "openvino"  # OVModelForCausalLM, in the OpenVINO environment
     if fmt.family == "inc-codebook":
         return "inc-default"  # INC reloads its nf4/fp4 default format
     if fmt.name in ("inc", "inc-nonopt"):
