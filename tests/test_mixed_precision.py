@@ -94,3 +94,14 @@ def test_outputs_load_with_the_source_logits(converted, tmp_path):
     ref = torch.load(rows[str(fixture_path("ar-mixed-g32-asym-auto_round_gptqmodel"))]["file"])
     for out in (converted["gptq-v2"], converted["inc"]):
         assert (torch.load(rows[str(out)]["file"]) - ref).abs().max().item() < 1e-3, out
+
+
+@pytest.mark.loaders
+def test_verify_runs_mixed_gptq_in_gptqmodels_own_loader(converted):
+    """transformers' GPTQ dispatch cannot build per-module `dynamic` precisions; verify runs the output in
+    GPTQModel's loader. The source (asymmetric GPTQ v1 by AutoRound, which GPTQModel refuses to load) is
+    referenced by woqconv's dequantization into the dense architecture."""
+    report = woqconv.verify(converted["gptq-v2"], against=fixture_path("ar-mixed-g32-asym-auto_gptq"))
+    assert report.passed, report.failures
+    assert (report.loader, report.metrics["loader_module"]) == ("gptqmodel", "TorchLinear")
+    assert report.reference.startswith("dense:") and report.metrics["max_abs_logit_diff"] < 1e-3

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -263,3 +265,60 @@ def test_woqconvs_own_openvino_output_reads_back_the_same(tmp_path):
             assert sorted(t for t in got.ckpt.tensor_names if t not in got.owned_tensors()) == sorted(dense), name
             assert all(torch.equal(got.ckpt.read(t), src.ckpt.read(t)) for t in dense), name
         assert (out / "openvino_tokenizer.xml").exists() and (out / "tokenizer.json").exists()
+
+
+def _rewritten(name: str, tmp_path: Path, rewrite) -> Path:
+    """A copy of fixture ``name`` whose graph ``rewrite(model)`` changed, saved by OpenVINO."""
+    out = tmp_path / "bad"
+    shutil.copytree(fixture_path(name), out)
+    core = ov.Core()
+    model = core.read_model(str(out / "openvino_model.xml"))
+    rewrite(model)
+    (out / "openvino_model.xml").unlink()
+    (out / "openvino_model.bin").unlink()
+    ov.save_model(model, str(out / "openvino_model.xml"), compress_to_fp16=False)
+    return out
+
+
+def _q_proj_scale_multiply(model):
+    return next(op for op in model.get_ordered_ops()
+                if op.get_type_name() == "Multiply" and op.get_friendly_name().startswith("self.model.layers.0.self_attn.q_proj."))
+
+
+def test_a_decompression_this_reader_does_not_know_is_refused_in_one_line_naming_the_node(tmp_path):
+    def insert_abs(model):
+        multiply = _q_proj_scale_multiply(model)
+        (target,) = multiply.output(0).get_target_inputs()
+        target.replace_source_output(ops.abs(multiply, name="odd_abs").output(0))
+
+    bad = _rewritten("ov-optimum-llama-int4-sym-g64", tmp_path, insert_abs)
+    r = run_cli("inspect", bad)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "compressed weight reaches Abs 'odd_abs', no step of a decompression" in r.stderr and str(bad / "openvino_model.xml") in r.stderr, r.stderr
+
+
+def test_a_compressed_weight_named_after_no_module_is_refused_naming_it(tmp_path):
+    def anonymise(model):
+        codes = _q_proj_scale_multiply(model).input_value(0).get_node().input_value(0).get_node()
+        codes.set_friendly_name("Constant_99")
+        for op in model.get_ordered_ops():
+            if op.get_friendly_name().startswith("__module.model.layers.0.self_attn.q_proj/"):
+                op.set_friendly_name("MatMul_99")
+
+    bad = _rewritten("ov-optimum-llama-int4-sym-g64", tmp_path, anonymise)
+    r = run_cli("inspect", bad)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "cannot tell which module compressed weight 'Constant_99' belongs to" in r.stderr, r.stderr
+
+
+@pytest.mark.loaders
+def test_verify_runs_an_openvino_source_in_openvino(converted):
+    """verify OUT --against an OpenVINO IR: the reference is OVModelForCausalLM (f32, no dynamic quantization),
+    not a transformers load of a directory that has no safetensors; the mixed 4/8-bit output runs in GPTQModel's
+    own loader, the one that reads its per-module `dynamic`."""
+    name = "ov-optimum-qwen2-int4-asym-g64-r06"
+    report = woqconv.verify(converted[(name, "gptq-v2")], against=fixture_path(name))
+    assert report.passed, report.failures
+    assert report.reference == f"openvino:{fixture_path(name).resolve()}"
+    assert report.metrics["reference_module"] == "OVModelForCausalLM" and report.metrics["max_abs_logit_diff"] < TOL
+    assert (report.loader, report.metrics["loader_module"], report.metrics["precision"]) == ("gptqmodel", "TorchLinear", "fp16")

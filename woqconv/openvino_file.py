@@ -262,7 +262,7 @@ class OpenVinoFile:
             nxt, port = targets[0].get_node(), targets[0].get_index()
             kind = nxt.get_type_name()
             if kind not in _CHAIN_OPS:
-                raise FormatError(f"compressed weight reaches a {kind} op ({nxt.get_friendly_name()}); "
+                raise FormatError(f"compressed weight reaches {kind} {nxt.get_friendly_name()!r}, no step of a decompression; "
                                   f"known decompression: {' -> '.join(_CHAIN_OPS)} -> MatMul or Gather", file=self.path, tensor=name)
             if kind == "Subtract":
                 if port == 1:

@@ -29,6 +29,7 @@ from ..architecture import meta_model
 from ..checkpoint import CONFIG_NAME, HPU_CACHES
 from ..compute import compute_threads, default_workers, map_in_order, release_freed_memory
 from ..errors import WoqconvError
+from ..formats.base import ZP_V2
 from ..formats.inc_hpu_cache import HPU_WEIGHT_NAME
 from ..ir import CodebookLinear, GIdxKind, QuantLinear
 from ..requant import weight_error
@@ -60,6 +61,10 @@ class Thresholds:
     # is off the exact fp32 dequantization by ~5e-3 in the logits, on its own checkpoints too.
     bnb_cpu_max_abs_logit: float = 0.02
     bnb_cpu_min_cosine: float = 0.9999
+    # GPTQModel's own loader (mixed-precision GPTQ, whose per-module `dynamic` transformers ignores) loads in
+    # fp16 only: dense tensors stored wider (an OpenVINO source's fp32 embedding) round to 11 bits.
+    fp16_max_abs_logit: float = 0.02
+    fp16_min_cosine: float = 0.9999
 
 
 def parse_thresholds(pairs: list[str]) -> Thresholds:
@@ -128,7 +133,16 @@ def _loader_for(ckpt: QuantizedCheckpoint) -> str:
         return "inc-hpu-default"  # the Gaudi recipe's own route: INC's default format with its cache
     if fmt.name == "gptq" and fmt.producer == "neural-compressor":
         return "inc"
+    if _mixed_gptq(fmt):
+        return "gptqmodel"
     return LOADERS.get(fmt.name, "transformers")
+
+
+def _mixed_gptq(fmt) -> bool:
+    """A GPTQ checkpoint with per-module `dynamic` precisions: transformers' GPTQ dispatch builds every layer at
+    the base precision (and fails on the others' shapes), GPTQModel's own loader reads them. (AutoRound's
+    `extra_config` goes through transformers to auto-round, which reads it.)"""
+    return fmt.name in ("gptq", "gptq-v2") and fmt.quant_method == "gptq" and bool(fmt.layer_overrides)
 
 
 def _open_as_loader_reads(path: Path, report: VerifyReport) -> QuantizedCheckpoint:
@@ -358,6 +372,9 @@ def _run_check(out: QuantizedCheckpoint, src_path: Path | None, src_loader: str 
     )
     if got["module"] == "Linear4bit" and ref["module"] != "Linear4bit" and device == "cpu":
         limits = (t.bnb_cpu_max_abs_logit, t.bnb_cpu_min_cosine, limits[2], limits[3])
+    fp16 = loader == "gptqmodel"
+    if fp16:
+        limits = (t.fp16_max_abs_logit, t.fp16_min_cosine, limits[2], limits[3])
     if any(c.check == REQUANTIZED for c in report.checks):
         # New integers: the output runs close to the source, not equal to it; logits and top-1 are
         # reported, cosine and perplexity judged.
@@ -366,7 +383,8 @@ def _run_check(out: QuantizedCheckpoint, src_path: Path | None, src_loader: str 
     report.metrics.update(
         {"max_abs_logit_diff": max_abs, "cosine": cos, "top1_agreement": top1, "top1_agreement_raw": top1_raw,
          "ppl": got["ppl"], "ppl_reference": ref["ppl"],
-         "loader_module": got["module"], "reference_module": ref["module"], "precision": "bf16" if bf16 else "fp32"}
+         "loader_module": got["module"], "reference_module": ref["module"],
+         "precision": "bf16" if bf16 else "fp16" if fp16 else "fp32"}
     )
     report.checks.append(Check("run: max |logit diff|", max_abs <= limits[0], f"{max_abs:.3g} (limit {limits[0]:g})"))
     report.checks.append(Check("run: cosine", cos >= limits[1], f"{cos:.6f} (limit {limits[1]:g})"))
@@ -391,6 +409,9 @@ def _source_loader(src: QuantizedCheckpoint) -> str:
         return "inc"
     if src.convention_source == "data" and src.declared_convention != src.format.zero_point_convention:
         return "dense"  # its own loader would follow the wrong label
+    if _mixed_gptq(fmt):
+        # GPTQModel refuses asymmetric GPTQ v1 that an older GPTQModel did not write (AutoRound's auto_gptq)
+        return "gptqmodel" if fmt.zero_point_convention == ZP_V2 or fmt.sym else "dense"
     return "transformers"
 
 

@@ -11,6 +11,8 @@ Loaders:
                 the base model's (WOQCONV_BASE_MODEL_DIR) when the checkpoint records none
   inc-hpu       INC load(format="huggingface", device="hpu"): real Gaudi, or emulated on CPU
   inc-hpu-default  INC load(format="default", device="hpu", original_model=...): the same, by the default format's route
+  gptqmodel     GPTQModel.load with its torch kernel: the loader that honours a GPTQ checkpoint's per-module
+                ``dynamic`` (mixed precision), which transformers' dispatch ignores; loads in fp16 only, runs cast to fp32
   dense         the checkpoint's IR dequantized by woqconv into the plain fp32 architecture
 """
 
@@ -68,6 +70,12 @@ def _load(loader: str, path: str, device: str):
 
         with emulated_hpu() as label:
             return load(path, format="huggingface", device="hpu", torch_dtype=torch.bfloat16), label
+    if loader == "gptqmodel":
+        from gptqmodel import BACKEND, GPTQModel
+
+        # TorchLinear builds in fp16 or bf16 only: the model loads in fp16 (its dense tensors rounded to it),
+        # then runs in fp32 after the cast, like the others.
+        return GPTQModel.load(path, device=device, backend=BACKEND.TORCH, dtype=torch.float16).model.float(), device
     if loader == "dense":
         return _dense(path), "cpu"
     raise ValueError(f"unknown loader {loader}")
