@@ -58,7 +58,7 @@ def openvino_weights(name: str) -> dict[str, dict]:
     (f32 inference, no dynamic quantization, so the FullyConnected kernel's decompression is what comes
     out), the Gather looks up every row. The decompression sub-graph evaluated alone would be
     constant-folded in the graph's own f16 ops instead: for optimum's asymmetric exports that rounds
-    12,000-40,000 values per layer by up to 3.1e-5, values the model never uses."""
+    2,000-40,000 values per layer by up to 3.1e-5, values the model never uses."""
     model = ov.Core().read_model(str(fixture_path(name) / "openvino_model.xml"))
     found, params, outputs = {}, [], []
     for op in model.get_ordered_ops():
