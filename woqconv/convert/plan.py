@@ -20,7 +20,8 @@ from ..formats.base import ZP_V1
 from ..formats.bnb import code_table
 from ..formats.gptq import effective_group_size
 from ..formats.inc import mul_linear_modules
-from ..formats.targets import BnbTarget, ModelQuantSummary, Prepared, scale_cast_loss
+from ..formats.bnb import BnbTarget
+from ..formats.targets import ModelQuantSummary, Prepared, scale_cast_loss
 from ..ir import CodebookLinear, GIdxKind, QuantLinear
 from ..requant import METHODS, AffineRecipe, CodebookRecipe
 from ..safetensors_io import TensorSpec

@@ -1,6 +1,11 @@
-"""Format adapters: one module per format family, found through registries, never imported by each other."""
+"""Format adapters: one module per format family, found through registries.
 
-from . import awq, bnb, gptq, inc, inc_codebook, inc_nonoptimum, openvino_ir  # noqa: F401  (importing registers the layout families)
+Importing a format module registers what it defines: its layer families (``LayerFamily`` subclasses with a
+key) and its targets (``Target`` subclasses with a name, in definition order). The modules are imported
+here in the order ``--to`` lists the targets.
+"""
+
+from . import gptq, awq, inc, inc_codebook, inc_nonoptimum, bnb, openvino_ir, openvino_target  # noqa: F401  (registers)
 from .base import LayerFamily, SourceFormat  # noqa: F401
 from .targets import TARGETS, Target  # noqa: F401
 

@@ -16,6 +16,7 @@ from ..checkpoint import Checkpoint
 from ..ir import PackedCodes, QuantLinear
 from ..safetensors_io import TensorSpec
 from .base import (
+    ZP_V2,
     LayerFamily,
     SourceFormat,
     expect_dtype,
@@ -26,6 +27,7 @@ from .base import (
     validated,
 )
 from .gptq import SCALE_DTYPES, effective_group_size
+from .targets import ModelQuantSummary, Target
 
 BITS = 4
 
@@ -126,3 +128,26 @@ class AwqGemmFamily(LayerFamily, key="awq"):
         if layer.bias is not None:
             tensors[f"{p}.bias"] = layer.bias
         return tensors
+
+
+# -- target -----------------------------------------------------------------------------------
+
+class AwqGemmTarget(Target):
+    name = "awq"
+    family = AwqGemmFamily
+    zero_point_convention = ZP_V2
+    keeps_g_idx = False
+    description = "AWQ GEMM (AutoAWQ / transformers + gptqmodel): 4-bit, interleaved, no g_idx"
+
+    def quantization_config(self, summary: ModelQuantSummary) -> dict:
+        declared_skip = summary.declared.get("modules_to_not_convert")
+        skip = declared_skip if isinstance(declared_skip, list) else sorted(summary.unquantized_linears)
+        return {
+            "quant_method": "awq",
+            "bits": summary.bits,
+            "group_size": summary.group_size,
+            # qzeros are always written; zero_point false only tells loaders they all equal 8.
+            "zero_point": not summary.sym,
+            "version": "gemm",
+            "modules_to_not_convert": skip or None,
+        }

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, replace
 
 from .. import packing
 from .._lazy import torch
@@ -30,6 +31,7 @@ from ..errors import FormatError
 from ..ir import CodebookLinear
 from ..safetensors_io import TensorSpec
 from .base import LayerFamily, SourceFormat, expect_dtype, layer_error, spec_of
+from .targets import ModelQuantSummary, Prepared, Target
 
 KEY = "bnb"
 QUANT_TYPES = ("nf4", "fp4")
@@ -297,3 +299,109 @@ class BnbFamily(LayerFamily, key=KEY):
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+# -- targets ----------------------------------------------------------------------------------
+
+def table_mapping(code: torch.Tensor, table: torch.Tensor) -> torch.Tensor | None:
+    """For each of the 16 entries of ``code``, the index of the bit-identical value in ``table``; None
+    if some entry has no exact twin (then only requantization can move the layer to ``table``)."""
+    src = code.to(torch.float32).contiguous().view(torch.int32)
+    dst = table.to(torch.float32).contiguous().view(torch.int32)
+    # +0.0 and -0.0 give the same products up to the sign of zero; compare them as one value.
+    src = torch.where(src == torch.tensor(-(2**31), dtype=torch.int32), torch.zeros_like(src), src)
+    dst = torch.where(dst == torch.tensor(-(2**31), dtype=torch.int32), torch.zeros_like(dst), dst)
+    hits = src[:, None] == dst[None, :]
+    if not bool(hits.any(dim=1).all()):
+        return None
+    first = hits.to(torch.int8).argmax(dim=1)
+    # An entry that already matches in place keeps its index (FP4 holds 0.0 twice: at 0 and 8).
+    return torch.where(hits.diagonal(), torch.arange(16), first)
+
+
+def double_quant_loss(absmax: torch.Tensor) -> dict:
+    """How storing ``absmax`` double-quantized (8-bit codes per 256-block) changes it."""
+    codes, nested, offset = double_quant(absmax)
+    back = undo_double_quant(codes, nested, dynamic_map_signed(), NESTED_BLOCKSIZE, offset)
+    changed = back != absmax
+    rel = ((back - absmax).abs() / absmax.abs().clamp_min(torch.finfo(torch.float32).tiny))
+    return {"kind": "double-quant", "absmax_changed": int(changed.sum()), "absmax_total": absmax.numel(),
+            "max_rel_change": float(rel.max()) if rel.numel() else 0.0}
+
+
+class BnbTarget(Target):
+    """bitsandbytes 4-bit, as transformers loads it: the code table is bitsandbytes' own."""
+
+    family = BnbFamily
+    zero_point_convention = None
+    keeps_g_idx = False
+    quant_type: str
+    double_quant = False  # store absmax double-quantized (lossy); set through configured()
+
+    def configured(self, *, double_quant: bool = False) -> "BnbTarget":
+        t = copy.copy(self)
+        t.double_quant = double_quant
+        return t
+
+    def prepare(self, layer) -> Prepared:
+        if not isinstance(layer, CodebookLinear):
+            return Prepared(
+                layer, [],
+                f"{layer.bits}-bit affine integers are not values of the {self.quant_type} code table: writing {self.name} "
+                f"means new indices for every weight (lossy); --requantize would fit {self.quant_type} blocks to the "
+                "dequantized weights and report the error per layer",
+                requantizable=True,
+            )
+        problem = self.family.check_writable(layer)
+        if problem:
+            return Prepared(layer, [], problem)
+        table = code_table(self.quant_type)
+        perm = table_mapping(layer.code, table)
+        if perm is None:
+            return Prepared(
+                layer, [],
+                f"its {layer.quant_type} table holds values bitsandbytes' {self.quant_type} table does not (the products "
+                "would change); --requantize would fit new indices and absmax and report the error per layer",
+                requantizable=True,
+            )
+        changes = []
+        if not torch.equal(perm, torch.arange(16)):
+            changes.append(f"indices renumbered to bitsandbytes' {self.quant_type} table order")
+        if layer.double_quant and not self.double_quant:
+            changes.append("double quantization undone: absmax stored as the exact fp32 values")
+        idx = perm.to(torch.uint8)[layer.idx.to(torch.int64)] if layer.idx is not None else None
+        new = replace(layer, code=table.clone(), quant_type=self.quant_type, idx=idx, double_quant=self.double_quant)
+        lossy = double_quant_loss(layer.absmax) if self.double_quant else None
+        return Prepared(new, changes, lossy=lossy)
+
+    def quantization_config(self, summary: ModelQuantSummary) -> dict:
+        dtypes = {str(layer.dtype).replace("torch.", "") for layer in summary.layers}
+        compute = dtypes.pop() if len(dtypes) == 1 else "float32"
+        skip = sorted(summary.unquantized_linears)
+        return {
+            "_load_in_4bit": True,
+            "_load_in_8bit": False,
+            "bnb_4bit_compute_dtype": compute,
+            "bnb_4bit_quant_storage": "uint8",
+            "bnb_4bit_quant_type": self.quant_type,
+            "bnb_4bit_use_double_quant": self.double_quant,
+            "llm_int8_enable_fp32_cpu_offload": False,
+            "llm_int8_has_fp16_weight": False,
+            "llm_int8_skip_modules": skip or None,
+            "llm_int8_threshold": 6.0,
+            "load_in_4bit": True,
+            "load_in_8bit": False,
+            "quant_method": "bitsandbytes",
+        }
+
+
+class Nf4Target(BnbTarget):
+    name = "nf4"
+    quant_type = "nf4"
+    description = "bitsandbytes NF4 (transformers + bitsandbytes), blocks of 64 by default"
+
+
+class Fp4Target(BnbTarget):
+    name = "fp4"
+    quant_type = "fp4"
+    description = "bitsandbytes FP4 (transformers + bitsandbytes)"

@@ -17,6 +17,7 @@ from .._lazy import torch
 from ..checkpoint import Checkpoint
 from ..ir import PackedCodes, QuantLinear, default_g_idx
 from ..safetensors_io import TensorSpec
+from .targets import ModelQuantSummary, Target
 from .base import (
     ZP_V1,
     ZP_V1_WORD,
@@ -199,3 +200,68 @@ def dynamic_config(layers: list, bits: int, group_size: int, sym: bool, unquanti
     if unquantized:
         dynamic[f"-:^(?:{'|'.join(re.escape(n) for n in sorted(unquantized))})$"] = {}
     return dynamic
+
+
+# -- targets ----------------------------------------------------------------------------------
+
+def _dynamic(summary: ModelQuantSummary) -> dict:
+    """GPTQModel's per-module ``dynamic`` for layers whose precision differs from the model-level one
+    (mixed precision); nothing for a uniform checkpoint."""
+    declared = summary.declared.get("dynamic") if isinstance(summary.declared.get("dynamic"), dict) else {}
+    negatives = any(k.startswith("-:") for k in declared)
+    dynamic = dynamic_config(summary.layers, summary.bits, summary.group_size, summary.sym,
+                                  summary.unquantized_linears if negatives else [])
+    return {"dynamic": dynamic} if dynamic else {}
+
+
+def valid_damp(declared: dict) -> float:
+    meta = declared.get("meta") if isinstance(declared.get("meta"), dict) else {}
+    for value in (declared.get("damp_percent"), meta.get("damp_percent")):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1:
+            return float(value)
+    # transformers' GPTQConfig and GPTQModel refuse 0 (INC's RTN export writes it); GPTQ's default.
+    return 0.01
+
+
+class _GptqTarget(Target):
+    family = GptqFamily
+    keeps_g_idx = True
+    per_layer_precision = True
+    checkpoint_format: str
+
+    def quantization_config(self, summary: ModelQuantSummary) -> dict:
+        d = summary.declared
+        return {
+            "quant_method": "gptq",
+            "bits": summary.bits,
+            "group_size": summary.group_size,
+            "desc_act": summary.desc_act,
+            "sym": summary.sym,
+            "damp_percent": valid_damp(d),
+            "true_sequential": bool(d.get("true_sequential", True)),
+            "static_groups": False,
+            "lm_head": False,
+            "checkpoint_format": self.checkpoint_format,
+            "format": self.checkpoint_format,
+            "pack_dtype": "int32",
+            "model_file_base_name": "model",
+            **_dynamic(summary),
+        }
+
+    def config_files(self, qc, summary):
+        # AutoGPTQ and GPTQModel read quantize_config.json when config.json lacks the section.
+        return {"quantize_config.json": qc}
+
+
+class GptqV1Target(_GptqTarget):
+    name = "gptq"
+    zero_point_convention = ZP_V1
+    checkpoint_format = "gptq"
+    description = "GPTQ v1 (AutoGPTQ / transformers / optimum / INC): zero points stored as z-1"
+
+
+class GptqV2Target(_GptqTarget):
+    name = "gptq-v2"
+    zero_point_convention = ZP_V2
+    checkpoint_format = "gptq_v2"
+    description = "GPTQ v2 (GPTQModel): zero points stored as they are, z = 0 allowed"

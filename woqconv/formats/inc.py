@@ -22,7 +22,7 @@ from .. import packing
 from .._lazy import torch
 from ..checkpoint import INC_SHARD_INDEX, INC_WEIGHTS, Checkpoint, read_json
 from ..errors import FormatError
-from ..ir import PackedCodes, QuantLinear
+from ..ir import GIdxKind, PackedCodes, QuantLinear
 from ..safetensors_io import TensorSpec
 from . import inc_codebook
 from .base import (
@@ -37,9 +37,11 @@ from .base import (
     spec_of,
     validated,
 )
-from .gptq import effective_group_size
+from .gptq import GptqFamily, effective_group_size, valid_damp
+from .targets import Companion, ModelQuantSummary, Target
 
 QCONFIG = "qconfig.json"
+HPU_WEIGHT_NAME = "quantized_hpu_weight.pt"  # INC's default-format Gaudi cache: neural_compressor/torch/utils/utility.py:57
 # A Hub repo's files this format reads: INC's default format (torch.save'd weights, or safetensors shards and
 # their index) and its qconfig.json.
 HUB_FILE_PATTERNS = (INC_WEIGHTS, INC_SHARD_INDEX, QCONFIG)
@@ -270,3 +272,136 @@ def _real_bias(layer: QuantLinear) -> bool:
     architectures; its HPU loader keeps a bias only where the architecture has one. An all-zero bias
     adds nothing, so the HPU layout carries a bias only when it holds a non-zero value."""
     return layer.bias is not None and bool(layer.bias.any())
+
+
+# -- targets (in the order the CLI lists them) ----------------------------------------------------
+
+def _inc_bits(layer: QuantLinear) -> str | None:
+    # INC's packer puts floor(32/b) fields in a word: 2/4/8 bits match GPTQ's stream, 3 bits do not.
+    if layer.bits not in (2, 4, 8):
+        return f"INC packs {layer.bits}-bit codes {32 // layer.bits} to a word, not as GPTQ's bit stream; INC targets take 2, 4 or 8 bits"
+    # INC's dequant casts (q - z) to int8 (modules.py, INCWeightOnlyLinear.recover): at 8 bits that
+    # wraps unless z = 128, where q - z spans exactly [-128, 127].
+    if layer.bits == 8 and not layer.is_symmetric:
+        return "INC computes 8-bit weights as int8(q - z), which wraps for asymmetric zero points; use gptq or gptq-v2"
+    return None
+
+
+class IncDefaultTarget(Target):
+    name = "inc"
+    family = GptqFamily
+    zero_point_convention = ZP_V1
+    keeps_g_idx = True
+    v1_zero_point_zero = "modular"
+    container = "inc-pt"
+    holds_mul_linear = True
+    per_layer_precision = True
+    loader_scale_dtype = "float16"
+    needs_config = False
+    # Every entry is labelled awq (below), so INC's load assigns the checkpoint's unquantized tensors into
+    # the user's original model, replacing its parameters with the file's dtype. fp16 or bf16 ones would
+    # then meet the fp32 activations INC's CPU linears return ("mixed dtype", "m1 and m2 ... same dtype")
+    # whatever dtype the user built the model in; fp32 holds every 16-bit value exactly and runs with
+    # original models built in float32 or bfloat16 alike.
+    carried_float_dtype = "F32"
+    description = "INC default format: qconfig.json + quantized_weight.pt for load(..., original_model=...)"
+    loader = "inc-default"
+
+    def check_bits(self, layer):
+        return _inc_bits(layer)
+
+    def quantization_config(self, summary: ModelQuantSummary) -> None:
+        return None  # the default format has per-module entries in qconfig.json, not a model-level config
+
+    def config_files(self, qc, summary):
+        wrapped = set(summary.wrapped_modules)
+        entries = {}
+        for layer in summary.layers:
+            module = layer.name[: -len(".linear")] if layer.name.endswith(".linear") and layer.name[: -len(".linear")] in wrapped else layer.name
+            # INC's loader builds each module from dtype/bits/group_size and keeps g_idx only when the
+            # entry says desc_act (its own GPTQ entries say act_order and lose it). It takes the
+            # checkpoint's unquantized tensors (norms AWQ rescaled, embeddings) only when the first
+            # entry's algorithm is awq or teq; woqconv's checkpoint carries them all, so every entry
+            # is labelled awq, the label under which INC uses what the file holds.
+            entries[str((module, "Linear"))] = {
+                "awq": {
+                    "dtype": "int",
+                    "bits": layer.bits,
+                    "use_sym": layer.is_symmetric,
+                    "group_size": _entry_group_size(layer, summary.group_size),
+                    "group_dim": 1,
+                    "use_full_range": False,
+                    "use_mse_search": False,
+                    "use_layer_wise": False,
+                    "use_double_quant": False,
+                    "desc_act": layer.g_idx_kind in (GIdxKind.BLOCK_UNIFORM, GIdxKind.SCATTERED),
+                    "folding": False,
+                }
+            }
+        return {"qconfig.json": entries}
+
+
+class IncHfTarget(Target):
+    name = "inc-hf"
+    family = GptqFamily
+    zero_point_convention = ZP_V1
+    keeps_g_idx = True
+    v1_zero_point_zero = "modular"
+    loader_scale_dtype = "float16"
+    # INC's huggingface loader builds every module from the model-level bits/group_size and ignores
+    # GPTQModel's ``dynamic`` (a mixed checkpoint fails its state-dict load with size mismatches).
+    per_layer_precision = False
+    description = "INC huggingface format: GPTQ v1 safetensors that INC's load() and transformers read"
+
+    def check_bits(self, layer):
+        return _inc_bits(layer)
+
+    def quantization_config(self, summary: ModelQuantSummary) -> dict:
+        # INC's change_config_to_hf_format keys, with a damp_percent transformers accepts.
+        return {
+            "quant_method": "gptq",
+            "bits": summary.bits,
+            "group_size": summary.group_size,
+            "damp_percent": valid_damp(summary.declared),
+            "desc_act": summary.desc_act,
+            "sym": summary.sym,
+            "true_sequential": bool(summary.declared.get("true_sequential", False)),
+            "model_name_or_path": None,
+            "model_file_base_name": "model",
+            "checkpoint_format": "gptq",
+        }
+
+    def config_files(self, qc, summary):
+        return {"quantize_config.json": qc}
+
+
+class HpuTarget(IncHfTarget):
+    name = "hpu"
+    keeps_g_idx = False  # INC drops ordered g_idx, and older SynapseAI ignores any g_idx
+    bf16_scales = True
+    companion = Companion("hpu_model.safetensors", HpuFamily, ZP_V2, "BF16")
+    loader = "inc-hpu"
+    description = "inc-hf plus the hpu_model.safetensors cache INC's Gaudi loader reads without repacking"
+
+
+class HpuDefaultTarget(IncDefaultTarget):
+    """The Gaudi recipe's own route: INC's default format, loaded with
+    ``load(OUT, format="default", device="hpu", original_model=...)``, plus the cache INC writes on that
+    first load (``quantized_hpu_weight.pt``), so that INC repacks nothing."""
+
+    name = "hpu-default"
+    keeps_g_idx = False  # as hpu: older SynapseAI ignores any g_idx
+    bf16_scales = True
+    needs_config = True  # the cache's key order is the architecture's module tree
+    default_hpu_cache = HPU_WEIGHT_NAME
+    cache_family = HpuFamily
+    loader = "inc-hpu-default"
+    description = "inc plus the quantized_hpu_weight.pt cache INC's default-format Gaudi loader reads without repacking"
+
+
+def _entry_group_size(layer: QuantLinear, declared: int) -> int:
+    """A qconfig.json entry's group size: the model's declared one when it is this layer's, else the layer's
+    own (-1 for one group per row), so mixed group sizes survive."""
+    if layer.group_size == effective_group_size(declared, layer.in_features):
+        return declared
+    return -1 if layer.group_size >= layer.in_features else layer.group_size

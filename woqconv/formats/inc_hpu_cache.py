@@ -46,9 +46,8 @@ from .._lazy import torch
 from ..architecture import meta_model
 from ..ir import PackedCodes, QuantLinear
 from .base import ZP_V2
-from .inc import HpuFamily
+from .inc import HPU_WEIGHT_NAME, HpuFamily
 
-HPU_WEIGHT_NAME = "quantized_hpu_weight.pt"  # neural_compressor/torch/utils/utility.py:57
 # HPUWeightOnlyLinear's state-dict keys, in the order its __init__ registers them.
 HPU_BUFFERS = ("bias", "qweight", "qzeros", "scales", "scale_bf16_to_fp8", "g_idx")
 MUL_LINEAR_CHILD = "linear"

@@ -30,7 +30,8 @@ from ..checkpoint import CONFIG_NAME, HPU_CACHES
 from ..compute import compute_threads, default_workers, map_in_order, release_freed_memory
 from ..errors import WoqconvError
 from ..formats.base import ZP_V2
-from ..formats.inc_hpu_cache import HPU_WEIGHT_NAME
+from ..formats import TARGETS
+from ..formats.inc import HPU_WEIGHT_NAME
 from ..ir import CodebookLinear, GIdxKind, QuantLinear
 from ..requant import weight_error
 from ..source import QuantizedCheckpoint, open_checkpoint
@@ -119,8 +120,6 @@ class VerifyReport:
 # own name, so that the run check and the report can tell such layers from bit-identical ones.
 REQUANTIZED = "weights (requantized)"
 
-# Which real loader reads a format, and in what precision it runs.
-LOADERS = {"gptq": "transformers", "gptq-v2": "transformers", "awq": "transformers", "inc": "inc-default", "hpu": "inc-hpu"}
 # INC's Gaudi routes: bf16 scales, judged by the bf16 thresholds, on the device the loader reports.
 GAUDI_LOADERS = ("inc-hpu", "inc-hpu-default")
 
@@ -135,7 +134,7 @@ def _loader_for(ckpt: QuantizedCheckpoint) -> str:
         return "inc"
     if _mixed_gptq(fmt):
         return "gptqmodel"
-    return LOADERS.get(fmt.name, "transformers")
+    return TARGETS[fmt.name].loader if fmt.name in TARGETS else "transformers"
 
 
 def _mixed_gptq(fmt) -> bool:
