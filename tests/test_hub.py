@@ -349,3 +349,21 @@ def test_openvino_repo_online_is_fetched_and_inspected_in_full(tmp_path):
     local.pop("path")
     assert report == local
     assert {"openvino_model.xml", "openvino_model.bin"} <= got and not got & {"pytorch_model.bin", "README.md", "model.onnx"}
+
+
+def test_python_api_converts_a_hub_repo_id(tmp_path):
+    """woqconv.convert("org/name", ...) from Python: the same pipeline as the CLI (a cached snapshot here)."""
+    home = tmp_path / "hf"
+    sha = populate_cache(home / "hub", "org/tiny-gptq", repo_files(GPTQ))
+    code = ("import sys, woqconv; r = woqconv.convert('org/tiny-gptq', sys.argv[1], to='awq'); "
+            "print(r.source, r.lossless, r.layers_converted)")
+    with FakeHub() as hub:
+        env = hub_env(home, hub.endpoint, HF_HUB_OFFLINE="1")
+        r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], env=env, cwd=tmp_path, capture_output=True, text=True,
+                           timeout=600)
+        assert hub.requests == []
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [f"org/tiny-gptq@{sha}", "True", "14"]
+    ref = tmp_path / "ref"
+    woqconv.convert(fixture_path(GPTQ), ref, to="awq")
+    assert read_dir(tmp_path / "out") == read_dir(ref)

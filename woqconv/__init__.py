@@ -4,7 +4,7 @@ Python API (the CLI is a thin layer over it)::
 
     import woqconv
     report = woqconv.inspect("llama-gptq")                      # what is it, as found in the data
-    woqconv.convert("llama-gptq", "llama-awq", to="awq")        # lossless or refused
+    woqconv.convert("llama-gptq", "llama-awq", to="awq")        # lossless or refused (SRC: a directory or org/name)
     woqconv.verify("llama-awq", against="llama-gptq")           # loaded by its real loader, compared
     with woqconv.open_checkpoint("llama-gptq") as ckpt:         # the IR, one layer at a time
         for layer in ckpt.iter_layers():
@@ -16,7 +16,8 @@ Python API (the CLI is a thin layer over it)::
 # eagerly, not through a module ``__getattr__``: ``woqconv.convert`` is both this function and a
 # subpackage, and the first ``import woqconv.convert.<x>`` anywhere would rebind a lazily provided name
 # to the subpackage.
-from .convert import ConvertReport, convert
+from .convert import ConvertReport
+from .pipeline import convert
 from .errors import FormatError, OutputError, RefusedConversion, WoqconvError
 from .formats import TARGETS
 from .inspection import InspectReport, inspect

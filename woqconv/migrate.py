@@ -17,12 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import __version__
-from .convert import convert
 from .errors import FormatError, OutputError, RefusedConversion, WoqconvError
-from .hub.card import CardFacts, render_card
-from .hub.fetch import hub_checkout
-from .hub.push import push
 
 STATE_FILE = "woqconv-migrate.json"
 SUCCEEDED, REFUSED, FAILED = "succeeded", "refused", "failed"
@@ -189,34 +184,26 @@ def migrate(
 
 def _one(repo_id, revision, root: Path, *, to, push_pattern, private, verify, run, allow_bf16, requantize, base_model, token, command,
          quiet) -> MigrationEntry:
-    from .runtime.verify import verify as verify_checkpoint
+    from .pipeline import run as run_pipeline
 
     out = root / output_name(repo_id, to)
     entry = MigrationEntry(repo_id, revision, FAILED, output=str(out))
+    target_repo = push_name(push_pattern, repo_id, to) if push_pattern else None
     try:
-        with hub_checkout(repo_id, revision=revision, token=token, quiet=quiet) as src:
-            entry.commit = src.commit
-            result = convert(src.path, out, to=to, base_model=base_model, overwrite=True, allow_bf16=allow_bf16, requantize=requantize)
-            src.relabel(result)
-            entry.lossless = result.lossless
-            checked = None
-            if verify:
-                checked = verify_checkpoint(out, against=src.path, base_model=base_model, run=run)
-                src.relabel(checked)
-                entry.verified = checked.passed
-                if not checked.passed:
-                    first = checked.failures[0]
-                    entry.reason = f"verify failed: {first.check} {first.layer or ''} {first.detail}".replace("  ", " ")
-                    return entry
-            if push_pattern:
-                target_repo = push_name(push_pattern, repo_id, to)
-                card = render_card(CardFacts(
-                    repo_id=target_repo, source=repo_id, source_commit=src.commit, convert=result.to_dict(),
-                    verify=checked.to_dict() if checked else None, version=__version__, command=command,
-                ))
-                pushed = push(out, target_repo, card=card, private=private, token=token, quiet=quiet,
-                              commit_message=f"woqconv: {repo_id}@{src.commit[:12]} -> {to}")
-                entry.pushed_to, entry.push_url = target_repo, pushed.pr_url or pushed.commit_url
+        outcome = run_pipeline(repo_id, out, to=to, verify=verify, run_loaders=run, push_to_hub=target_repo, private=private,
+                               revision=revision, token=token, command=command, quiet=quiet, base_model=base_model, overwrite=True,
+                               allow_bf16=allow_bf16, requantize=requantize)
+        entry.commit = outcome.source_commit
+        entry.lossless = outcome.report.lossless
+        checked = outcome.checked
+        if checked is not None:
+            entry.verified = checked.passed
+            if not checked.passed:
+                first = checked.failures[0]
+                entry.reason = f"verify failed: {first.check} {first.layer or ''} {first.detail}".replace("  ", " ")
+                return entry
+        if outcome.pushed is not None:
+            entry.pushed_to, entry.push_url = target_repo, outcome.pushed.pr_url or outcome.pushed.commit_url
         entry.status = SUCCEEDED
     except RefusedConversion as e:
         entry.status, entry.reason, entry.output = REFUSED, e.problem, None

@@ -20,7 +20,7 @@ from rich.progress import (
 )
 
 from .. import __version__
-from ..convert import convert as convert_checkpoint
+from .. import pipeline
 from ..formats import TARGETS
 from ..inspection import inspect as inspect_checkpoint
 from ..requant import METHODS as REQUANT_METHODS
@@ -144,36 +144,22 @@ def convert(
         raise typer.BadParameter(f"choose from {', '.join(REQUANT_METHODS)}", param_hint="--requant-method")
     quiet_all = quiet or fmt is OutputFormat.json
     show_progress = not quiet_all and not dry_run
-    with mapped_errors(), hub_commands.source(src, revision=revision, push_to_hub=push_to_hub, push_revision=push_revision, create_pr=create_pr, quiet=quiet_all) as (local_src, hub_src):
-        errors = Console(stderr=True)
-        # Only on a terminal: elsewhere rich cannot redraw the bar, and a transient one leaves an empty line.
-        bar = _LazyProgress(errors) if show_progress and errors.is_terminal else None
+    errors = Console(stderr=True)
+    # Only on a terminal: elsewhere rich cannot redraw the bar, and a transient one leaves an empty line.
+    bar = _LazyProgress(errors) if show_progress and errors.is_terminal else None
+    with mapped_errors():
         try:
-            report = convert_checkpoint(
-                local_src, output, to=to, base_model=base_model, overwrite=overwrite, dry_run=dry_run, allow_bf16=allow_bf16,
+            outcome = pipeline.run(
+                src, output, to=to, verify=then_verify, push_to_hub=push_to_hub, private=private, push_revision=push_revision,
+                create_pr=create_pr, revision=revision, command=hub_commands.exact_command(), quiet=quiet_all, base_model=base_model,
+                workers=workers, overwrite=overwrite, dry_run=dry_run, allow_bf16=allow_bf16,
                 requantize=requant_method if requantize else None, double_quant=double_quant,
                 zero_point_convention=_check_convention(zp_convention), progress=bar.update if bar else None,
-                workers=workers,
             )
         finally:
             if bar:
                 bar.stop()
-        checked = None
-        if then_verify and not dry_run:
-            # runtime.verify brings torch and the loaders: imported only when asked to verify
-            from ..runtime.verify import verify as verify_checkpoint
-
-            checked = verify_checkpoint(output, against=local_src, workers=workers, base_model=base_model)
-        if hub_src is not None:
-            hub_src.relabel(report)
-            if checked is not None:
-                hub_src.relabel(checked)
-        pushed = None
-        if push_to_hub and (checked is None or checked.passed):
-            pushed = hub_commands.publish(
-                output, push_to_hub, report=report, checked=checked, hub_src=hub_src, src=src,
-                private=private, push_revision=push_revision, create_pr=create_pr, dry_run=dry_run, quiet=quiet_all,
-            )
+    report, checked, pushed = outcome.report, outcome.checked, outcome.pushed
     if fmt is OutputFormat.json:
         data = report.to_dict()
         if checked is not None:

@@ -1,4 +1,4 @@
-"""CLI plumbing for Hub repos: shared options, SRC as a repo id, ``--push-to-hub``, ``woqconv migrate``.
+"""CLI plumbing for Hub repos: the shared Hub options and ``woqconv migrate`` (the chain itself is woqconv.pipeline).
 
 Kept apart from app.py so the commands there change by a few lines only.
 """
@@ -8,16 +8,13 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
-from .. import __version__
-from ..errors import OutputError
-from ..hub import CardFacts, HubSource, PushReport, hub_checkout, inspect_remote, is_repo_id, push, render_card
+from ..hub import inspect_remote, is_repo_id
 from . import render
 from ._errors import mapped_errors
 
@@ -48,41 +45,6 @@ CreatePrOpt = Annotated[bool, typer.Option("--create-pr", help="With --push-to-h
 def exact_command() -> str:
     """The command line as typed, for the model card."""
     return shlex.join(["woqconv", *sys.argv[1:]])
-
-
-@contextmanager
-def source(src: Path, *, revision: str | None, push_to_hub: str | None, push_revision: str | None, create_pr: bool, quiet: bool) -> Iterator[tuple[Path, HubSource | None]]:
-    """SRC as a local directory: itself, or the selected files of a Hub repo's snapshot."""
-    if (push_revision or create_pr) and not push_to_hub:
-        raise OutputError("--push-revision and --create-pr go with --push-to-hub")
-    if push_revision and create_pr:
-        raise OutputError("choose --push-revision BRANCH or --create-pr, not both")
-    if not is_repo_id(src):
-        if revision:
-            raise OutputError(f"--revision applies to a Hub repo id; {src} is a local path")
-        yield src, None
-        return
-    with hub_checkout(str(src), revision=revision, quiet=quiet) as hub_src:
-        yield hub_src.path, hub_src
-
-
-def publish(output: Path, repo_id: str, *, report, checked, hub_src: HubSource | None, src: Path, private: bool,
-            push_revision: str | None, create_pr: bool, dry_run: bool, quiet: bool) -> PushReport:
-    card = render_card(CardFacts(
-        repo_id=repo_id,
-        source=hub_src.repo_id if hub_src else str(src),
-        source_commit=hub_src.commit if hub_src else None,
-        convert=report.to_dict(),
-        verify=checked.to_dict() if checked is not None else None,
-        version=__version__,
-        command=exact_command(),
-    ))
-    pushed = push(output, repo_id, card=card, private=private, revision=push_revision, create_pr=create_pr, dry_run=dry_run, quiet=quiet,
-                  commit_message=f"woqconv: {report.source} ({report.source_format}) -> {report.target}")
-    if dry_run:
-        # Nothing was written: list what the conversion would put in OUT.
-        pushed.files = sorted(set(report.files_copied) | set(report.files_rewritten) | {"README.md"}) + ["(the weight files the conversion writes)"]
-    return pushed
 
 
 def migrate(
