@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import woqconv  # noqa: E402
 from woqconv.runtime.openvino_check import decompressed_weights, fused_layers, run_logits  # noqa: E402
-from woqconv.runtime.openvino_export import run_worker  # noqa: E402
+from woqconv.formats.openvino.export import run_worker  # noqa: E402
 
 DEFAULT = ["fixtures/ar-g32-asym-auto_gptq", "fixtures/ar-g128-sym-auto_gptq"]
 

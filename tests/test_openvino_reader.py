@@ -191,7 +191,7 @@ def test_bad_ir_is_one_line_naming_the_file(tmp_path):
 def test_woqconvs_own_openvino_output_reads_back_to_the_same_ir(tmp_path):
     """The openvino target (optimum-intel's export with the codes substituted) and this reader agree: a mixed
     4/8-bit checkpoint written as IR reads back with the same codes, zero points, scales and precisions."""
-    from woqconv.runtime.openvino_export import openvino_python
+    from woqconv.formats.openvino.export import openvino_python
 
     try:
         openvino_python()

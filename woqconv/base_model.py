@@ -72,7 +72,7 @@ def resolve(spec: str | os.PathLike, *, origin: str = GIVEN, revision: str | Non
             raise FormatError("no config.json here: the base model is the original unquantized model (a directory with "
                               "config.json, or a Hub repo id)", file=text)
         return BaseModel(text, path, _base_files(path), origin)
-    from .hub.fetch import is_repo_id
+    from .hub_access import is_repo_id
 
     if path.exists() or not is_repo_id(text):
         raise FormatError("not a directory and not a Hub repo id (org/name): the base model is the original unquantized model",
@@ -85,7 +85,7 @@ def _from_hub(repo_id: str, *, origin: str, revision: str | None, cache_only: bo
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
-    from .hub.fetch import hub_error, quiet_hub
+    from .hub_access import hub_error, quiet_hub
 
     try:
         with quiet_hub(True):

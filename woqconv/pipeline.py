@@ -38,7 +38,7 @@ def source(src: str | os.PathLike, *, revision: str | None = None, token: str | 
     """SRC as a local directory: itself, or the selected files of a Hub repo's snapshot (an existing local
     path always wins over a repo id)."""
     # huggingface_hub is imported with the hub package: only for a repo id or a push
-    from .hub.fetch import is_repo_id
+    from .hub_access import is_repo_id
 
     if not is_repo_id(src):
         if revision:

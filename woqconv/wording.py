@@ -33,3 +33,31 @@ def change_lines(layer_changes: Mapping[str, Iterable[str]]) -> list[str]:
 
 
 _COUNTED = re.compile(r"^(\d+) (.+)$", re.DOTALL)
+
+
+def lossy_lines(lossy_layers: dict[str, dict], requantized: dict[str, dict]) -> list[str]:
+    """The accepted losses, summarised: shared by the CLI table and the Hub model card."""
+    lines = []
+    by_kind: dict[str, dict[str, dict]] = {}
+    for name, v in lossy_layers.items():
+        by_kind.setdefault(v.get("kind", "bf16"), {})[name] = v
+    for kind, what, unit in (("bf16", "bf16 scales", "scales"), ("double-quant", "double-quantized absmax", "absmax")):
+        layers = by_kind.get(kind)
+        if layers:
+            changed = sum(v[f"{unit}_changed"] for v in layers.values())
+            total = sum(v[f"{unit}_total"] for v in layers.values())
+            worst = max(v["max_rel_change"] for v in layers.values())
+            lines.append(f"{what}: {changed} of {total} changed in {counted(len(layers), 'layer')}, largest relative change {worst:.3g}")
+    if requantized:
+        rel = [v["rel_fro"] for v in requantized.values()]
+        snr = [v["snr_db"] for v in requantized.values()]
+        method = next(iter(requantized.values()))["method"]
+        line = (f"requantized {counted(len(rel), 'layer')} ({method}): relative Frobenius error {min(rel):.4f}..{max(rel):.4f}, "
+                f"SNR {min(snr):.2f}..{max(snr):.2f} dB")
+        minmax = [v["minmax"]["rel_fro"] for v in requantized.values() if "minmax" in v]
+        if minmax:
+            line += f" (min-max rounding: {min(minmax):.4f}..{max(minmax):.4f})"
+        lines.append(line)
+    elif "requantize" in by_kind:
+        lines.append(f"{counted(len(by_kind['requantize']), 'layer')} to requantize")
+    return lines

@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # annotations only: rendering imports nothing that computes
     from ..hub.push import PushReport
     from ..inspection import InspectReport
     from ..migrate import MigrationEntry, MigrationReport
-    from ..runtime.verify import VerifyReport
+    from ..runtime.report import VerifyReport
 
 
 def _size(n: int) -> str:
@@ -171,7 +171,7 @@ def requant_table(console: Console, stats: dict[str, dict]) -> None:
 
 
 def verify_report(console: Console, r: VerifyReport) -> None:
-    from ..runtime.verify import REQUANTIZED  # here: the module imports torch, which inspect never needs
+    from ..runtime.report import REQUANTIZED
 
     status = "[green]passed[/green]" if r.passed else f"[red]FAILED ({len(r.failures)} checks)[/red]"
     where = f" on {r.device} with {r.loader}" if r.device else ""

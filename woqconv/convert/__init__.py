@@ -15,8 +15,8 @@ from ..source import open_checkpoint
 from . import direct, head_start
 from .output import check_output, commit_partial, discard_partial, start_partial, write_error
 from .plan import ConversionPlan, plan_conversion
-from .stream import measure_requantization, source_bytes, total_source_bytes, write_plan
-from ..wording import counted
+from .stream import layer_to_write, measure_requantization, source_bytes, total_source_bytes, write_plan
+from ..wording import lossy_lines
 
 
 @dataclass
@@ -59,34 +59,6 @@ class ConvertReport:
     def lossy_lines(self) -> list[str]:
         """One plain sentence per kind of loss accepted (bf16 scales, double quantization, requantization)."""
         return lossy_lines(self.lossy_layers, self.requantized)
-
-
-def lossy_lines(lossy_layers: dict[str, dict], requantized: dict[str, dict]) -> list[str]:
-    """The accepted losses, summarised: shared by the CLI table and the Hub model card."""
-    lines = []
-    by_kind: dict[str, dict[str, dict]] = {}
-    for name, v in lossy_layers.items():
-        by_kind.setdefault(v.get("kind", "bf16"), {})[name] = v
-    for kind, what, unit in (("bf16", "bf16 scales", "scales"), ("double-quant", "double-quantized absmax", "absmax")):
-        layers = by_kind.get(kind)
-        if layers:
-            changed = sum(v[f"{unit}_changed"] for v in layers.values())
-            total = sum(v[f"{unit}_total"] for v in layers.values())
-            worst = max(v["max_rel_change"] for v in layers.values())
-            lines.append(f"{what}: {changed} of {total} changed in {counted(len(layers), 'layer')}, largest relative change {worst:.3g}")
-    if requantized:
-        rel = [v["rel_fro"] for v in requantized.values()]
-        snr = [v["snr_db"] for v in requantized.values()]
-        method = next(iter(requantized.values()))["method"]
-        line = (f"requantized {counted(len(rel), 'layer')} ({method}): relative Frobenius error {min(rel):.4f}..{max(rel):.4f}, "
-                f"SNR {min(snr):.2f}..{max(snr):.2f} dB")
-        minmax = [v["minmax"]["rel_fro"] for v in requantized.values() if "minmax" in v]
-        if minmax:
-            line += f" (min-max rounding: {min(minmax):.4f}..{max(minmax):.4f})"
-        lines.append(line)
-    elif "requantize" in by_kind:
-        lines.append(f"{counted(len(by_kind['requantize']), 'layer')} to requantize")
-    return lines
 
 
 def _files_rewritten(config: dict | None, extra_json: dict[str, dict], index: bool, companion: str | None = None) -> list[str]:
@@ -227,9 +199,9 @@ def _convert(src_path: Path, out_path: Path, to: str, start: float, head: head_s
 
         def write(partial: Path, tick: Callable[[int], None]) -> int:
             if plan.target.container == "openvino":  # an OpenVINO IR, built from optimum-intel's export
-                from ..runtime.openvino_export import write_openvino
+                from ..formats.openvino.export import write_openvino
 
-                return write_openvino(plan, partial, tick)
+                return write_openvino(plan, partial, layer_to_write, tick)
             return write_plan(plan, partial, tick, workers=workers, head_start=head)
 
         written = _write_atomically(out_path, head, warnings, total, progress, write, source_files)

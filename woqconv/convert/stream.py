@@ -42,7 +42,7 @@ def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = Non
     written_files: list[Path] = []
 
     def convert_layer(name: str, writer: SafetensorsWriter) -> tuple[list[str], int]:
-        layer = _layer_to_write(plan, name)
+        layer = layer_to_write(plan, name)
         names = []
         # Each re-laid-out codes tensor is written before its block ends, so its buffer can be reused.
         with packing.result_in_reused_buffer():
@@ -166,7 +166,7 @@ def write_configs_and_files(into: Path, path_of: Callable[[str], Path], config: 
     return sum(p.stat().st_size for p in into.rglob("*") if p.is_file())
 
 
-def _layer_to_write(plan: ConversionPlan, name: str):
+def layer_to_write(plan: ConversionPlan, name: str):
     """The layer as the target encodes it. Requantized layers are refitted from the source's weights
     (their error recorded in the plan); codebook layers are re-prepared with their indices (a remap to
     the target's table order needs them); affine layers reuse the planned layer plus their codes."""

@@ -5,10 +5,10 @@ key) and its targets (``Target`` subclasses with a name, in definition order). T
 here in the order ``--to`` lists the targets.
 """
 
-from . import gptq, awq, inc, inc_codebook, inc_nonoptimum, bnb, openvino_ir, openvino_target  # noqa: F401  (registers)
+from . import gptq, awq, inc, inc_codebook, inc_nonoptimum, bnb, openvino  # noqa: F401  (registers)
 from .base import LayerFamily, SourceFormat  # noqa: F401
 from .targets import TARGETS, Target  # noqa: F401
 
 # The files of a Hub repo some format reads or carries, beyond the safetensors weights and the model files
 # every checkpoint has (checkpoint.MODEL_FILE_PATTERNS): each format names its own.
-HUB_FILE_PATTERNS = tuple(dict.fromkeys(p for module in (gptq, inc, openvino_ir) for p in module.HUB_FILE_PATTERNS))
+HUB_FILE_PATTERNS = tuple(dict.fromkeys(p for module in (gptq, inc, openvino) for p in module.HUB_FILE_PATTERNS))

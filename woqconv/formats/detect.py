@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from ..checkpoint import Checkpoint, read_json
 from ..errors import FormatError
-from . import autoround, bnb, gptq, inc, openvino_ir
+from . import autoround, bnb, gptq, inc, openvino
 from .base import ZP_V1, ZP_V1_WORD, ZP_V2, LayerFamily, SourceFormat
 
 GPTQ_CHECKPOINT_FORMATS = {"gptq": ZP_V1, "gptq_v2": ZP_V2}
@@ -53,7 +53,7 @@ def _int(qc: dict, key: str, file: str, ckpt: Checkpoint, default=None) -> int:
 def detect(ckpt: Checkpoint) -> SourceFormat:
     """Identify the checkpoint's format from its config; raise FormatError naming the problem."""
     if ckpt.container == "openvino-ir":
-        return openvino_ir.detect(ckpt)  # no quantization config: the graph's constants say it all
+        return openvino.detect(ckpt)  # no quantization config: the graph's constants say it all
     inc_default = ckpt.container == "inc-pt" or (
         (ckpt.root / inc.QCONFIG).exists() and not isinstance(ckpt.config.get("quantization_config"), dict)
     )

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..convert import lossy_lines
-from ..wording import change_lines, counted
+from ..wording import change_lines, counted, lossy_lines
 
 # Targets read by INC (neural-compressor), and how; the others load in transformers (+ gptqmodel).
 _INC_LOAD = {

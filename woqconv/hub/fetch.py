@@ -10,7 +10,6 @@ INC Gaudi cache) are neither downloaded nor carried into the output.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from typing import Iterator
 
 from ..checkpoint import HPU_CACHES, INC_WEIGHTS, MODEL_FILE_PATTERNS
 from ..errors import FormatError, WoqconvError
+from ..hub_access import hub_error, is_repo_id, quiet_hub  # noqa: F401  (hub's names)
 from ..formats import HUB_FILE_PATTERNS
 from ..openvino_file import XML_NAME as OPENVINO_XML
 
@@ -35,15 +35,6 @@ ALLOW_PATTERNS = [
 # INC's Gaudi caches are dropped by every conversion (checkpoint.HPU_CACHES); sub-folders hold
 # other exports (onnx/, original/), never the checkpoint woqconv reads.
 IGNORE_PATTERNS = [*HPU_CACHES, "*/*"]
-
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def is_repo_id(src: str | os.PathLike) -> bool:
-    """``org/name`` that is not an existing local path: a Hub repo. A local directory always wins."""
-    text = os.fspath(src)
-    return bool(_REPO_ID.match(text)) and not Path(text).exists() and ".." not in text.split("/")
-
 
 @dataclass
 class HubSource:
@@ -73,43 +64,6 @@ def selected(names: list[str]) -> list[str]:
     from huggingface_hub.utils import filter_repo_objects
 
     return sorted(filter_repo_objects(names, allow_patterns=ALLOW_PATTERNS, ignore_patterns=IGNORE_PATTERNS))
-
-
-def hub_error(repo_id: str, e: Exception) -> FormatError:
-    """huggingface_hub's exceptions as one woqconv line naming the repo."""
-    from huggingface_hub import errors
-
-    if isinstance(e, errors.RevisionNotFoundError):
-        problem = "revision not found on the Hub"
-    elif isinstance(e, errors.GatedRepoError):
-        problem = "gated repo: accept its terms on the Hub and log in (hf auth login) or set HF_TOKEN"
-    elif isinstance(e, errors.RepositoryNotFoundError):
-        problem = "repository not found on the Hub (a private repo needs HF_TOKEN or hf auth login)"
-    elif isinstance(e, errors.IncompleteSnapshotError):
-        problem = "the cached snapshot is incomplete and the Hub cannot be reached"
-    elif isinstance(e, (errors.OfflineModeIsEnabled, errors.LocalEntryNotFoundError)):
-        problem = "not in the local Hub cache, and the Hub cannot be reached (HF_HUB_OFFLINE=1 or no network)"
-    elif isinstance(e, errors.HfHubHTTPError):
-        status = e.response.status_code if e.response is not None else "?"
-        problem = f"Hub request failed (HTTP {status}): {str(e).splitlines()[0]}"
-    else:
-        problem = f"cannot reach the Hub: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    return FormatError(problem, file=repo_id)
-
-
-@contextmanager
-def quiet_hub(quiet: bool) -> Iterator[None]:
-    """Silence huggingface_hub's progress bars (``-q``, ``--format json``) for the block."""
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-    was = are_progress_bars_disabled()
-    if quiet and not was:
-        disable_progress_bars()
-    try:
-        yield
-    finally:
-        if quiet and not was:
-            enable_progress_bars()
 
 
 @contextmanager

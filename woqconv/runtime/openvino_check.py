@@ -124,16 +124,19 @@ def fused_layers(path: str | Path, precision: str = "f32") -> tuple[int, int]:
 
 def run_logits(result_dir: Path, profiles: list[str], paths: list[Path]) -> list[dict]:
     """OVModelForCausalLM rows (``file``, ``ppl``, ``device``) per (profile, path), from the OpenVINO environment."""
-    from .openvino_export import run_worker
+    from ..formats.openvino.export import run_worker
+    from ..formats.openvino.worker import SHARED_INPUTS_ENV
 
-    return run_worker(["run", str(result_dir), ",".join(profiles), *(str(p.resolve()) for p in paths)])
+    return run_worker(["run", str(result_dir), ",".join(profiles), *(str(p.resolve()) for p in paths)],
+                      env={SHARED_INPUTS_ENV: str(Path(__file__).with_name("worker.py"))})
 
 
-def verify_openvino(path: Path, against: Path | None, run: bool, t, report, base=None) -> None:
+def verify_openvino(path: Path, against: Path | None, run: bool, t, report, base=None, *, source_loader) -> None:
     """Fill ``report`` (a VerifyReport) for an openvino output; ``base`` (a BaseModel) is the source's
-    original model when the source records no architecture (INC's default format)."""
+    original model when the source records no architecture (INC's default format); ``source_loader(src)``
+    is verify's choice of the loader that runs the source."""
     from ..source import open_checkpoint
-    from .verify import Check
+    from .report import Check
 
     start = time.perf_counter()
     report.format = "openvino"
@@ -156,12 +159,12 @@ def verify_openvino(path: Path, against: Path | None, run: bool, t, report, base
                 report.checks.append(Check("weights", same, detail, layer.name))
             report.metrics["layers_compared"] = len(names & set(weights))
     if run:
-        _run_check(path, against, t, report, base)
+        _run_check(path, against, t, report, base, source_loader)
     report.seconds = round(time.perf_counter() - start, 3)
 
 
-def _run_check(path: Path, against: Path | None, t, report, base=None) -> None:
-    from .verify import Check, _source_loader
+def _run_check(path: Path, against: Path | None, t, report, base, source_loader) -> None:
+    from .report import Check
     from .worker import BASE_ENV
 
     from ..source import open_checkpoint
@@ -173,7 +176,7 @@ def _run_check(path: Path, against: Path | None, t, report, base=None) -> None:
             report.checks.append(Check("run", True, "no --against: the run needs the source as its reference; not run"))
             return
         with open_checkpoint(against) as src:
-            ref_loader = _source_loader(src)
+            ref_loader = source_loader(src)
         report.reference = f"{ref_loader}:{Path(against).resolve()}"
         proc = subprocess.run([sys.executable, "-m", "woqconv.runtime.worker", tmp, "cpu", f"{ref_loader}:{Path(against).resolve()}"],
                               capture_output=True, text=True, timeout=3600, cwd=tmp,

@@ -5,9 +5,9 @@ the dense export and the ``OVModelForCausalLM`` run happen in a second virtual e
 (``.venv-ov``, made by scripts/setup.sh, transformers < 5.6) as a subprocess. This file is run by
 path there and imports nothing from woqconv (woqconv's own dependencies are not installed in it):
 
-    python openvino_worker.py export DENSE_DIR OUT_DIR        # optimum-intel export of the architecture
-    python openvino_worker.py run RESULT_DIR PROFILE[,PROFILE] OV_DIR [...]   # OVModelForCausalLM on CPU, logits
-    python openvino_worker.py route GPTQ_DIR OUT_DIR          # optimum-intel's own export of a GPTQ checkpoint
+    python worker.py export DENSE_DIR OUT_DIR        # optimum-intel export of the architecture
+    python worker.py run RESULT_DIR PROFILE[,PROFILE] OV_DIR [...]   # OVModelForCausalLM on CPU, logits ($WOQCONV_SHARED_INPUTS)
+    python worker.py route GPTQ_DIR OUT_DIR          # optimum-intel's own export of a GPTQ checkpoint
 
 Each prints one JSON line per job: a result, or {"error": ...}; the caller decides what a failure means.
 """
@@ -23,9 +23,14 @@ import traceback
 from pathlib import Path
 
 
+# The caller of ``run`` names the file of the shared inputs (woqconv/runtime/worker.py: PROMPT and
+# token_stream, stdlib-only at import), so this run and woqconv's loaders feed the models the same tokens.
+SHARED_INPUTS_ENV = "WOQCONV_SHARED_INPUTS"
+
+
 def _shared():
-    """PROMPT and the perplexity stream, from worker.py (stdlib-only at import), so both runs use one input."""
-    spec = importlib.util.spec_from_file_location("_woqconv_worker", Path(__file__).with_name("worker.py"))
+    """PROMPT and the perplexity stream, from the file $WOQCONV_SHARED_INPUTS names."""
+    spec = importlib.util.spec_from_file_location("_woqconv_worker", os.environ[SHARED_INPUTS_ENV])
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

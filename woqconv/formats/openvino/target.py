@@ -1,6 +1,6 @@
 """Target ``openvino``: an OpenVINO IR model whose quantized linears hold the source's integer codes.
 
-The graph comes from optimum-intel's export of the dense architecture (woqconv.runtime.openvino_export);
+The graph comes from optimum-intel's export of the dense architecture (export.py);
 this module replaces each quantized linear's dense weight constant there with the weight-decompression
 sub-graph OpenVINO's CPU plugin fuses into its FullyConnected kernel (the shape NNCF's
 ``compress_weights`` builds, nncf/quantization/algorithms/weight_compression/openvino_backend.py)::
@@ -28,10 +28,10 @@ from typing import Iterable
 
 import numpy as np
 
-from .._lazy import torch
-from ..ir import QuantLinear
-from .base import LayerFamily
-from .targets import Prepared, Target
+from ..._lazy import torch
+from ...ir import QuantLinear
+from ..base import LayerFamily
+from ..targets import Prepared, Target
 
 # Where optimum-intel's export names a linear's weight constant: the module path with one of these
 # suffixes (``ov_ext::linear`` patched linears keep the original weight under the second name).

@@ -5,9 +5,10 @@ Steps, all inside the conversion's partial directory (woqconv.convert.output mak
 1. ``dense/``: the source's config.json without its quantization_config, and the tensors outside the
    quantized layers (embeddings, norms, lm_head) exactly as stored;
 2. optimum-intel exports that architecture to OpenVINO IR in the OpenVINO environment
-   (:mod:`woqconv.runtime.openvino_worker`, a subprocess: optimum-intel needs transformers < 5.6);
+   (``worker.py`` beside this file, a subprocess: optimum-intel needs transformers < 5.6);
 3. every quantized linear's dense weight constant is replaced by its codes, zero points and scales
-   (:func:`woqconv.formats.openvino_target.substitute_weights`), one layer read at a time;
+   (:func:`woqconv.formats.openvino.target.substitute_weights`), one layer at a time, as the converter
+   hands them over;
 4. ``openvino_model.xml``/``.bin`` saved uncompressed (an f16 compression pass would round the
    unquantized weights), beside the export's config.json and the source's tokenizer and generation files.
 """
@@ -23,13 +24,13 @@ from typing import Callable
 
 import torch
 
-from ..checkpoint import CONFIG_NAME, dump_json
-from ..errors import WoqconvError
-from ..formats.openvino_target import substitute_weights
-from ..safetensors_io import SafetensorsWriter, TensorSpec
+from ...checkpoint import CONFIG_NAME, dump_json
+from ...errors import WoqconvError
+from ...safetensors_io import SafetensorsWriter, TensorSpec
+from .target import substitute_weights
 
-REPO = Path(__file__).resolve().parents[2]
-WORKER = Path(__file__).with_name("openvino_worker.py")
+REPO = Path(__file__).resolve().parents[3]
+WORKER = Path(__file__).with_name("worker.py")
 ENV_VAR = "WOQCONV_OPENVINO_PYTHON"
 # The files OVModelForCausalLM reads beside the tokenizer's.
 MODEL_FILES = ("openvino_model.xml", "openvino_model.bin", CONFIG_NAME)
@@ -47,11 +48,11 @@ def openvino_python() -> str:
     return str(candidate)
 
 
-def run_worker(args: list[str], *, timeout: int = 3600) -> list[dict]:
-    """Run openvino_worker.py in the OpenVINO environment; its JSON rows (an error row raises)."""
+def run_worker(args: list[str], *, timeout: int = 3600, env: dict[str, str] | None = None) -> list[dict]:
+    """Run worker.py in the OpenVINO environment (``env`` added to this one's); its JSON rows."""
     proc = subprocess.run(
         [openvino_python(), str(WORKER), *args], capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""},
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", **(env or {})},
     )
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     if not rows:
@@ -97,11 +98,11 @@ def write_dense_stub(plan, into: Path) -> None:
     (into / "woqconv-dense.json").write_text(json.dumps({"dtype": _dense_dtype(specs)}), encoding="utf-8")
 
 
-def write_openvino(plan, into: Path, progress: Callable[[int], None] | None = None) -> int:
-    """Write the planned conversion into the empty directory ``into``; return bytes written."""
+def write_openvino(plan, into: Path, layer_to_write: Callable, progress: Callable[[int], None] | None = None) -> int:
+    """Write the planned conversion into the empty directory ``into``; return bytes written.
+    ``layer_to_write(plan, name)`` is the converter's: the layer with its codes (requantized where the plan
+    says), exactly as the other targets' writers get it."""
     import openvino as ov
-
-    from ..convert.stream import _layer_to_write
 
     tick = progress or (lambda n: None)
     src = plan.source
@@ -116,7 +117,7 @@ def write_openvino(plan, into: Path, progress: Callable[[int], None] | None = No
 
         def layers():
             for name in plan.prepared:
-                layer = _layer_to_write(plan, name)  # codes (and requantized layers) exactly as other targets get them
+                layer = layer_to_write(plan, name)
                 yield layer
                 tick(sum(src.ckpt.info(t).nbytes for t in src.family.owned_tensors(src.ckpt, name) if t in plan.owned))
 

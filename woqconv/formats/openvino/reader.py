@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .._lazy import torch
-from ..checkpoint import Checkpoint
-from ..errors import FormatError
-from ..ir import QuantLinear
-from ..openvino_file import BIN_NAME, CONFIG_NAME, XML_NAME
-from ..wording import counted
-from .base import ZP_V2, LayerFamily, SourceFormat, layer_error, require, validated
+from ..._lazy import torch
+from ...checkpoint import Checkpoint
+from ...errors import FormatError
+from ...ir import QuantLinear
+from ...openvino_file import BIN_NAME, CONFIG_NAME, XML_NAME
+from ...wording import counted
+from ..base import ZP_V2, LayerFamily, SourceFormat, layer_error, require, validated
 
 KEY = "openvino"
 # A Hub repo's files this format reads or carries: the IR, optimum-intel's quantization record, and the
