@@ -260,3 +260,14 @@ def test_the_progress_bar_is_drawn_on_a_terminal_only(tmp_path, monkeypatch):
     monkeypatch.setattr(Console, "is_terminal", property(lambda self: True))
     r = run_cli("convert", fixture_path(BASE), "-o", tmp_path / "terminal", "--to", "awq")
     assert r.returncode == 0 and "converting" in r.stderr, r.stderr
+
+
+def test_to_choices_come_from_the_target_registry_in_any_case(tmp_path):
+    from woqconv.formats import TARGETS
+
+    r = run_cli("convert", fixture_path("ar-g32-asym-auto_gptq"), "-o", tmp_path / "out", "--to", "AWQ", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["target"] == "awq"
+    r = run_cli("convert", fixture_path("ar-g32-asym-auto_gptq"), "-o", tmp_path / "bad", "--to", "awq4")
+    assert r.returncode == 2 and all(f"'{name}'" in " ".join(r.stderr.split()) for name in TARGETS), r.stderr
+    assert not (tmp_path / "bad").exists()

@@ -367,3 +367,18 @@ def test_python_api_converts_a_hub_repo_id(tmp_path):
     ref = tmp_path / "ref"
     woqconv.convert(fixture_path(GPTQ), ref, to="awq")
     assert read_dir(tmp_path / "out") == read_dir(ref)
+
+
+def test_model_card_code_loads_an_nf4_output(tmp_path):
+    """Every target's card says how to load its output; the bitsandbytes one, run as written (with the repo id
+    replaced by the local output), loads through transformers + bitsandbytes and computes finite logits."""
+    out = tmp_path / "out"
+    report = woqconv.convert(fixture_path("bnb-nf4-fp16"), out, to="nf4")
+    card = render_card(CardFacts(repo_id=str(out), source="org/llama-nf4", source_commit=None, convert=report.to_dict(),
+                                 verify=None, version="test", command="woqconv convert ..."))
+    code = card.split("## How to load", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    runner = f"import torch\n{code}\nprint(type(model.model.layers[0].mlp.up_proj).__name__, " \
+             "bool(torch.isfinite(model(torch.tensor([[1, 5, 9, 33]])).logits).all()))"
+    r = subprocess.run([sys.executable, "-c", runner], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-2:] == ["Linear4bit", "True"]

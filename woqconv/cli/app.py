@@ -21,11 +21,11 @@ from rich.progress import (
 
 from .. import __version__
 from .. import pipeline
-from ..formats import TARGETS
 from ..inspection import inspect as inspect_checkpoint
 from ..requant import METHODS as REQUANT_METHODS
 from ..source import CONVENTION_CHOICES
 from . import hub_commands, render
+from .options import TargetOpt
 from ._errors import mapped_errors
 
 app = typer.Typer(
@@ -100,7 +100,7 @@ def inspect(
 def convert(
     src: Annotated[Path, typer.Argument(help="Source checkpoint directory, or a Hub repo id (org/name).", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output directory (written atomically).", show_default=False)],
-    to: Annotated[str, typer.Option("--to", help=f"Target format: {', '.join(TARGETS)}.", show_default=False)],
+    to: TargetOpt,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output directory.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan and check everything, write nothing.")] = False,
     allow_bf16: Annotated[
@@ -138,8 +138,6 @@ def convert(
     Example: woqconv convert ./Llama-2-7B-GPTQ -o ./Llama-2-7B-AWQ --to awq
     Example: woqconv convert TheBloke/Llama-2-7B-GPTQ -o ./llama-hpu --to hpu --allow-bf16 --verify --push-to-hub me/Llama-2-7B-Gaudi
     """
-    if to not in TARGETS:
-        raise typer.BadParameter(f"choose from {', '.join(TARGETS)}", param_hint="--to")
     if requant_method not in REQUANT_METHODS:
         raise typer.BadParameter(f"choose from {', '.join(REQUANT_METHODS)}", param_hint="--requant-method")
     quiet_all = quiet or fmt is OutputFormat.json
@@ -150,7 +148,7 @@ def convert(
     with mapped_errors():
         try:
             outcome = pipeline.run(
-                src, output, to=to, verify=then_verify, push_to_hub=push_to_hub, private=private, push_revision=push_revision,
+                src, output, to=to.value, verify=then_verify, push_to_hub=push_to_hub, private=private, push_revision=push_revision,
                 create_pr=create_pr, revision=revision, command=hub_commands.exact_command(), quiet=quiet_all, base_model=base_model,
                 workers=workers, overwrite=overwrite, dry_run=dry_run, allow_bf16=allow_bf16,
                 requantize=requant_method if requantize else None, double_quant=double_quant,

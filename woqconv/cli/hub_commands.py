@@ -16,6 +16,7 @@ from rich.console import Console
 
 from ..hub import inspect_remote, is_repo_id
 from . import render
+from .options import TargetOpt
 from ._errors import mapped_errors
 
 __all__ = ["inspect_remote", "is_repo_id"]
@@ -49,7 +50,7 @@ def exact_command() -> str:
 
 def migrate(
     list_file: Annotated[Path, typer.Argument(help="A file of Hub repo ids, one per line (org/name or org/name@revision; # comments).", show_default=False)],
-    to: Annotated[str, typer.Option("--to", help="Target format for every repo.", show_default=False)],
+    to: TargetOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="Root directory: one output per repo, and the resumable state file.")] = Path("woqconv-migrated"),
     push_pattern: Annotated[
         Optional[str], typer.Option("--push-to-hub-pattern", help="Publish each output to this repo name; {org}, {name}, {target} are filled in, e.g. 'me/{name}-{target}'.", show_default=False)
@@ -71,18 +72,15 @@ def migrate(
     why, and what failed. Exit 0 when every repo succeeded, 1 otherwise, 2 on bad input.
     Example: woqconv migrate repos.txt --to hpu --allow-bf16 -o ./migrated --push-to-hub-pattern 'me/{name}-{target}'
     """
-    from ..formats import TARGETS
     from ..migrate import migrate as run_migration
 
-    if to not in TARGETS:
-        raise typer.BadParameter(f"choose from {', '.join(TARGETS)}", param_hint="--to")
     if fmt not in ("text", "json"):
         raise typer.BadParameter("choose text or json", param_hint="--format")
     err = Console(stderr=True)
     progress = None if quiet or fmt == "json" else (lambda e: err.print(render.migration_line(e)))
     with mapped_errors():
         report = run_migration(
-            list_file, output, to=to, push_pattern=push_pattern, private=private, verify=not no_verify, run=not no_run,
+            list_file, output, to=to.value, push_pattern=push_pattern, private=private, verify=not no_verify, run=not no_run,
             allow_bf16=allow_bf16, requantize="search" if requantize else None, base_model=base_model, command=exact_command(),
             quiet=quiet or fmt == "json", on_entry=progress,
         )

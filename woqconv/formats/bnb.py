@@ -31,7 +31,7 @@ from ..errors import FormatError
 from ..ir import CodebookLinear
 from ..safetensors_io import TensorSpec
 from .base import LayerFamily, SourceFormat, expect_dtype, layer_error, spec_of
-from .targets import ModelQuantSummary, Prepared, Target
+from .targets import LoadExample, ModelQuantSummary, Prepared, Target
 
 KEY = "bnb"
 QUANT_TYPES = ("nf4", "fp4")
@@ -337,6 +337,10 @@ class BnbTarget(Target):
     keeps_g_idx = False
     quant_type: str
     double_quant = False  # store absmax double-quantized (lossy); set through configured()
+    load_examples = (LoadExample(
+        "With transformers (bitsandbytes on CPU/CUDA):",
+        'from transformers import AutoModelForCausalLM{tokenizer_import}\n\n'
+        'model = AutoModelForCausalLM.from_pretrained("{repo}"){tokenizer}'),)
 
     def configured(self, *, double_quant: bool = False) -> "BnbTarget":
         t = copy.copy(self)

@@ -17,7 +17,7 @@ from .._lazy import torch
 from ..checkpoint import Checkpoint
 from ..ir import PackedCodes, QuantLinear, default_g_idx
 from ..safetensors_io import TensorSpec
-from .targets import ModelQuantSummary, Target
+from .targets import TRANSFORMERS_LOAD, ModelQuantSummary, Target, neural_compressor_load
 from .base import (
     ZP_V1,
     ZP_V1_WORD,
@@ -258,6 +258,11 @@ class GptqV1Target(_GptqTarget):
     zero_point_convention = ZP_V1
     checkpoint_format = "gptq"
     description = "GPTQ v1 (AutoGPTQ / transformers / optimum / INC): zero points stored as z-1"
+    load_examples = (
+        neural_compressor_load('model = load(path, format="huggingface", device="hpu", torch_dtype=torch.bfloat16)  '
+                               '# INC repacks GPTQ at load; a woqconv --to hpu checkpoint skips that'),
+        TRANSFORMERS_LOAD,
+    )
 
 
 class GptqV2Target(_GptqTarget):

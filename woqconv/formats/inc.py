@@ -38,7 +38,7 @@ from .base import (
     validated,
 )
 from .gptq import GptqFamily, effective_group_size, valid_damp
-from .targets import Companion, ModelQuantSummary, Target
+from .targets import TRANSFORMERS_LOAD, Companion, ModelQuantSummary, Target, neural_compressor_load
 
 QCONFIG = "qconfig.json"
 HPU_WEIGHT_NAME = "quantized_hpu_weight.pt"  # INC's default-format Gaudi cache: neural_compressor/torch/utils/utility.py:57
@@ -306,6 +306,9 @@ class IncDefaultTarget(Target):
     carried_float_dtype = "F32"
     description = "INC default format: qconfig.json + quantized_weight.pt for load(..., original_model=...)"
     loader = "inc-default"
+    load_examples = (neural_compressor_load(
+        'original_model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))\n'
+        'model = load(path, format="default", original_model=original_model, device="cpu")', gaudi=False, original_model=True),)
 
     def check_bits(self, layer):
         return _inc_bits(layer)
@@ -352,6 +355,10 @@ class IncHfTarget(Target):
     # GPTQModel's ``dynamic`` (a mixed checkpoint fails its state-dict load with size mismatches).
     per_layer_precision = False
     description = "INC huggingface format: GPTQ v1 safetensors that INC's load() and transformers read"
+    load_examples = (
+        neural_compressor_load('model = load(path, format="huggingface", device="hpu", torch_dtype=torch.bfloat16)  # or device="cpu"'),
+        TRANSFORMERS_LOAD,
+    )
 
     def check_bits(self, layer):
         return _inc_bits(layer)
@@ -381,6 +388,11 @@ class HpuTarget(IncHfTarget):
     bf16_scales = True
     companion = Companion("hpu_model.safetensors", HpuFamily, ZP_V2, "BF16")
     loader = "inc-hpu"
+    load_examples = (
+        neural_compressor_load('model = load(path, format="huggingface", device="hpu", torch_dtype=torch.bfloat16)  '
+                               '# Gaudi: uses hpu_model.safetensors, no repack'),
+        TRANSFORMERS_LOAD,
+    )
     description = "inc-hf plus the hpu_model.safetensors cache INC's Gaudi loader reads without repacking"
 
 
@@ -396,6 +408,10 @@ class HpuDefaultTarget(IncDefaultTarget):
     default_hpu_cache = HPU_WEIGHT_NAME
     cache_family = HpuFamily
     loader = "inc-hpu-default"
+    load_examples = (neural_compressor_load(
+        'original_model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))\n'
+        'model = load(model_name_or_path=path, format="default", device="hpu", original_model=original_model)'
+        '  # Gaudi: uses quantized_hpu_weight.pt, no repack', original_model=True),)
     description = "inc plus the quantized_hpu_weight.pt cache INC's default-format Gaudi loader reads without repacking"
 
 

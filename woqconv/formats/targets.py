@@ -75,6 +75,34 @@ def scale_cast_loss(scales: torch.Tensor, dtype: torch.dtype, via: torch.dtype |
     return {"scales_changed": n, "scales_total": s.numel(), "max_rel_change": float(rel.max())}
 
 
+@dataclass(frozen=True)
+class LoadExample:
+    """One way to load a target's output, as the model card shows it: a sentence, then Python code in which
+    ``{repo}`` is the pushed repo's id. The tokenizer's import (``{tokenizer_import}``: ", AutoTokenizer" after a
+    transformers import; ``{tokenizer_import_line}``: a line of its own) and its load (``{tokenizer}``) are filled
+    in only when the repo holds a tokenizer (INC's and bitsandbytes' saves write none), else left out."""
+
+    intro: str
+    code: str
+
+
+TRANSFORMERS_LOAD = LoadExample(
+    "With transformers (the gptqmodel backend on CPU/CUDA):",
+    'from transformers import AutoModelForCausalLM{tokenizer_import}\n\n'
+    'model = AutoModelForCausalLM.from_pretrained("{repo}"){tokenizer}',
+)
+
+
+def neural_compressor_load(call: str, *, gaudi: bool = True, original_model: bool = False) -> LoadExample:
+    """INC's ``load`` of the downloaded repo (``call`` uses ``path``; ``original_model``: INC's default format,
+    which builds the model from its config first)."""
+    imports = ["import torch", "from huggingface_hub import snapshot_download", "from neural_compressor.torch.quantization import load"]
+    if original_model:
+        imports.append("from transformers import AutoConfig, AutoModelForCausalLM")
+    return LoadExample("With Intel Neural Compressor" + (" on Gaudi:" if gaudi else ":"),
+                       "\n".join(imports) + '\n\npath = snapshot_download("{repo}")\n' + call)
+
+
 # Every target by name, in the order their modules define them: each Target subclass that names itself
 # registers here (formats/__init__.py imports the format modules in the order the CLI lists them).
 TARGETS: dict[str, "Target"] = {}
@@ -109,8 +137,10 @@ class Target:
     # the layout family its layers must fit.
     default_hpu_cache: str | None = None
     cache_family: type[LayerFamily] | None = None
-    # The loader `woqconv verify` runs an output of this target in (woqconv.runtime.worker's names).
+    # The loader `woqconv verify` runs an output of this target in (woqconv.runtime.worker's names), and the
+    # ways the model card shows to load it.
     loader: str = "transformers"
+    load_examples: tuple[LoadExample, ...] = (TRANSFORMERS_LOAD,)
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)

@@ -7,21 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..formats import TARGETS
+
+# The files whose presence makes AutoTokenizer.from_pretrained work.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
 from ..wording import change_lines, counted, lossy_lines
-
-# Targets read by INC (neural-compressor), and how; the others load in transformers (+ gptqmodel).
-_INC_LOAD = {
-    "hpu": 'model = load(path, format="huggingface", device="hpu", torch_dtype=torch.bfloat16)  # Gaudi: uses hpu_model.safetensors, no repack',
-    "inc-hf": 'model = load(path, format="huggingface", device="hpu", torch_dtype=torch.bfloat16)  # or device="cpu"',
-    "gptq": 'model = load(path, format="huggingface", device="hpu", torch_dtype=torch.bfloat16)  # INC repacks GPTQ at load; a woqconv --to hpu checkpoint skips that',
-    "inc": 'original_model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))\n'
-           'model = load(path, format="default", original_model=original_model, device="cpu")',
-    "hpu-default": 'original_model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))\n'
-                   'model = load(model_name_or_path=path, format="default", device="hpu", original_model=original_model)'
-                   '  # Gaudi: uses quantized_hpu_weight.pt, no repack',
-}
-_TRANSFORMERS_TARGETS = ("gptq", "gptq-v2", "awq", "inc-hf", "hpu")
-
 
 @dataclass
 class CardFacts:
@@ -93,35 +83,19 @@ def _verify_section(v: dict | None) -> list[str]:
 
 
 def _load_section(f: CardFacts) -> list[str]:
-    target = f.convert["target"]
+    """Each way the target's own module says its outputs load, with this repo's id filled in."""
+    target = TARGETS.get(f.convert["target"])
+    files = [*f.convert.get("files_copied", []), *f.convert.get("files_from_base", [])]
+    tokenizer = any(name.startswith(TOKENIZER_FILES) for name in files)
+    fill = {"{tokenizer_import}": ", AutoTokenizer" if tokenizer else "",
+            "{tokenizer_import_line}": "\nfrom transformers import AutoTokenizer" if tokenizer else "",
+            "{tokenizer}": '\ntokenizer = AutoTokenizer.from_pretrained("{repo}")' if tokenizer else "", "{repo}": f.repo_id}
     lines = ["## How to load", ""]
-    if target in _INC_LOAD:
-        lines += [
-            "With Intel Neural Compressor" + (" on Gaudi:" if target != "inc" else ":"),
-            "",
-            "```python",
-            "import torch",
-            "from huggingface_hub import snapshot_download",
-            "from neural_compressor.torch.quantization import load",
-            *(["from transformers import AutoConfig, AutoModelForCausalLM"] if target in ("inc", "hpu-default") else []),
-            "",
-            f'path = snapshot_download("{f.repo_id}")',
-            _INC_LOAD[target],
-            "```",
-            "",
-        ]
-    if target in _TRANSFORMERS_TARGETS:
-        lines += [
-            "With transformers (the gptqmodel backend on CPU/CUDA):",
-            "",
-            "```python",
-            "from transformers import AutoModelForCausalLM, AutoTokenizer",
-            "",
-            f'model = AutoModelForCausalLM.from_pretrained("{f.repo_id}")',
-            f'tokenizer = AutoTokenizer.from_pretrained("{f.repo_id}")',
-            "```",
-            "",
-        ]
+    for example in target.load_examples if target else ():
+        code = example.code
+        for key, value in fill.items():  # in this order: the tokenizer line holds {repo} too
+            code = code.replace(key, value)
+        lines += [example.intro, "", "```python", *code.splitlines(), "```", ""]
     return lines
 
 

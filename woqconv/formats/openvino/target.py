@@ -31,7 +31,7 @@ import numpy as np
 from ..._lazy import torch
 from ...ir import QuantLinear
 from ..base import LayerFamily
-from ..targets import Prepared, Target
+from ..targets import LoadExample, Prepared, Target
 
 # Where optimum-intel's export names a linear's weight constant: the module path with one of these
 # suffixes (``ov_ext::linear`` patched linears keep the original weight under the second name).
@@ -71,6 +71,11 @@ class OpenvinoTarget(Target):
     container = "openvino"
     per_layer_precision = True  # every layer gets its own u4 or u8 constants
     description = "OpenVINO IR (optimum-intel OVModelForCausalLM): u4/u8 codes, zero points and scales in the CPU plugin's decompression sub-graph"
+    loader = "openvino"
+    load_examples = (LoadExample(
+        "With optimum-intel (the OpenVINO runtime):",
+        'from optimum.intel import OVModelForCausalLM{tokenizer_import_line}\n\n'
+        'model = OVModelForCausalLM.from_pretrained("{repo}"){tokenizer}'),)
 
     def prepare(self, layer) -> Prepared:
         prepared = super().prepare(layer)
