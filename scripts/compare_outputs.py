@@ -17,6 +17,7 @@ import argparse
 import fnmatch
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -67,8 +68,10 @@ def _run(tree: Path, out_root: Path, jobs) -> dict[str, dict]:
     so = sorted((REPO / "woqconv").glob("_relayout*.so"))
     if so and not list((tree / "woqconv").glob("_relayout*.so")):
         shutil.copy2(so[0], tree / "woqconv" / so[0].name)
+    # Both trees use this checkout's OpenVINO environment (a worktree has no .venv-ov of its own).
+    env = {**os.environ, "WOQCONV_OPENVINO_PYTHON": os.environ.get("WOQCONV_OPENVINO_PYTHON", str(REPO / ".venv-ov" / "bin" / "python"))}
     proc = subprocess.run([sys.executable, "-c", _CONVERT, str(tree.resolve()), str(out_root), json.dumps(jobs)],
-                          capture_output=True, text=True, cwd=out_root)
+                          capture_output=True, text=True, cwd=out_root, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode or not lines:
         sys.exit(f"{tree}: conversions failed (exit {proc.returncode}): {proc.stderr[-2000:]}")

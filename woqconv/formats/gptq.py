@@ -223,7 +223,9 @@ def valid_damp(declared: dict) -> float:
     return 0.01
 
 
-class _GptqTarget(Target):
+class GptqTarget(Target):
+    """GPTQ's safetensors layout and quantize_config.json: the base of the GPTQ targets and of INC's huggingface one."""
+
     family = GptqFamily
     keeps_g_idx = True
     per_layer_precision = True
@@ -253,7 +255,7 @@ class _GptqTarget(Target):
         return {"quantize_config.json": qc}
 
 
-class GptqV1Target(_GptqTarget):
+class GptqV1Target(GptqTarget):
     name = "gptq"
     zero_point_convention = ZP_V1
     checkpoint_format = "gptq"
@@ -265,7 +267,7 @@ class GptqV1Target(_GptqTarget):
     )
 
 
-class GptqV2Target(_GptqTarget):
+class GptqV2Target(GptqTarget):
     name = "gptq-v2"
     zero_point_convention = ZP_V2
     checkpoint_format = "gptq_v2"

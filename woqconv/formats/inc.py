@@ -37,7 +37,7 @@ from .base import (
     spec_of,
     validated,
 )
-from .gptq import GptqFamily, effective_group_size, valid_damp
+from .gptq import GptqFamily, GptqTarget, effective_group_size, valid_damp
 from .targets import TRANSFORMERS_LOAD, Companion, ModelQuantSummary, Target, neural_compressor_load
 
 QCONFIG = "qconfig.json"
@@ -344,11 +344,9 @@ class IncDefaultTarget(Target):
         return {"qconfig.json": entries}
 
 
-class IncHfTarget(Target):
+class IncHfTarget(GptqTarget):
     name = "inc-hf"
-    family = GptqFamily
     zero_point_convention = ZP_V1
-    keeps_g_idx = True
     v1_zero_point_zero = "modular"
     loader_scale_dtype = "float16"
     # INC's huggingface loader builds every module from the model-level bits/group_size and ignores
@@ -377,9 +375,6 @@ class IncHfTarget(Target):
             "model_file_base_name": "model",
             "checkpoint_format": "gptq",
         }
-
-    def config_files(self, qc, summary):
-        return {"quantize_config.json": qc}
 
 
 class HpuTarget(IncHfTarget):
