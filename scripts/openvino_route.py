@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import woqconv  # noqa: E402
-from woqconv.runtime.openvino_check import decompressed_weights, fused_layers, run_logits  # noqa: E402
+from woqconv.runtime.openvino_check import decompressed_weights, fused_layers  # noqa: E402
+from woqconv.runtime.runs import run_logits  # noqa: E402
 from woqconv.formats.openvino.export import run_worker  # noqa: E402
 
 DEFAULT = ["fixtures/ar-g32-asym-auto_gptq", "fixtures/ar-g128-sym-auto_gptq"]

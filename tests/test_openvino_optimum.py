@@ -223,7 +223,7 @@ def test_awq_refuses_eight_bit_layers_in_one_line_naming_them(name, graphs, tmp_
 def test_outputs_run_in_their_loaders_like_openvinos_own_model(converted, tmp_path):
     from loading import run_loads
 
-    from woqconv.runtime.openvino_check import run_logits
+    from woqconv.runtime.runs import run_logits
 
     (tmp_path / "ov").mkdir()
     ov_rows = run_logits(tmp_path / "ov", ["f32"], [fixture_path(n) for n in OPTIMUM])
@@ -265,6 +265,9 @@ def test_woqconvs_own_openvino_output_reads_back_the_same(tmp_path):
             assert sorted(t for t in got.ckpt.tensor_names if t not in got.owned_tensors()) == sorted(dense), name
             assert all(torch.equal(got.ckpt.read(t), src.ckpt.read(t)) for t in dense), name
         assert (out / "openvino_tokenizer.xml").exists() and (out / "tokenizer.json").exists()
+    # and verify runs both in OpenVINO: the output against the source it came from
+    report = woqconv.verify(out, against=fixture_path(name))
+    assert report.passed and report.reference.startswith("openvino:"), report.failures
 
 
 def _rewritten(name: str, tmp_path: Path, rewrite) -> Path:

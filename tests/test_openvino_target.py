@@ -26,7 +26,8 @@ import woqconv
 from woqconv.errors import RefusedConversion, WoqconvError
 from woqconv.formats.openvino.target import decompressed_weight
 from woqconv.ir import QuantLinear
-from woqconv.runtime.openvino_check import decompressed_weights, fused_layers, run_logits
+from woqconv.runtime.openvino_check import decompressed_weights, fused_layers
+from woqconv.runtime.runs import run_logits
 from woqconv.runtime.worker import BASE_ENV
 
 pytestmark = pytest.mark.loaders

@@ -25,10 +25,6 @@ from .fetch import ALLOW_PATTERNS, hub_checkout, hub_error, named_as, quiet_hub,
 _CONFIG_FILES = ("config.json", "quantize_config.json", "quantization_config.json", "qconfig.json")
 
 
-class _WholeCheckout(Exception):
-    """The repo's format has no headers to read remotely: inspect a checkout of it instead."""
-
-
 class HeaderOnlyShard:
     """A remote safetensors file known by its header: tensor names, dtypes, shapes and offsets."""
 
@@ -81,20 +77,16 @@ def inspect_remote(repo_id: str, *, revision: str | None = None, token: str | No
             for name in _CONFIG_FILES:
                 if name in sizes:
                     os.symlink(hf_hub_download(repo_id, name, revision=info.sha, token=token), view / name)
-            if OPENVINO_XML in sizes and not any(n.endswith(".safetensors") for n in selected(list(sizes))):
-                raise _WholeCheckout
+            # An OpenVINO IR has no header to range-read: which constants are weights, and how they are
+            # compressed, is only known from the graph, whose constants live in openvino_model.bin. Its files
+            # are fetched (into the Hub cache) and inspected in full.
+            whole_checkout = OPENVINO_XML in sizes and not any(n.endswith(".safetensors") for n in selected(list(sizes)))
             if "quantized_weight.pt" in sizes and not any(n.endswith(".safetensors") for n in sizes):
                 raise FormatError(
                     "INC's quantized_weight.pt is a torch pickle, not safetensors: its header cannot be read remotely; "
                     "convert it (which downloads it) or inspect a local copy", file=label,
                 )
-            meta = api.get_safetensors_metadata(repo_id, revision=info.sha, token=token)
-    except _WholeCheckout:
-        # An OpenVINO IR has no header to range-read: which constants are weights, and how they are
-        # compressed, is only known from the graph, whose constants live in openvino_model.bin. So the
-        # repo's files are fetched (into the Hub cache) and inspected in full.
-        shutil.rmtree(view, ignore_errors=True)
-        return _inspect_checkout(repo_id, revision, token, quiet)
+            meta = None if whole_checkout else api.get_safetensors_metadata(repo_id, revision=info.sha, token=token)
     except (HfHubHTTPError, httpx2.HTTPError, ConnectionError) as e:
         shutil.rmtree(view, ignore_errors=True)
         raise hub_error(repo_id, e) from None
@@ -104,6 +96,9 @@ def inspect_remote(repo_id: str, *, revision: str | None = None, token: str | No
     except BaseException:
         shutil.rmtree(view, ignore_errors=True)
         raise
+    if meta is None:
+        shutil.rmtree(view, ignore_errors=True)
+        return _inspect_checkout(repo_id, revision, token, quiet)
     try:
         shards = {name: _shard(f"{label}/{name}", m, sizes.get(name)) for name, m in meta.files_metadata.items()}
         locations = {t: name for name, s in shards.items() for t in s.tensors}

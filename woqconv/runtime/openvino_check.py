@@ -12,10 +12,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -122,15 +118,6 @@ def fused_layers(path: str | Path, precision: str = "f32") -> tuple[int, int]:
     return fused, total
 
 
-def run_logits(result_dir: Path, profiles: list[str], paths: list[Path]) -> list[dict]:
-    """OVModelForCausalLM rows (``file``, ``ppl``, ``device``) per (profile, path), from the OpenVINO environment."""
-    from ..formats.openvino.export import run_worker
-    from ..formats.openvino.worker import SHARED_INPUTS_ENV
-
-    return run_worker(["run", str(result_dir), ",".join(profiles), *(str(p.resolve()) for p in paths)],
-                      env={SHARED_INPUTS_ENV: str(Path(__file__).with_name("worker.py"))})
-
-
 def verify_openvino(path: Path, against: Path | None, run: bool, t, report, base=None, *, source_loader) -> None:
     """Fill ``report`` (a VerifyReport) for an openvino output; ``base`` (a BaseModel) is the source's
     original model when the source records no architecture (INC's default format); ``source_loader(src)``
@@ -165,7 +152,7 @@ def verify_openvino(path: Path, against: Path | None, run: bool, t, report, base
 
 def _run_check(path: Path, against: Path | None, t, report, base, source_loader) -> None:
     from .report import Check
-    from .worker import BASE_ENV
+    from .runs import OPENVINO, run_in_loaders
 
     from ..source import open_checkpoint
 
@@ -178,21 +165,17 @@ def _run_check(path: Path, against: Path | None, t, report, base, source_loader)
         with open_checkpoint(against) as src:
             ref_loader = source_loader(src)
         report.reference = f"{ref_loader}:{Path(against).resolve()}"
-        proc = subprocess.run([sys.executable, "-m", "woqconv.runtime.worker", tmp, "cpu", f"{ref_loader}:{Path(against).resolve()}"],
-                              capture_output=True, text=True, timeout=3600, cwd=tmp,
-                              env={**os.environ, **({BASE_ENV: str(base.root.resolve())} if base else {})})
-        ref = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-        got = run_logits(Path(tmp), ["f32"], [path])
-        for row, what in ((got[0] if got else {"error": "no output"}, "output"), (ref[0] if ref else {"error": proc.stderr[-300:]}, "reference")):
+        got, ref = run_in_loaders(Path(tmp), "cpu", [(OPENVINO, path), (ref_loader, Path(against))], base.root if base else None)
+        for row, what in ((got, "output"), (ref, "reference")):
             if "error" in row:
                 report.checks.append(Check("run", False, f"{what} did not run: {row['error']}"))
                 return
-        a, b = torch.load(got[0]["file"]), torch.load(ref[0]["file"])
+        a, b = torch.load(got["file"]), torch.load(ref["file"])
     max_abs = float((a - b).abs().max())
     cos = float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
-    ppl_rel = abs(got[0]["ppl"] - ref[0]["ppl"]) / ref[0]["ppl"]
-    report.metrics.update({"max_abs_logit_diff": max_abs, "cosine": cos, "ppl": got[0]["ppl"], "ppl_reference": ref[0]["ppl"],
-                           "loader_module": "OVModelForCausalLM", "reference_module": ref[0]["module"], "precision": "fp32"})
+    ppl_rel = abs(got["ppl"] - ref["ppl"]) / ref["ppl"]
+    report.metrics.update({"max_abs_logit_diff": max_abs, "cosine": cos, "ppl": got["ppl"], "ppl_reference": ref["ppl"],
+                           "loader_module": "OVModelForCausalLM", "reference_module": ref["module"], "precision": "fp32"})
     report.checks.append(Check("run: max |logit diff|", max_abs <= t.max_abs_logit, f"{max_abs:.3g} (limit {t.max_abs_logit:g})"))
     report.checks.append(Check("run: cosine", cos >= t.min_cosine, f"{cos:.6f} (limit {t.min_cosine:g})"))
-    report.checks.append(Check("run: perplexity", ppl_rel <= t.max_ppl_rel, f"{got[0]['ppl']:.4g} vs {ref[0]['ppl']:.4g} (relative {ppl_rel:.2g}, limit {t.max_ppl_rel:g})"))
+    report.checks.append(Check("run: perplexity", ppl_rel <= t.max_ppl_rel, f"{got['ppl']:.4g} vs {ref['ppl']:.4g} (relative {ppl_rel:.2g}, limit {t.max_ppl_rel:g})"))

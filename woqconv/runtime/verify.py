@@ -13,10 +13,7 @@ Three kinds of check, each reported per layer where it has a layer:
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +33,7 @@ from ..requant import weight_error
 from ..source import QuantizedCheckpoint, open_checkpoint
 from .devices import select_device
 from .report import REQUANTIZED, Check, Thresholds, VerifyReport, parse_thresholds  # noqa: F401  (the API's names)
-from .worker import BASE_ENV
+from .runs import run_in_loaders
 
 
 # INC's Gaudi routes: bf16 scales, judged by the bf16 thresholds, on the device the loader reports.
@@ -246,26 +243,8 @@ def _run_check(out: QuantizedCheckpoint, src_path: Path | None, src_loader: str 
     report.loader = loader
     ref_loader, ref_path = (src_loader, src_path.resolve()) if src_path is not None else ("dense", out.root.resolve())
     report.reference = f"{ref_loader}:{ref_path}"
-    # An OpenVINO source runs in OpenVINO's own environment (OVModelForCausalLM, f32, no dynamic
-    # quantization: what its graph computes); every other loader runs in woqconv's worker.
-    in_openvino = ref_loader == "openvino"
-    specs = [f"{loader}:{out.root.resolve()}"] + ([] if in_openvino else [f"{ref_loader}:{ref_path}"])
     with tempfile.TemporaryDirectory(prefix="woqconv-verify-") as tmp:
-        proc = subprocess.run(
-            [sys.executable, "-m", "woqconv.runtime.worker", tmp, device, *specs],
-            capture_output=True, text=True, timeout=3600, cwd=tmp,
-            env={**os.environ, "HF_HUB_OFFLINE": "1", **({BASE_ENV: str(base.root.resolve())} if base else {})},
-        )
-        rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-        if len(rows) != len(specs):
-            tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
-            report.checks.append(Check("run", False, f"loader process died (exit {proc.returncode}): {tail[0][:300]}"))
-            return
-        if in_openvino:
-            from .openvino_check import run_logits
-
-            rows += run_logits(Path(tmp), ["f32"], [ref_path])
-        got, ref = rows
+        got, ref = run_in_loaders(Path(tmp), device, [(loader, out.root), (ref_loader, ref_path)], base.root if base else None)
         for row, what in ((got, "output"), (ref, "reference")):
             if "error" in row:
                 report.checks.append(Check("run", False, f"{what} did not load with {row['loader']}: {row['error']}"))
