@@ -61,7 +61,7 @@ def no_loader(monkeypatch):
     def refuse(*a, **k):
         raise _LoaderStarted(a)
 
-    monkeypatch.setattr("woqconv.runtime.verify.subprocess.run", refuse)
+    monkeypatch.setattr("woqconv.runtime.runs.subprocess.run", refuse)  # where verify starts loader processes
 
 
 @pytest.fixture
