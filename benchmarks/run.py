@@ -240,6 +240,25 @@ def table(results: list[Measurement]) -> str:
     return "\n".join(rows)
 
 
+BASELINE = " [baseline]"
+
+
+def baseline_table(results: list[Measurement]) -> str:
+    """Each conversion beside the same conversion by the baseline tree: medians, the median of the
+    per-round ratios (this / baseline), and peak RSS."""
+    rows = ["| case | target | this tree s | baseline s | this / baseline, paired | this CPU s | baseline CPU s | "
+            "this peak RSS MB | baseline peak RSS MB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    by_key = {(m.case, m.what): m for m in results}
+    for m in results:
+        base = by_key.get((m.case, m.what + BASELINE))
+        if not m.what.startswith("convert") or m.what.endswith(BASELINE) or base is None or not m.runs or not base.runs:
+            continue
+        paired = paired_ratio(m, base)
+        rows.append(f"| {m.case} | {m.what[len('convert '):]} | {m.seconds:.2f} | {base.seconds:.2f} | "
+                    f"{paired:.3f} | {m.cpu_seconds:.2f} | {base.cpu_seconds:.2f} | {m.peak_rss_mb:.0f} | {base.peak_rss_mb:.0f} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scratch", type=Path, default=Path(os.environ.get("WOQCONV_BENCH_DIR", "/tmp/woqconv-bench")))
@@ -254,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inc-runs", type=int, default=1, help="runs of INC's route per case (the median is reported)")
     ap.add_argument("--json", type=Path, help="where to write the results (default SCRATCH/results.json)")
     ap.add_argument("--keep", action="store_true", help="keep the synthesized checkpoints (reused by the next run)")
+    ap.add_argument("--baseline", type=Path, help="another woqconv source tree (a worktree of an older commit): each "
+                    "conversion also runs with it, right after this tree's in the same round, and a paired table compares them")
     args = ap.parse_args(argv)
 
     cases = [c for c in args.cases.split(",") if c]
@@ -264,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--scratch must lie outside the repository")
     scratch.mkdir(parents=True, exist_ok=True)
     log = scratch / "children.log"
-    python = [sys.executable, "-m", "woqconv"]
+    # Each tree first on the path (the same interpreter, packages and C extension build for both).
+    python = ["env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "woqconv"]
+    baseline = ["env", f"PYTHONPATH={args.baseline.resolve()}", sys.executable, "-m", "woqconv"] if args.baseline else None
     print(f"scratch {scratch}, {args.runs} runs each, page cache {args.cache}, woqconv --workers {args.workers}, "
           f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
 
@@ -295,10 +318,14 @@ def main(argv: list[str] | None = None) -> int:
         by_target = {}
         for target in targets:
             extra = ["--allow-bf16"] if target == "hpu" else []  # random fp16 scales are not bf16-exact
-            cmd = lambda out, t=target, e=extra: [*python, "convert", str(src), "-o", str(out), "--to", t, "-q",
-                                                   "--workers", str(args.workers), *e]
-            by_target[target] = Measurement(case, f"convert {target}", nbytes)
-            steps.append((by_target[target], cmd))
+            for tree, label in ((python, ""), (baseline, BASELINE)):
+                if tree is None:
+                    continue
+                cmd = lambda out, t=target, e=extra, tree=tree: [*tree, "convert", str(src), "-o", str(out), "--to", t, "-q",
+                                                                  "--workers", str(args.workers), *e]
+                m = Measurement(case, f"convert {target}{label}", nbytes)
+                by_target.setdefault(target, m)
+                steps.append((m, cmd))
         steps.append((Measurement(case, "inspect", nbytes), lambda out: [*python, "inspect", str(src)]))
         steps.append((Measurement(case, STARTUP, nbytes), lambda out: [sys.executable, "-c", "import torch"]))
         measure_rounds(steps, src, scratch, args.runs, args.cache, log=log)
@@ -308,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(table(results))
+    if baseline:
+        print(f"\nThis tree ({ROOT}) against the baseline ({args.baseline}), paired by round:\n")
+        print(baseline_table(results))
     path = args.json or scratch / "results.json"
     path.write_text(json.dumps({
         "cpus": os.cpu_count(), "runs": args.runs, "cache": args.cache, "workers": args.workers,

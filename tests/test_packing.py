@@ -335,7 +335,7 @@ def test_all_finite_matches_isfinite(dtype):
 @pytest.mark.parametrize("src, to", [("ar-g128-asym-auto_gptq", "awq"), ("ar-g128-asym-auto_gptq", "hpu"), ("ar-g32-asym-auto_awq", "gptq")])
 def test_conversions_write_the_same_bytes_without_the_c_relayout(src, to, tmp_path, monkeypatch):
     # A machine without a C compiler at install converts with the numpy re-layout: same files, byte for byte.
-    # GPTQ -> awq takes the numpy-only path, -> hpu the torch path (its Gaudi cache), AWQ -> gptq the inverse.
+    # GPTQ -> awq moves bytes (tensor_ops.Relayout), -> hpu computes (its Gaudi cache), AWQ -> gptq the inverse.
     woqconv.convert(fixture_path(src), tmp_path / "c", to=to, allow_bf16=True)
     monkeypatch.setattr(packing, "_native", None)
     woqconv.convert(fixture_path(src), tmp_path / "numpy", to=to, allow_bf16=True)

@@ -34,13 +34,21 @@ def compute_threads(workers: int = 1):
     """One torch thread per worker (``workers`` is how many run at once; each gets one thread). A converter's tensor ops are small and memory-bound: splitting each
     across cores gains little, and on a busy machine the op's barriers wait for a descheduled thread
     (a 7B conversion took 3x longer at load 4 with torch's default threads). Layers run in parallel
-    in ``workers`` threads instead."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    in ``workers`` threads instead.
+    (torch is not imported for this: where the block imports it, the limit applies from its import on.)"""
+    before: list[int] = []
+
+    def limit(module) -> None:
+        before.append(module.get_num_threads())
+        module.set_num_threads(1)
+
+    torch.when_imported(limit)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        torch.forget(limit)
+        if before:
+            torch.set_num_threads(before[0])
 
 
 def _glibc_trim():

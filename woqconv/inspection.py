@@ -226,7 +226,7 @@ def _scanned_report(ckpt: Checkpoint, requested: str) -> InspectReport | None:
 def _from_headers(ckpt: Checkpoint, family: type[LayerFamily], fmt: SourceFormat, prefix: str) -> LayerInfo:
     """A layer as its headers describe it (checked by the family's geometry); what only its data can tell,
     symmetry and the class of a stored g_idx, is left unknown."""
-    in_features, out, gs = family._geometry(ckpt, prefix, fmt)
+    in_features, out, gs = family.geometry(ckpt, prefix, fmt)
     return LayerInfo(
         name=prefix, in_features=in_features, out_features=out, bits=fmt.for_layer(prefix).bits, group_size=gs,
         g_idx="unknown" if ckpt.has(f"{prefix}.g_idx") else "none", sym=None,
@@ -243,7 +243,7 @@ def header_report(ckpt: Checkpoint, *, label: str, total_bytes: int) -> InspectR
     """
     fmt = detect(ckpt)
     family = LayerFamily.registry[fmt.family]
-    if getattr(family, "_geometry", None) is None:
+    if getattr(family, "geometry", None) is None:
         raise FormatError(f"{fmt.name} layers cannot be described from headers alone", file=label)
     layers = [_from_headers(ckpt, family, fmt, p) for p in family.layer_prefixes(ckpt)]
     declared = _public(fmt.zero_point_convention)

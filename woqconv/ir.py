@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -120,10 +120,6 @@ class PackedCodes:
     ``dim=0``: packed along in_features, words ``[in*bits/32, out]`` (GPTQ's stream).
     ``dim=1``: packed along out_features, words ``[in, out*bits/32]``, field ``k`` of a word holding
     out-channel ``8c + slot_order[k]`` (AWQ GEMM, INC's HPU layout; sequential when ``slot_order`` is None).
-    ``origin`` (a safetensors file and tensor name) lets a writer copy words that need no re-layout
-    straight from the source file, without reading them into memory at all. ``derivation`` names how
-    words not yet computed follow from such source words (``("gptq4_to_rowwise", slot_order, origin)``),
-    so that a writer whose file already holds them (convert/ahead.py) need not compute them.
     """
 
     bits: int
@@ -131,8 +127,6 @@ class PackedCodes:
     slot_order: tuple[int, ...] | None
     shape: tuple[int, ...]
     read: Callable[[], torch.Tensor]
-    origin: tuple[Any, str] | None = None
-    derivation: tuple[str, tuple[int, ...] | None, tuple[Any, str]] | None = None
     _words: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -164,12 +158,7 @@ class PackedCodes:
         if here == there:
             return self
         if self.bits == 4 and self.dim == 0 and dim == 1:
-            if self.origin is None:
-                return packing.gptq4_to_rowwise(self.words, slot_order)
-            # From a file: computed when written, unless the output file holds them already.
-            in_words, out = self.shape
-            return PackedCodes(4, 1, slot_order, (in_words * 8, out // 8), lambda: packing.gptq4_to_rowwise(self.words, slot_order),
-                               derivation=("gptq4_to_rowwise", slot_order, self.origin))
+            return packing.gptq4_to_rowwise(self.words, slot_order)
         if self.bits == 4 and self.dim == 1 and dim == 0:
             return packing.rowwise4_to_gptq(self.words, self.slot_order)
         if self.bits == 4 and self.dim == 1 and dim == 1:  # another nibble order: through the GPTQ layout

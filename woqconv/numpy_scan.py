@@ -13,13 +13,14 @@ with numpy and returns:
   ``[0, G)``, a bias it cannot read): the caller then lets the torch reader run and say why.
 
 The order of the fields in a word (AWQ interleaves out-channels) changes no histogram, so one pass
-serves both layouts. Shapes and dtypes are the family's ``_geometry`` checks, made by the caller.
+serves both layouts. Shapes and dtypes are the family's ``geometry`` checks, made by the caller
+(``LayerFamily.scan``), which returns the whole :class:`ScannedLayer` a conversion plan needs.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -36,6 +37,35 @@ _INT32 = np.iinfo(np.int32)
 class LayerScan:
     zero_counts: list[int]  # zero_counts[v]: how many stored zero-point fields hold v
     g_idx_kind: GIdxKind
+
+
+@dataclass(frozen=True)
+class ScannedLayer:
+    """A layer as its headers and this scan describe it: the shell a conversion plan needs (shapes,
+    precision, dtypes, g_idx class, zero-point histogram), read without torch."""
+
+    name: str
+    in_features: int
+    out_features: int
+    bits: int
+    group_size: int
+    zero_counts: tuple[int, ...]  # zero_counts[v]: stored zero-point fields holding v
+    g_idx_kind: GIdxKind
+    g_idx_dtype: str | None  # the stored g_idx's dtype, None when there is none
+    scales_dtype: str
+    bias_dtype: str | None  # None when the layer has no bias (a scanned bias is [out_features])
+    # What the fields mean once the checkpoint's convention is settled (read_as).
+    is_symmetric: bool = False
+    zero_point_zeros: int = 0  # fields that read as z = 0
+
+    @property
+    def num_groups(self) -> int:
+        return -(-self.in_features // self.group_size)
+
+    def read_as(self, symmetric_field: int, zero_field: int) -> "ScannedLayer":
+        """This layer with its symmetry and z = 0 count, for the stored fields that read as z = 2^(b-1) and z = 0."""
+        counts = self.zero_counts
+        return replace(self, is_symmetric=counts[symmetric_field] == sum(counts), zero_point_zeros=counts[zero_field])
 
 
 def reads(ckpt: Checkpoint, family: str) -> bool:

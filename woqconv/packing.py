@@ -257,7 +257,7 @@ def v1_word_decode(words: torch.Tensor, bits: int) -> torch.Tensor:
 def shift_fields(raw: np.ndarray, bits: int, delta: int) -> np.ndarray:
     """Every ``bits``-bit field packed in the bytes ``raw`` (uint8) plus ``delta``, modulo ``2**bits``:
     GPTQ v1 <-> v2 zero points (``delta`` +1 reads v1 as true z, -1 stores z as v1) without unpacking.
-    Only for ``bits`` 2, 4 or 8, whose fields never straddle a byte; torch-free (convert/direct.py)."""
+    Only for ``bits`` 2, 4 or 8, whose fields never straddle a byte; torch-free."""
     if 8 % bits:
         raise ValueError(f"fields of {bits} bits straddle bytes")
     mask = (1 << bits) - 1
@@ -268,11 +268,11 @@ def shift_fields(raw: np.ndarray, bits: int, delta: int) -> np.ndarray:
     return table.astype(np.uint8)[raw]
 
 
-def gptq4_zeros_to_awq(raw: np.ndarray, groups: int, out: int, delta: int = 0) -> np.ndarray:
+def gptq4_zeros_to_rowwise(raw: np.ndarray, groups: int, out: int, delta: int, slot_order: tuple[int, ...] | None) -> np.ndarray:
     """GPTQ 4-bit qzeros (the bytes ``raw`` of int32 ``[groups, out/8]``, fields sequential along out)
-    to AWQ GEMM's int32 ``[groups, out/8]`` (field ``k`` holds out-channel ``8c + AWQ_ORDER[k]``), each
-    field plus ``delta`` modulo 16 on the way (+1 for a v1 source). Equals
-    ``pack(v1_decode_zeros(unpack(qzeros, 4, dim=1)), 4, dim=1, slot_order=AWQ_ORDER)`` for v1; torch-free."""
+    re-packed in ``slot_order`` (field ``k`` holds out-channel ``8c + slot_order[k]``; AWQ GEMM's with
+    :data:`AWQ_ORDER`), each field plus ``delta`` modulo 16 on the way (+1 for a v1 source). Equals
+    ``pack(v1_decode_zeros(unpack(qzeros, 4, dim=1)), 4, dim=1, slot_order=slot_order)`` for v1; torch-free."""
     raw = raw.reshape(groups, out // 2)
     fields = np.empty((groups, out), dtype=np.uint8)
     np.bitwise_and(raw, 0xF, out=fields[:, 0::2])  # LSB-first: the low nibble of byte j is field 2j
@@ -280,7 +280,7 @@ def gptq4_zeros_to_awq(raw: np.ndarray, groups: int, out: int, delta: int = 0) -
     if delta:
         fields += np.uint8(delta & 0xF)
         fields &= 0xF
-    slots = fields.reshape(groups, out // 8, 8)[:, :, list(AWQ_ORDER)]
+    slots = fields.reshape(groups, out // 8, 8)[:, :, list(_checked_order(slot_order))]
     packed = slots[:, :, 0::2] | (slots[:, :, 1::2] << 4)  # byte j of a word holds slots 2j and 2j+1
     return np.ascontiguousarray(packed).view("<i4").reshape(groups, out // 8)
 
@@ -448,7 +448,7 @@ def gptq4_to_rowwise(qweight: torch.Tensor, slot_order: tuple[int, ...] | None =
 def gptq4_to_rowwise_into(qweight: np.ndarray, slot_order: tuple[int, ...] | None, result: np.ndarray) -> None:
     """:func:`gptq4_to_rowwise` on numpy arrays, torch-free: C-contiguous int32 ``qweight`` [in/8, out]
     (out divisible by 8) re-laid out into ``result``, int32 with as many elements, any shape (contiguous).
-    For the numpy-only conversion (convert/direct.py) and the re-layout process (convert/ahead.py)."""
+    For a plan's byte re-layout (tensor_ops.Relayout), which reads and writes numpy buffers."""
     rows, out = qweight.shape
     order = _checked_order(slot_order)
     if _native is not None:

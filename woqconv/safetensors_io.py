@@ -246,13 +246,20 @@ class SafetensorsFile:
     def copy_into(self, name: str, dst_fd: int, dst_offset: int) -> None:
         """Copy one tensor's bytes into another file without passing them through Python objects."""
         info = self.tensors[name]
+        self._copy_range(info.start, info.nbytes, dst_fd, dst_offset, name)
+
+    def copy_file_into(self, dst_fd: int) -> None:
+        """Copy the whole file, header included, to the start of another (in the kernel where it can)."""
+        self._copy_range(0, self.size, dst_fd, 0, None)
+
+    def _copy_range(self, start: int, nbytes: int, dst_fd: int, dst_offset: int, name: str | None) -> None:
         done = 0
-        while done < info.nbytes:
-            count = min(_COPY_CHUNK, info.nbytes - done)
+        while done < nbytes:
+            count = min(_COPY_CHUNK, nbytes - done)
             try:
-                n = os.copy_file_range(self._fd, dst_fd, count, info.start + done, dst_offset + done)
+                n = os.copy_file_range(self._fd, dst_fd, count, start + done, dst_offset + done)
             except OSError:
-                n = os.pwrite(dst_fd, os.pread(self._fd, count, info.start + done), dst_offset + done)
+                n = os.pwrite(dst_fd, os.pread(self._fd, count, start + done), dst_offset + done)
             if n <= 0:
                 raise self._fail("file ended while copying tensor data", name)
             start_writeback(dst_fd, dst_offset + done, n)
@@ -321,73 +328,50 @@ class SafetensorsWriter:
     """Write a safetensors file whose tensors are all declared up front and then filled in any order,
     in the layout :func:`serialized_header` gives (the one safetensors' ``save_file`` produces)."""
 
-    def __init__(self, path: str | os.PathLike, specs: Iterable[TensorSpec], metadata: Mapping[str, str] | None = None,
-                 prefilled_from: SafetensorsFile | None = None, ahead=None):
-        """``prefilled_from``: ``path`` may already hold a whole copy of this source file (a head start,
-        convert/head_start.py). When its header is the one computed here, the copied bytes are kept and
-        ``copy_from`` of the same tensor from that source writes nothing; otherwise the file is rewritten.
-
-        ``ahead``: ``path`` may be a predicted file that worker processes are filling (convert/ahead.py's
-        ShardAhead). When its header is the one computed here the file is kept, :meth:`holds` tells which
-        tensors need no writing, and every other write waits until no worker writes that slot; otherwise
-        the workers are stopped before the file is rewritten."""
+    def __init__(self, path: str | os.PathLike, specs: Iterable[TensorSpec], metadata: Mapping[str, str] | None = None, *,
+                 copy_of: SafetensorsFile | None = None):
+        """``copy_of``: start the file as a whole copy of that source file, whose header must be the one these
+        specs give (a plan decided it: ShardPlan.copy_whole); every tensor the source holds under the same
+        name is then in place, and :meth:`keep` counts it as written."""
         self.path = Path(path)
         head, self._slots = serialized_header(specs, metadata)
         self.data_start = len(head)
         self.size = self.data_start + sum(spec.nbytes for spec, _ in self._slots.values())
         self._pending = set(self._slots)
-        self.prefilled_from = None
-        self.ahead = None
-        kept = None
-        if prefilled_from is not None and prefilled_from.size == self.size and prefilled_from.header_bytes() == head:
-            kept = self._open_existing()
-            self.prefilled_from = prefilled_from if kept is not None else None
-        elif ahead is not None and ahead.size == self.size and ahead.header == head:
-            kept = self._open_existing()
-            self.ahead = ahead if kept is not None else None
-        if kept is not None:
-            self._fd = kept
-            return
-        if ahead is not None:
-            ahead.stop()  # a wrong guess: no worker may write into the file rewritten below
+        self._copy_of = copy_of
+        if copy_of is not None and (copy_of.size != self.size or copy_of.header_bytes() != head):
+            raise ValueError(f"{self.path}: {copy_of.path} does not have this file's header; it cannot be copied whole")
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.pwrite(self._fd, head, 0)
-            os.ftruncate(self._fd, self.size)
+            if copy_of is not None:
+                copy_of.copy_file_into(self._fd)
+            else:
+                os.pwrite(self._fd, head, 0)
+                os.ftruncate(self._fd, self.size)
         except BaseException:
             os.close(self._fd)
             raise
-
-    def _open_existing(self) -> int | None:
-        """The file at ``path`` opened for writing when it already has this writer's size, else None."""
-        try:
-            fd = os.open(self.path, os.O_WRONLY)
-        except FileNotFoundError:
-            return None
-        if os.fstat(fd).st_size == self.size:
-            return fd
-        os.close(fd)
-        return None
 
     def dtype_of(self, name: str) -> str:
         """The dtype a declared tensor is written in."""
         return self._slots[name][0].dtype
 
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        """The shape a declared tensor is written in."""
+        return self._slots[name][0].shape
+
     def _place(self, name: str) -> tuple[TensorSpec, int]:
         if name not in self._pending:
             raise ValueError(f"{name}: not declared, or written twice")
-        if self.ahead is not None:
-            self.ahead.settle(name)  # a worker still writing this slot would write over what is written now
         spec, rel = self._slots[name]
         return spec, self.data_start + rel
 
-    def holds(self, name: str, derivation) -> bool:
-        """Whether slot ``name`` already holds the words ``derivation`` describes (PackedCodes.derivation),
-        written by one of ``ahead``'s workers; if so it counts as written."""
-        if self.ahead is None or name not in self._pending or not self.ahead.wrote(name, derivation):
-            return False
+    def keep(self, name: str) -> None:
+        """Count slot ``name`` as written: the file this one was copied from holds that tensor there."""
+        self._place(name)
+        if self._copy_of is None or name not in self._copy_of.tensors:
+            raise ValueError(f"{name}: this file was not copied from one that holds it")
         self._pending.discard(name)
-        return True
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         spec, offset = self._place(name)
@@ -401,7 +385,7 @@ class SafetensorsWriter:
         self._pending.discard(name)
 
     def write_array(self, name: str, array: np.ndarray) -> None:
-        """:meth:`write` of a numpy array (the torch-free conversion, convert/direct.py)."""
+        """:meth:`write` of a numpy array (a plan's byte operations, which never import torch)."""
         spec, offset = self._place(name)
         got = _NUMPY_NAMES.get(array.dtype.str)
         if got != spec.dtype or tuple(array.shape) != spec.shape:
@@ -415,8 +399,7 @@ class SafetensorsWriter:
         info = source.tensors[source_name or name]
         if info.dtype != spec.dtype or info.shape != spec.shape:
             raise ValueError(f"{name}: planned {spec.dtype} {list(spec.shape)}, source has {info.dtype} {list(info.shape)}")
-        if not (source is self.prefilled_from and info.start == offset):  # else: these bytes were copied there already
-            source.copy_into(info.name, self._fd, offset)
+        source.copy_into(info.name, self._fd, offset)
         self._pending.discard(name)
 
     def cast_from(self, name: str, source: SafetensorsFile, source_name: str | None = None) -> None:

@@ -20,6 +20,7 @@ from .formats import LayerFamily
 from .formats.base import ZP_V1, ZP_V1_WORD, ZP_V2, SourceFormat
 from .formats.detect import detect
 from .ir import CodebookLinear, GIdxKind, QuantLinear, least_regular
+from .numpy_scan import ScannedLayer
 
 CONVENTION_CHOICES = ("auto", ZP_V1, ZP_V2, ZP_V1_WORD)
 # Layouts whose zero points are raw by definition: the format, not the config, says so.
@@ -41,6 +42,8 @@ class QuantizedCheckpoint:
     notes: list[str] = field(default_factory=list)  # what the scan found suspicious
     stored: StoredZeros | None = None  # the zero-point fields, counted by the scan (None for a codebook format)
     workers: int = 1
+    # Layers the family's numpy pass described (LayerFamily.scan), by name: a plan routes them without torch.
+    scans: dict[str, ScannedLayer] = field(default_factory=dict)
     _layers: list | None = field(default=None, repr=False)
 
     @property
@@ -150,19 +153,26 @@ def _scan(ckpt: Checkpoint, requested: str, workers: int = 1) -> QuantizedCheckp
         return QuantizedCheckpoint(ckpt, fmt, prefixes, fmt.zero_point_convention, "format", notes, workers=workers)
     declared = fmt.zero_point_convention
 
-    def histogram(p: str) -> list[int]:
-        # One histogram answers all the questions (a sort for unique values cost 10x more).
+    def histogram(p: str) -> tuple[list[int], ScannedLayer | None]:
+        # One histogram answers all the questions (a sort for unique values cost 10x more). The family's
+        # numpy pass counts the fields on their bytes, without torch; the layers it cannot judge are read.
+        scanned = family.scan(ckpt, p, fmt)
+        if scanned is not None:
+            return list(scanned.zero_counts), scanned
         fields = family.stored_zero_fields(ckpt, p, fmt).reshape(-1)
         counts = torch.bincount(fields, minlength=1 << fmt.for_layer(p).bits).tolist()
         del fields
         release_freed_memory()
-        return counts
+        return counts, None
 
     stored = StoredZeros(fmt.bits)
-    for p, counts in zip(prefixes, map_in_order(histogram, prefixes, workers)):
+    scans = {}
+    for p, (counts, scanned) in zip(prefixes, map_in_order(histogram, prefixes, workers)):
         stored.add(counts, fmt.for_layer(p).bits)
+        if scanned is not None:
+            scans[p] = scanned
     fmt, source, settled = settle_convention(fmt, requested, stored)
-    return QuantizedCheckpoint(ckpt, fmt, prefixes, declared, source, notes + settled, stored, workers)
+    return QuantizedCheckpoint(ckpt, fmt, prefixes, declared, source, notes + settled, stored, workers, scans=scans)
 
 
 # -- what the stored zero points say, and which convention to read them with ---------------------------

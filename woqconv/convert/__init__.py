@@ -12,10 +12,9 @@ from .. import base_model as bases
 from ..checkpoint import CONFIG_NAME, FileSnapshot
 from ..compute import compute_threads, default_workers
 from ..source import open_checkpoint
-from . import direct, head_start
 from .output import check_output, commit_partial, discard_partial, start_partial, write_error
 from .plan import ConversionPlan, plan_conversion
-from .stream import layer_to_write, measure_requantization, source_bytes, total_source_bytes, write_plan
+from .write import layer_to_write, measure_requantization, total_source_bytes, write_plan
 from ..wording import lossy_lines
 
 
@@ -119,8 +118,7 @@ def convert(
 ) -> ConvertReport:
     """Convert the checkpoint at ``src`` into format ``to`` at ``out``.
 
-    Every layer is checked before any converted tensor is written (source shards whose layout the target
-    keeps may be copied into the hidden partial output meanwhile); a conversion that cannot be lossless raises
+    Every layer is checked before anything is written; a conversion that cannot be lossless raises
     :class:`woqconv.errors.RefusedConversion`, except the one loss a user may accept explicitly:
     ``allow_bf16=True`` lets the ``hpu`` target cast scales and unquantized tensors to bf16 (Gaudi's
     dtype), reported per layer in ``lossy_layers``. ``requantize="search"`` (or ``"minmax"``) refits the
@@ -147,41 +145,12 @@ def convert(
         raise ValueError(f"workers must be at least 1, got {workers}")
     start = time.perf_counter()
     src_path, out_path = Path(src), Path(out)
-    # Before anything reads the source (the head start and the numpy plan begin at once): a file written to
-    # or replaced from here on fails the conversion instead of mixing two versions into its output.
+    # Before anything reads the source: a file written to or replaced from here on fails the conversion
+    # instead of mixing two versions into its output.
     source_files = FileSnapshot.take(src_path)
     base = base_for(src_path, base_model)
-    # Plain GPTQ to gptq / gptq-v2 / inc-hf / awq is planned and written with numpy alone (direct.py); its
-    # plan takes 0.1-0.3 s at 7B, so it is made before anything else starts.
-    # The numpy path carries the source's own config.json; a base model, or its absence, is the torch path's.
-    simple = requantize is None and not double_quant and base is None and (src_path / CONFIG_NAME).exists()
-    fast = direct.plan_direct(src_path, to, zero_point_convention) if simple else None
-    head = None
-    try:
-        # Copying the source's shards may start now, while torch is imported and the checkpoint is scanned
-        # and planned (head_start.py): only for targets that keep the source's layout, and checked later.
-        # Not the re-layout ahead for the numpy path: it leaves the workers no idle time to fill, and their
-        # processes cost more than they save (7B awq, 6 interleaved pairs: 4.6-5.3 s without, 5.9-8.7 s with).
-        head = None if dry_run else head_start.start(src_path, out_path, to, overwrite, workers=workers, requantize=requantize,
-                                                     relayout=fast is None)
-        if fast is not None:
-            return _convert_direct(fast, src_path, out_path, start, head, source_files, overwrite=overwrite, dry_run=dry_run,
-                                   progress=progress, workers=workers)
-        return _convert(src_path, out_path, to, start, head, source_files, base, overwrite=overwrite, dry_run=dry_run, allow_bf16=allow_bf16,
-                        requantize=requantize, double_quant=double_quant, zero_point_convention=zero_point_convention,
-                        progress=progress, workers=workers)
-    finally:
-        if fast is not None:
-            fast.ckpt.close()
-        if head is not None:
-            head.stop()
-            discard_partial(head.partial)  # nothing left once committed; else the unfinished output
-
-
-def _convert(src_path: Path, out_path: Path, to: str, start: float, head: head_start.HeadStart | head_start.Ahead | None,
-             source_files: FileSnapshot, base: bases.BaseModel | None, *, overwrite: bool,
-             dry_run: bool, allow_bf16: bool, requantize: str | None, double_quant: bool, zero_point_convention: str,
-             progress: Callable[[int, int], None] | None, workers: int) -> ConvertReport:
+    # torch, where some layer needs it, computes with one thread per worker (compute.py); a plan of byte
+    # operations alone never imports it.
     with compute_threads(workers), open_checkpoint(src_path, zero_point_convention=zero_point_convention, workers=workers,
                                                    read_layers=False) as source:
         if base is not None:
@@ -202,9 +171,9 @@ def _convert(src_path: Path, out_path: Path, to: str, start: float, head: head_s
                 from ..formats.openvino.export import write_openvino
 
                 return write_openvino(plan, partial, layer_to_write, tick)
-            return write_plan(plan, partial, tick, workers=workers, head_start=head)
+            return write_plan(plan, partial, tick, workers=workers)
 
-        written = _write_atomically(out_path, head, warnings, total, progress, write, source_files)
+        written = _write_atomically(out_path, warnings, total, progress, write, source_files)
         return _report(plan, out_path, total, written, time.perf_counter() - start, False, warnings, base)
 
 
@@ -218,34 +187,11 @@ def base_for(src: Path, spec: str | os.PathLike | None) -> bases.BaseModel | Non
     return bases.find_recorded(bases.recorded_model_path(src))
 
 
-def _convert_direct(plan: direct.DirectPlan, src_path: Path, out_path: Path, start: float, head, source_files: FileSnapshot, *,
-                    overwrite: bool, dry_run: bool,
-                    progress: Callable[[int, int], None] | None, workers: int) -> ConvertReport:
-    check_output(src_path, out_path, overwrite=overwrite)
-    total = source_bytes(plan.ckpt, plan.copied_files)
-    warnings = list(plan.warnings)
-    written = 0
-    if not dry_run:
-        written = _write_atomically(out_path, head, warnings, total, progress,
-                                    lambda partial, tick: direct.write_direct(plan, partial, tick, workers, head), source_files)
-    return ConvertReport(
-        source=str(plan.ckpt.root), output=str(out_path), source_format=plan.format_name, target=plan.to,
-        layers_converted=len(plan.layers), lossless=True, layer_changes=plan.layer_changes,
-        tensors_copied=sum(len(s.passthrough) for s in plan.shards), files_copied=list(plan.copied_files),
-        files_rewritten=_files_rewritten(plan.config, plan.extra_json, plan.sharded), files_dropped=list(plan.dropped_files), bytes_in=total, bytes_out=written,
-        seconds=round(time.perf_counter() - start, 3), dry_run=dry_run, warnings=warnings,
-    )
-
-
-def _write_atomically(out_path: Path, head, warnings: list[str], total: int, progress: Callable[[int, int], None] | None,
+def _write_atomically(out_path: Path, warnings: list[str], total: int, progress: Callable[[int, int], None] | None,
                       write: Callable[[Path, Callable[[int], None]], int], source_files: FileSnapshot) -> int:
-    """Run ``write(partial, tick)`` into the hidden partial directory (the head start's, or a new one) and
-    rename it into place unless a file of ``source_files`` changed meanwhile; on any failure stop the head
-    start and remove what was written. Returns bytes written."""
-    if head is not None:
-        partial, cleaned = head.partial, head.cleaned
-    else:
-        partial, cleaned = start_partial(out_path)
+    """Run ``write(partial, tick)`` into a new hidden partial directory and rename it into place unless a
+    file of ``source_files`` changed meanwhile; on any failure remove what was written. Returns bytes written."""
+    partial, cleaned = start_partial(out_path)
     for name in cleaned:
         warnings.append(f"removed a partial output left by an interrupted run ({name})")
     done = 0
@@ -258,13 +204,9 @@ def _write_atomically(out_path: Path, head, warnings: list[str], total: int, pro
 
     try:
         written = write(partial, tick)
-        if head is not None:
-            head.stop()  # every copy is finished (the writer waited for each): join the thread
         source_files.check_unchanged()
         commit_partial(partial, out_path)
     except BaseException as e:
-        if head is not None:
-            head.stop()
         discard_partial(partial)
         if isinstance(e, OSError):
             raise write_error(e, out_path) from None

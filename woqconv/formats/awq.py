@@ -13,8 +13,9 @@ from __future__ import annotations
 from .. import packing
 from .._lazy import torch
 from ..checkpoint import Checkpoint
-from ..ir import PackedCodes, QuantLinear
+from ..ir import GIdxKind, PackedCodes, QuantLinear
 from ..safetensors_io import TensorSpec
+from ..tensor_ops import Copy, Relayout, ZerosToRowwise
 from .base import (
     ZP_V2,
     LayerFamily,
@@ -27,7 +28,7 @@ from .base import (
     validated,
 )
 from .gptq import SCALE_DTYPES, effective_group_size
-from .targets import ModelQuantSummary, Target
+from .targets import ByteRoute, ModelQuantSummary, Target, plain_gptq4, with_bias, zero_point_delta
 
 BITS = 4
 
@@ -35,9 +36,10 @@ BITS = 4
 class AwqGemmFamily(LayerFamily, key="awq"):
     suffixes = ("qweight", "qzeros", "scales", "bias")
     encodes_packed = True
+    codes_layout = (1, packing.AWQ_ORDER)
 
     @classmethod
-    def _geometry(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> tuple[int, int, int]:
+    def geometry(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> tuple[int, int, int]:
         for suffix in ("qweight", "qzeros", "scales"):
             require(ckpt, f"{prefix}.{suffix}", suffix)
         expect_dtype(ckpt, f"{prefix}.qweight", ("I32",))
@@ -68,12 +70,12 @@ class AwqGemmFamily(LayerFamily, key="awq"):
 
     @classmethod
     def stored_zero_fields(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> torch.Tensor:
-        cls._geometry(ckpt, prefix, fmt)
+        cls.geometry(ckpt, prefix, fmt)
         return packing.unpack(ckpt.read(f"{prefix}.qzeros"), BITS, dim=1, slot_order=packing.AWQ_ORDER)
 
     @classmethod
     def read(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat, *, codes: bool = True) -> QuantLinear:
-        in_features, out, gs = cls._geometry(ckpt, prefix, fmt)
+        in_features, out, gs = cls.geometry(ckpt, prefix, fmt)
         zeros = packing.unpack(ckpt.read(f"{prefix}.qzeros"), BITS, dim=1, slot_order=packing.AWQ_ORDER)
         layer = QuantLinear(
             name=prefix,
@@ -151,3 +153,17 @@ class AwqGemmTarget(Target):
             "version": "gemm",
             "modules_to_not_convert": skip or None,
         }
+
+    def byte_route(self, layer, source_family, source_convention):
+        """Plain 4-bit GPTQ: the codes re-laid out word by word (C, or numpy), the zero points re-packed in
+        AWQ's order on their bytes, scales and bias copied; a trivial g_idx is dropped."""
+        if not plain_gptq4(layer, source_family, source_convention) or layer.in_features % layer.group_size:
+            return None
+        p, g, out = layer.name, layer.num_groups, layer.out_features
+        delta = zero_point_delta(source_convention, self.zero_point_convention)
+        specs = [TensorSpec(f"{p}.qweight", "I32", (layer.in_features, out // 8)), TensorSpec(f"{p}.qzeros", "I32", (g, out // 8)),
+                 TensorSpec(f"{p}.scales", layer.scales_dtype, (g, out))]
+        ops = {f"{p}.qweight": Relayout(f"{p}.qweight", packing.AWQ_ORDER),
+               f"{p}.qzeros": ZerosToRowwise(f"{p}.qzeros", g, out, delta, packing.AWQ_ORDER), f"{p}.scales": Copy(f"{p}.scales")}
+        changes = ["trivial g_idx dropped"] if layer.g_idx_kind is GIdxKind.TRIVIAL else []
+        return ByteRoute(*with_bias(layer, specs, ops), changes)

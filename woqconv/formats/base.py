@@ -9,14 +9,14 @@ other; the converter talks to them only through these classes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from typing import Callable, ClassVar
 
-from .. import safetensors_io
+from .. import numpy_scan, safetensors_io
 from .._lazy import torch
 from ..checkpoint import Checkpoint
 from ..errors import FormatError
 from ..ir import PackedCodes, QuantLinear
-from ..safetensors_io import SafetensorsFile, TensorSpec
+from ..safetensors_io import TensorSpec
 
 ZP_V1 = "v1"  # stored z - 1 per field (GPTQ checkpoint_format "gptq")
 ZP_V2 = "v2"  # stored z (GPTQ v2, AWQ, AutoRound raw)
@@ -60,6 +60,13 @@ class LayerFamily:
     codebook: ClassVar[bool] = False
     # encode() takes a layer whose codes are still packed (QuantLinear.packed), via QuantLinear.pack_codes.
     encodes_packed: ClassVar[bool] = False
+    # How the stored codes tensor ``<prefix>.qweight`` packs its words, (dim, slot_order) as PackedCodes
+    # says it; two families with the same layout hold the same words, so a plan copies them.
+    codes_layout: ClassVar[tuple[int, tuple[int, ...] | None] | None] = None
+    # geometry(ckpt, prefix, fmt) -> (in_features, out_features, group_size): a layer's shape from the
+    # headers alone, each checked (FormatError naming the tensor). None where headers cannot tell it
+    # (bitsandbytes' flat codes, ...): such a family is read with torch.
+    geometry: ClassVar[Callable[[Checkpoint, str, SourceFormat], tuple[int, int, int]] | None] = None
 
     def __init_subclass__(cls, key: str | None = None, **kw):
         super().__init_subclass__(**kw)
@@ -77,6 +84,22 @@ class LayerFamily:
         return [f"{prefix}.{s}" for s in cls.suffixes if ckpt.has(f"{prefix}.{s}")]
 
     @classmethod
+    def scan(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> numpy_scan.ScannedLayer | None:
+        """The layer's shell from its headers and a numpy pass over its small tensors (no torch); None where
+        this family has no such pass, or the torch reader must judge the layer (it then says why)."""
+        if cls.geometry is None or not numpy_scan.reads(ckpt, cls.key):
+            return None
+        in_features, out, gs = cls.geometry(ckpt, prefix, fmt)
+        bits = fmt.for_layer(prefix).bits
+        scan = numpy_scan.scan_layer(ckpt, prefix, bits=bits, out_features=out, groups=-(-in_features // gs), group_size=gs)
+        if scan is None:
+            return None
+        g_idx = f"{prefix}.g_idx"
+        return numpy_scan.ScannedLayer(prefix, in_features, out, bits, gs, tuple(scan.zero_counts), scan.g_idx_kind,
+                                       ckpt.info(g_idx).dtype if ckpt.has(g_idx) else None, ckpt.info(f"{prefix}.scales").dtype,
+                                       ckpt.info(f"{prefix}.bias").dtype if ckpt.has(f"{prefix}.bias") else None)
+
+    @classmethod
     def source_notes(cls, ckpt: Checkpoint) -> list[str]:
         """What this layout's reader changed or could not keep, for inspect and convert to report."""
         return []
@@ -92,18 +115,36 @@ class LayerFamily:
         """The layer's codes as stored, without unpacking them (None: this family cannot say)."""
         return None
 
-    # Subclasses define:
-    #   read(ckpt, prefix, fmt, *, codes=True) -> QuantLinear     (codes=False: planning, no qweight read)
-    #   stored_zero_fields(ckpt, prefix, fmt) -> uint8 [G, out]   (the fields as the file stores them)
-    #   specs(layer) -> list[TensorSpec]                          (what encode() will produce)
-    #   encode(layer, zero_point_convention) -> {name: tensor}
+    # -- what every family defines --------------------------------------------------------------
+    @classmethod
+    def read(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat, *, codes: bool = True) -> QuantLinear:
+        """One layer into the IR, validated (``codes=False``: its small tensors only, for planning)."""
+        raise NotImplementedError(f"{cls.key} layers cannot be read")
+
+    @classmethod
+    def stored_zero_fields(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> torch.Tensor:
+        """uint8 ``[G, out]``: the zero-point fields as the file stores them (affine families)."""
+        raise NotImplementedError(f"{cls.key} stores no zero-point fields")
+
+    @classmethod
+    def check_writable(cls, layer: QuantLinear) -> str | None:
+        """Why this layout cannot hold ``layer`` (a refusal), or None."""
+        return None
+
+    @classmethod
+    def specs(cls, layer: QuantLinear) -> list[TensorSpec]:
+        """The tensors :meth:`encode` will produce for ``layer``: names, dtypes, shapes."""
+        raise NotImplementedError(f"{cls.key} layers cannot be written")
+
+    @classmethod
+    def encode(cls, layer: QuantLinear, zero_point_convention: str) -> dict[str, torch.Tensor]:
+        """``layer`` as this layout's named tensors."""
+        raise NotImplementedError(f"{cls.key} layers cannot be written")
 
 
 def packed_source_words(ckpt: Checkpoint, name: str, bits: int, dim: int, slot_order: tuple[int, ...] | None) -> PackedCodes:
-    """The codes tensor ``name`` as PackedCodes, read lazily; copyable unread from a safetensors shard."""
-    shard = ckpt.shards[ckpt.locations[name]]
-    origin = (shard, name) if isinstance(shard, SafetensorsFile) else None
-    return PackedCodes(bits, dim, slot_order, ckpt.info(name).shape, lambda: ckpt.read(name), origin)
+    """The codes tensor ``name`` as PackedCodes, read on first use (a plan that copies them never reads them)."""
+    return PackedCodes(bits, dim, slot_order, ckpt.info(name).shape, lambda: ckpt.read(name))
 
 
 def require(ckpt: Checkpoint, name: str, what: str) -> None:

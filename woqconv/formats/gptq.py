@@ -17,7 +17,7 @@ from .._lazy import torch
 from ..checkpoint import Checkpoint
 from ..ir import PackedCodes, QuantLinear, default_g_idx
 from ..safetensors_io import TensorSpec
-from .targets import TRANSFORMERS_LOAD, ModelQuantSummary, Target, neural_compressor_load
+from .targets import TRANSFORMERS_LOAD, ModelQuantSummary, Target, gptq_layout_route, neural_compressor_load
 from .base import (
     ZP_V1,
     ZP_V1_WORD,
@@ -46,9 +46,10 @@ def effective_group_size(declared: int, in_features: int) -> int:
 class GptqFamily(LayerFamily, key="gptq"):
     suffixes = ("qweight", "qzeros", "scales", "g_idx", "bias")
     encodes_packed = True
+    codes_layout = (0, None)
 
     @classmethod
-    def _geometry(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> tuple[int, int, int]:
+    def geometry(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> tuple[int, int, int]:
         fmt = fmt.for_layer(prefix)
         for suffix, what in (("qweight", "qweight"), ("qzeros", "qzeros"), ("scales", "scales")):
             require(ckpt, f"{prefix}.{suffix}", what)
@@ -84,12 +85,12 @@ class GptqFamily(LayerFamily, key="gptq"):
 
     @classmethod
     def stored_zero_fields(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> torch.Tensor:
-        cls._geometry(ckpt, prefix, fmt)
+        cls.geometry(ckpt, prefix, fmt)
         return packing.unpack(ckpt.read(f"{prefix}.qzeros"), fmt.for_layer(prefix).bits, dim=1)
 
     @classmethod
     def read(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat, *, codes: bool = True) -> QuantLinear:
-        in_features, out, gs = cls._geometry(ckpt, prefix, fmt)
+        in_features, out, gs = cls.geometry(ckpt, prefix, fmt)
         b = fmt.for_layer(prefix).bits
         qzeros = ckpt.read(f"{prefix}.qzeros")
         if fmt.zero_point_convention == ZP_V1_WORD and 32 % b == 0:
@@ -253,6 +254,9 @@ class GptqTarget(Target):
     def config_files(self, qc, summary):
         # AutoGPTQ and GPTQModel read quantize_config.json when config.json lacks the section.
         return {"quantize_config.json": qc}
+
+    def byte_route(self, layer, source_family, source_convention):
+        return gptq_layout_route(self, layer, source_family, source_convention)
 
 
 class GptqV1Target(GptqTarget):

@@ -176,9 +176,10 @@ class HpuFamily(LayerFamily, key="hpu"):
 
     suffixes = ("qweight", "qzeros", "scales", "g_idx", "bias", "scale_bf16_to_fp8")
     encodes_packed = True
+    codes_layout = (1, None)
 
     @classmethod
-    def _geometry(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> tuple[int, int, int]:
+    def geometry(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> tuple[int, int, int]:
         for suffix in ("qweight", "qzeros", "scales"):
             require(ckpt, f"{prefix}.{suffix}", suffix)
         expect_dtype(ckpt, f"{prefix}.qweight", ("I32",))
@@ -200,12 +201,12 @@ class HpuFamily(LayerFamily, key="hpu"):
 
     @classmethod
     def stored_zero_fields(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> torch.Tensor:
-        cls._geometry(ckpt, prefix, fmt)
+        cls.geometry(ckpt, prefix, fmt)
         return packing.unpack(ckpt.read(f"{prefix}.qzeros"), 4, dim=1)
 
     @classmethod
     def read(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat, *, codes: bool = True) -> QuantLinear:
-        in_features, out, gs = cls._geometry(ckpt, prefix, fmt)
+        in_features, out, gs = cls.geometry(ckpt, prefix, fmt)
         layer = QuantLinear(
             name=prefix,
             in_features=in_features,

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .._lazy import torch
 from ..ir import CodebookLinear, GIdxKind, QuantLinear
-from .base import ZP_V1, LayerFamily
+from ..numpy_scan import ScannedLayer
+from ..safetensors_io import TORCH_NAMES, TensorSpec
+from ..tensor_ops import Copy, ShiftFields, Small, TensorOp
+from .base import ZP_V1, ZP_V2, LayerFamily
 
 
 @dataclass
@@ -42,6 +47,29 @@ class Prepared:
     # table, scattered act-order groups for a target without g_idx).
     requantizable: bool = False
     requant: object | None = None  # the recipe (woqconv.requant) when the plan requantizes this layer
+
+
+@dataclass
+class ByteRoute:
+    """A layer written by moving bytes alone (no torch): its output tensors, how each is made, and what
+    changed, in the words ``Target.prepare`` uses."""
+
+    specs: list[TensorSpec]
+    ops: dict[str, TensorOp]
+    changes: list[str] = field(default_factory=list)
+
+
+def plain_gptq4(layer: ScannedLayer, source_family: str, source_convention: str) -> bool:
+    """A 4-bit GPTQ layer whose bytes other layouts can be made from directly: contiguous groups (no
+    g_idx, or a trivial one), whole words in both directions, and zero points stored as v1 or v2 fields
+    (GPTQModel's word-arithmetic v1 is decoded with torch)."""
+    return (source_family == "gptq" and layer.bits == 4 and layer.g_idx_kind in (GIdxKind.NONE, GIdxKind.TRIVIAL)
+            and layer.in_features % 8 == 0 and layer.out_features % 8 == 0 and source_convention in (ZP_V1, ZP_V2))
+
+
+def zero_point_delta(source_convention: str, target_convention: str) -> int:
+    """What each stored zero-point field gains from source to target: +1 out of v1 (z - 1), -1 into it."""
+    return (source_convention == ZP_V1) - (target_convention == ZP_V1)
 
 
 @dataclass(frozen=True)
@@ -192,9 +220,49 @@ class Target:
             lossy = {"kind": "bf16", **lossy}
         return Prepared(layer, changes, zero_point_zero_groups=zero, lossy=lossy)
 
+    def byte_route(self, layer: ScannedLayer, source_family: str, source_convention: str) -> ByteRoute | None:
+        """How to write ``layer`` (scanned with numpy, not read) by moving bytes alone; None when the plan
+        must read it with torch, and :meth:`prepare` and the encoder decide. A route exists only where
+        prepare would accept the layer unchanged but for what the route's ``changes`` say, and the encoder
+        would write exactly these bytes."""
+        return None
+
     def quantization_config(self, summary: ModelQuantSummary) -> dict | None:
         raise TypeError(f"target {self.name} does not define a config")
 
     def config_files(self, qc: dict | None, summary: ModelQuantSummary) -> dict[str, dict]:
         """Extra JSON files (beside config.json) that this target's tools read."""
         return {}
+
+
+def gptq_layout_route(target: Target, layer: ScannedLayer, source_family: str, source_convention: str) -> ByteRoute | None:
+    """A plain 4-bit GPTQ layer into a GPTQ-layout target (gptq, gptq-v2, inc-hf): codes, scales and bias
+    copied, zero-point fields shifted between v1 and v2, and the g_idx that AutoGPTQ always writes."""
+    if not plain_gptq4(layer, source_family, source_convention) or target.companion or target.bf16_scales:
+        return None
+    if target.loader_scale_dtype and TORCH_NAMES.get(layer.scales_dtype) != target.loader_scale_dtype:
+        return None  # the loader casts these scales: prepare measures the change and the plan warns
+    changes = []
+    if target.zero_point_convention == ZP_V1 and layer.zero_point_zeros:
+        if target.v1_zero_point_zero == "refuse":
+            return None  # prepare refuses it, naming the groups
+        changes.append(f"{layer.zero_point_zeros} zero points of 0 stored as all-ones fields (INC's modular v1)")
+    p, g, out = layer.name, layer.num_groups, layer.out_features
+    delta = zero_point_delta(source_convention, target.zero_point_convention)
+    if layer.g_idx_dtype == "I32":
+        g_idx: TensorOp = Copy(f"{p}.g_idx")
+    else:  # int64 (its values fit int32: the scan checked their range) or absent (AutoGPTQ writes one)
+        g_idx = Small(np.arange(layer.in_features, dtype=np.int32) // np.int32(layer.group_size))
+    specs = [TensorSpec(f"{p}.qweight", "I32", (layer.in_features // 8, out)), TensorSpec(f"{p}.qzeros", "I32", (g, out // 8)),
+             TensorSpec(f"{p}.scales", layer.scales_dtype, (g, out)), TensorSpec(f"{p}.g_idx", "I32", (layer.in_features,))]
+    ops = {f"{p}.qweight": Copy(f"{p}.qweight"), f"{p}.qzeros": ShiftFields(f"{p}.qzeros", 4, delta) if delta else Copy(f"{p}.qzeros"),
+           f"{p}.scales": Copy(f"{p}.scales"), f"{p}.g_idx": g_idx}
+    return ByteRoute(*with_bias(layer, specs, ops), changes)
+
+
+def with_bias(layer: ScannedLayer, specs: list[TensorSpec], ops: dict[str, TensorOp]) -> tuple[list[TensorSpec], dict[str, TensorOp]]:
+    """A routed layer's tensors plus its bias, copied as it is, last (where the encoders put it)."""
+    if layer.bias_dtype is not None:
+        name = f"{layer.name}.bias"
+        specs, ops = [*specs, TensorSpec(name, layer.bias_dtype, (layer.out_features,))], {**ops, name: Copy(name)}
+    return specs, ops

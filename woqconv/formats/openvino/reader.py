@@ -77,7 +77,7 @@ class OpenVinoFamily(LayerFamily, key=KEY):
         }
 
     @classmethod
-    def _geometry(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> tuple[int, int, int]:
+    def geometry(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> tuple[int, int, int]:
         require(ckpt, f"{prefix}.codes", "codes")
         require(ckpt, f"{prefix}.scale", "scale")
         out, in_features = ckpt.info(f"{prefix}.codes").shape
@@ -94,12 +94,12 @@ class OpenVinoFamily(LayerFamily, key=KEY):
 
     @classmethod
     def stored_zero_fields(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> torch.Tensor:
-        in_features, out, gs = cls._geometry(ckpt, prefix, fmt)
+        in_features, out, gs = cls.geometry(ckpt, prefix, fmt)
         return cls._zeros(ckpt, prefix, fmt.for_layer(prefix).bits, out, in_features // gs).T
 
     @classmethod
     def read(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat, *, codes: bool = True) -> QuantLinear:
-        in_features, out, gs = cls._geometry(ckpt, prefix, fmt)
+        in_features, out, gs = cls.geometry(ckpt, prefix, fmt)
         bits = fmt.for_layer(prefix).bits
         layer = QuantLinear(
             name=prefix, in_features=in_features, out_features=out, bits=bits, group_size=gs,

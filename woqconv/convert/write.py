@@ -1,36 +1,42 @@
-"""Execute a plan: stream tensors shard by shard, one quantized layer per worker resident at a time."""
+"""Execute a plan: every output tensor made as the plan says, shard by shard, layers through worker threads.
+
+The plan names, for each tensor, how it is made (tensor_ops): copied, zero-point fields shifted, words
+re-laid out, a small array written, or computed by the target's encoder from the layer read into the IR.
+Only the last needs torch. A shard the plan marks ``copy_whole`` starts as a kernel copy of its source
+file, and only the tensors that differ are written over it. Memory: one layer per worker.
+"""
 
 from __future__ import annotations
 
 import shutil
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from .. import packing, safetensors_io
 from .._lazy import torch
 from ..checkpoint import CONFIG_NAME, INC_WEIGHTS, INDEX_NAME, dump_json
-from ..compute import compute_threads, map_bounded
+from ..compute import map_bounded
 from ..errors import FormatError
 from ..ir import PackedCodes, QuantLinear
 from ..requant import requantize
 from ..safetensors_io import SafetensorsFile, SafetensorsWriter
-from .ahead import Ahead
-from .head_start import HeadStart
+from ..tensor_ops import Cast, Compute, Copy, Relayout, ShiftFields, Small, TensorOp, ZerosToRowwise
 from .inc_container import safetensors_to_torch_save, write_default_hpu_cache
-from .plan import ConversionPlan
+from .plan import ConversionPlan, ShardPlan
 
 Progress = Callable[[int], None]  # called with bytes of source data consumed since the last call
 
 
-def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = None, workers: int = 1,
-               head_start: HeadStart | Ahead | None = None) -> int:
-    """Write every planned file into the directory ``into`` (empty, or holding ``head_start``'s copies of
-    source shards); return bytes written.
+def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = None, workers: int = 1) -> int:
+    """Write every planned file into the empty directory ``into``; return the bytes the output holds.
 
-    ``workers`` threads re-lay out and write quantized layers concurrently (torch and file I/O release
-    the GIL); each holds one layer, so memory grows with ``workers``, never with the model.
+    ``workers`` threads write quantized layers and carried tensors concurrently (numpy, torch and file
+    I/O release the GIL); each holds one layer, so memory grows with ``workers``, never with the model.
     """
     src = plan.source
     ckpt = src.ckpt
@@ -39,29 +45,31 @@ def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = Non
     weight_map: dict[str, str] = {}
     comp = target.companion
     companion = SafetensorsWriter(into / comp.file, plan.companion_specs, {"format": "pt"}) if comp else None
-    written_files: list[Path] = []
+    buffers = threading.local()  # per thread: the re-layout's source and result words, reused across layers
 
-    def convert_layer(name: str, writer: SafetensorsWriter) -> tuple[list[str], int]:
-        layer = layer_to_write(plan, name)
-        names = []
-        # Each re-laid-out codes tensor is written before its block ends, so its buffer can be reused.
-        with packing.result_in_reused_buffer():
-            for tname, value in target.family.encode(layer, target.zero_point_convention).items():
-                _put(writer, tname, value)
-                names.append(tname)
-        if companion:
+    def write_layer(shard: ShardPlan, name: str, writer: SafetensorsWriter) -> tuple[list[str], int]:
+        outputs = shard.outputs[name]
+        if companion or any(isinstance(shard.ops[t], Compute) for t in outputs):
+            layer = layer_to_write(plan, name)
+            # Each re-laid-out codes tensor is written before its block ends, so its buffer can be reused.
             with packing.result_in_reused_buffer():
-                for tname, value in comp.family.encode(layer, comp.zero_point_convention).items():
-                    _put(companion, tname, value)
-        return names, sum(ckpt.info(t).nbytes for t in src.family.owned_tensors(ckpt, name) if t in plan.owned)
+                encoded = target.family.encode(layer, target.zero_point_convention)
+                for t in outputs:
+                    if isinstance(shard.ops[t], Compute):
+                        _put(writer, t, encoded[t])
+            if companion:
+                with packing.result_in_reused_buffer():
+                    for t, value in comp.family.encode(layer, comp.zero_point_convention).items():
+                        _put(companion, t, value)
+        for t in outputs:
+            if not isinstance(shard.ops[t], Compute):
+                execute(plan, shard, t, writer, buffers)
+        return outputs, sum(ckpt.info(t).nbytes for t in src.family.owned_tensors(ckpt, name) if t in plan.owned)
 
-    def carry_tensor(t: str, writer: SafetensorsWriter) -> tuple[list[str], int]:
-        source_file = ckpt.shards[ckpt.locations[t]]
-        if t in plan.widened:
-            _cast(writer, t, source_file)
-        else:
-            writer.copy_from(t, source_file)
+    def carry_tensor(shard: ShardPlan, t: str, writer: SafetensorsWriter) -> tuple[list[str], int]:
+        execute(plan, shard, t, writer, buffers)
         if companion and t in plan.companion_passthrough:
+            source_file = ckpt.shards[ckpt.locations[t]]
             if t in plan.companion_casts:
                 _cast(companion, t, source_file)
             else:
@@ -71,31 +79,27 @@ def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = Non
     # Each finished file is fsynced and closed in the background while the next shard is converted:
     # the flush of one shard (0.3-0.8 s per GB here) no longer stalls the pipeline.
     closing: list[Future] = []
-    with compute_threads(workers):
-        pool = ThreadPoolExecutor(workers) if workers > 1 else None
-        closer = ThreadPoolExecutor(2)
-        try:
-            for shard in plan.shards:
-                source_file = ckpt.shards.get(shard.source)
-                writer = write_shard(into, shard, source_file, head_start, carry_tensor, convert_layer, pool, workers, weight_map, tick)
-                closing.append(closer.submit(writer.close))
-                written_files.append(into / shard.name)
-            if companion:
-                companion.check_complete()
-                closing.append(closer.submit(companion.close))
-                written_files.append(into / comp.file)
-            for f in closing:
-                f.result()
-        except BaseException:
-            closer.shutdown(wait=True)  # a file being closed in the background is not aborted under it
-            if companion:
-                companion.abort()
-            raise
-        finally:
-            if pool:
-                pool.shutdown(wait=True, cancel_futures=True)
-            closer.shutdown(wait=True)  # every file closed (fsynced or not) before the caller cleans up
-            packing.drop_reused_buffer()  # this thread's, when it converted layers itself (no pool)
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+    closer = ThreadPoolExecutor(2)
+    try:
+        for shard in plan.shards:
+            writer = write_shard(into, shard, ckpt.shards.get(shard.source), carry_tensor, write_layer, pool, workers, weight_map, tick)
+            closing.append(closer.submit(writer.close))
+        if companion:
+            companion.check_complete()
+            closing.append(closer.submit(companion.close))
+        for f in closing:
+            f.result()
+    except BaseException:
+        closer.shutdown(wait=True)  # a file being closed in the background is not aborted under it
+        if companion:
+            companion.abort()
+        raise
+    finally:
+        if pool:
+            pool.shutdown(wait=True, cancel_futures=True)
+        closer.shutdown(wait=True)  # every file closed (fsynced or not) before the caller cleans up
+        packing.drop_reused_buffer()  # this thread's, when it converted layers itself (no pool)
     if plan.sharded and target.container == "safetensors":
         write_index(into, plan.shards, weight_map)
     if target.container == "inc-pt":
@@ -110,6 +114,46 @@ def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = Non
     return written
 
 
+def execute(plan: ConversionPlan, shard: ShardPlan, name: str, writer: SafetensorsWriter, buffers: threading.local) -> None:
+    """Make output tensor ``name`` as the plan says, unless it is computed (the layer's encoder writes those)."""
+    ckpt = plan.source.ckpt
+    op: TensorOp = shard.ops[name]
+    if isinstance(op, Copy):
+        if shard.copy_whole and op.source == name:
+            writer.keep(name)  # the whole-file copy put it there
+        else:
+            writer.copy_from(name, ckpt.shards[ckpt.locations[op.source]], op.source)
+    elif isinstance(op, Cast):
+        _cast(writer, name, ckpt.shards[ckpt.locations[op.source]])
+    elif isinstance(op, ShiftFields):
+        words = packing.shift_fields(ckpt.read_bytes(op.source), op.bits, op.delta).view("<i4")
+        writer.write_array(name, words.reshape(writer.shape_of(name)))
+    elif isinstance(op, ZerosToRowwise):
+        writer.write_array(name, packing.gptq4_zeros_to_rowwise(ckpt.read_bytes(op.source), op.groups, op.out_features, op.delta,
+                                                                 op.slot_order))
+    elif isinstance(op, Relayout):
+        writer.write_array(name, _relayout(ckpt, op, buffers))
+    elif isinstance(op, Small):
+        writer.write_array(name, op.value)
+    else:
+        raise TypeError(f"{name}: {op!r} is not a byte operation")
+
+
+def _relayout(ckpt, op: Relayout, buffers: threading.local) -> np.ndarray:
+    """4-bit GPTQ words re-laid out along out_features, in this thread's reused buffers (fresh pages for every
+    22 MB layer of a 7B model cost more than the re-layout itself)."""
+    rows, cols = ckpt.info(op.source).shape
+    words = rows * cols
+    for attr in ("source", "result"):
+        if getattr(buffers, attr, np.empty(0, np.int32)).size < words:
+            setattr(buffers, attr, np.empty(words, dtype=np.int32))
+    source = buffers.source[:words]
+    ckpt.shards[ckpt.locations[op.source]].read_bytes(op.source, into=source.view(np.uint8))
+    result = buffers.result[:words]
+    packing.gptq4_to_rowwise_into(source.reshape(rows, cols), op.slot_order, result)
+    return result.reshape(rows * 8, cols // 8)
+
+
 def _cast(writer: SafetensorsWriter, name: str, source_file) -> None:
     """Write a source float tensor cast to the dtype its slot in ``writer`` was planned with."""
     if isinstance(source_file, SafetensorsFile):
@@ -118,20 +162,17 @@ def _cast(writer: SafetensorsWriter, name: str, source_file) -> None:
         writer.write(name, source_file.read(name).to(safetensors_io.DTYPES[writer.dtype_of(name)]))
 
 
-def write_shard(into: Path, shard, source_file, head_start: HeadStart | Ahead | None, carry_tensor, convert_layer,
-                pool: ThreadPoolExecutor | None, workers: int, weight_map: dict[str, str], tick: Progress) -> SafetensorsWriter:
-    """Write every tensor of one output shard (a ShardPlan): ``carry_tensor(name, writer)`` and
-    ``convert_layer(name, writer)`` each return (tensor names written, source bytes consumed). Returns the
-    complete writer, still open (the caller closes it, in the background); on failure it is aborted."""
-    copied = head_start is not None and isinstance(source_file, SafetensorsFile) and head_start.copied(shard.name)
-    ahead = head_start.prefilled(shard.name) if head_start is not None else None
-    writer = SafetensorsWriter(into / shard.name, shard.specs, shard.metadata, prefilled_from=source_file if copied else None,
-                               ahead=ahead)
+def write_shard(into: Path, shard: ShardPlan, source_file, carry_tensor, write_layer, pool: ThreadPoolExecutor | None, workers: int,
+                weight_map: dict[str, str], tick: Progress) -> SafetensorsWriter:
+    """Write every tensor of one output shard: ``carry_tensor(shard, name, writer)`` and ``write_layer(shard,
+    name, writer)`` each return (tensor names written, source bytes consumed). Returns the complete writer,
+    still open (the caller closes it, in the background); on failure it is aborted."""
+    writer = SafetensorsWriter(into / shard.name, shard.specs, shard.metadata, copy_of=source_file if shard.copy_whole else None)
     try:
         # Carried tensors (embeddings, norms, lm_head: about 1/7 of a 7B file) go through the same workers
         # as layers, so the copy overlaps the re-layouts instead of preceding them.
-        work = [(carry_tensor, t) for t in shard.passthrough] + [(convert_layer, n) for n in shard.layers]
-        for names, consumed in map_bounded(pool, lambda job: job[0](job[1], writer), work, workers):
+        work = [(carry_tensor, t) for t in shard.passthrough] + [(write_layer, n) for n in shard.layers]
+        for names, consumed in map_bounded(pool, lambda job: job[0](shard, job[1], writer), work, workers):
             weight_map.update(dict.fromkeys(names, shard.name))
             tick(consumed)
         writer.check_complete()
@@ -207,15 +248,8 @@ def _layer_with_codes(plan: ConversionPlan, name: str, layer: QuantLinear) -> Qu
 
 
 def _put(writer: SafetensorsWriter, name: str, value: torch.Tensor | PackedCodes) -> None:
-    """Write an encoded tensor; codes that needed no re-layout are copied from the source file unread,
-    and codes a worker already re-laid out into the file (convert/ahead.py) are neither read nor computed."""
-    if isinstance(value, PackedCodes):
-        if value.origin is not None:
-            writer.copy_from(name, value.origin[0], value.origin[1])
-        elif value.derivation is None or not writer.holds(name, value.derivation):
-            writer.write(name, value.words)
-    else:
-        writer.write(name, value)
+    """Write an encoded tensor (codes still packed as the source packed them are read now)."""
+    writer.write(name, value.words if isinstance(value, PackedCodes) else value)
 
 
 def total_source_bytes(plan: ConversionPlan) -> int:
