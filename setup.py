@@ -4,4 +4,4 @@ The extension is optional: without a C compiler the build goes on, and packing.p
 numpy version of the same re-layout (slower, same bytes)."""
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("woqconv._relayout", ["woqconv/_relayout.c"], optional=True)])
+setup(ext_modules=[Extension("woqconv.kernels._relayout", ["woqconv/kernels/_relayout.c"], optional=True)])

@@ -29,7 +29,7 @@ def _implementations() -> dict:
     found = {"numpy": (packing.gptq4_to_rowwise_numpy, packing.rowwise4_to_gptq_numpy)}
     native = packing._native
     if native is None:
-        print("the C kernel is not built (woqconv/_relayout.c): numpy only")
+        print("the C kernel is not built (woqconv/kernels/_relayout.c): numpy only")
         return found
     for name, to_rowwise, to_gptq in (
         ("C one block at a time", native.gptq4_to_rowwise_scalar, native.rowwise4_to_gptq_scalar),

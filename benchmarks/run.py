@@ -146,13 +146,20 @@ def settle(out: Path) -> None:
     os.sync()
 
 
-def measure_rounds(steps: list[tuple[Measurement, object]], src: Path, scratch: Path, runs: int, cache: str, log=None) -> None:
+def measure_rounds(steps: list[tuple[Measurement, object]], src: Path, scratch: Path, runs: int, cache: str, log=None,
+                   swapped: set[int] = frozenset()) -> None:
     """Run every step once per round, ``runs`` rounds. This VM's page-cache speed drifts by 3x over
     minutes (``cp`` of the same 3.9 GB took 3.8 s and 13.6 s in one session); interleaving puts each
-    conversion beside a ``cp`` that ran under the same conditions, and the paired ratios show it."""
+    conversion beside a ``cp`` that ran under the same conditions, and the paired ratios show it.
+    ``swapped``: steps ``i`` that trade places with step ``i + 1`` in every other round (a conversion and
+    the baseline's: whichever runs second finds the disk still busy with the first one's output)."""
     out = scratch / "out"
     for r in range(runs):
-        for m, cmd_for in steps:
+        order = list(steps)
+        if r % 2:
+            for i in swapped:
+                order[i], order[i + 1] = order[i + 1], order[i]
+        for m, cmd_for in order:
             settle(out)
             evict(src) if cache == "cold" else warm(src)
             run = timed(cmd_for(out), cwd=scratch, log=log)
@@ -316,8 +323,11 @@ def main(argv: list[str] | None = None) -> int:
             steps.append((Measurement(case, CP_TWICE, nbytes),
                           lambda out: ["sh", "-c", 'cp -r "$1" "$2" && mkdir "$2/again" && cp "$1"/*.safetensors "$2/again/"', "sh", str(src), str(out)]))
         by_target = {}
+        swapped = set()
         for target in targets:
             extra = ["--allow-bf16"] if target == "hpu" else []  # random fp16 scales are not bf16-exact
+            if baseline:
+                swapped.add(len(steps))
             for tree, label in ((python, ""), (baseline, BASELINE)):
                 if tree is None:
                     continue
@@ -328,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                 steps.append((m, cmd))
         steps.append((Measurement(case, "inspect", nbytes), lambda out: [*python, "inspect", str(src)]))
         steps.append((Measurement(case, STARTUP, nbytes), lambda out: [sys.executable, "-c", "import torch"]))
-        measure_rounds(steps, src, scratch, args.runs, args.cache, log=log)
+        measure_rounds(steps, src, scratch, args.runs, args.cache, log=log, swapped=swapped)
         results.extend(m for m, _ in steps)
         if case in inc_cases:
             results.append(inc_route(case, src, scratch, by_target.get("hpu"), args.inc_timeout, log, args.inc_runs))

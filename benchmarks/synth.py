@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from woqconv.safetensors_io import DTYPE_NAMES, SafetensorsWriter, TensorSpec  # noqa: E402
+from woqconv.io.safetensors_io import DTYPE_NAMES, SafetensorsWriter, TensorSpec  # noqa: E402
 
 SHAPES = {
     # "tiny" keeps the benchmark's smoke test fast; TinyLlama-1.1B and Llama-2-7B

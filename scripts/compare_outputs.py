@@ -7,7 +7,7 @@ both write the same files with the same bytes. Run from the repository's .venv:
     .venv/bin/python scripts/compare_outputs.py /tmp/woqconv-old [--new .] [--only 'ar-*'] [--to gptq --to awq]
 
 Each tree converts in its own Python process (the tree first on sys.path), into a scratch directory; the C
-extension is copied from this tree when the old one has not built it (woqconv/_relayout.c rarely changes).
+extension is copied from this tree when the old one has not built it (_relayout.c rarely changes).
 Prints one line per difference and a summary; exits 1 when anything differs.
 """
 
@@ -65,9 +65,11 @@ def _jobs(only: list[str], targets: list[str]) -> list[tuple[str, str, str | Non
 
 
 def _run(tree: Path, out_root: Path, jobs) -> dict[str, dict]:
-    so = sorted((REPO / "woqconv").glob("_relayout*.so"))
-    if so and not list((tree / "woqconv").glob("_relayout*.so")):
-        shutil.copy2(so[0], tree / "woqconv" / so[0].name)
+    # The C kernel's build, beside the tree's own _relayout.c (woqconv/ before issue 23, woqconv/kernels/ after).
+    so = sorted((REPO / "woqconv").rglob("_relayout*.so"))
+    for source in tree.glob("woqconv/**/_relayout.c"):
+        if so and not list(source.parent.glob("_relayout*.so")):
+            shutil.copy2(so[0], source.parent / so[0].name)
     # Both trees use this checkout's OpenVINO environment (a worktree has no .venv-ov of its own).
     env = {**os.environ, "WOQCONV_OPENVINO_PYTHON": os.environ.get("WOQCONV_OPENVINO_PYTHON", str(REPO / ".venv-ov" / "bin" / "python"))}
     proc = subprocess.run([sys.executable, "-c", _CONVERT, str(tree.resolve()), str(out_root), json.dumps(jobs)],

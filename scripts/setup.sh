@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv
 PY=${PYTHON:-python3}
-stamp_inputs=$(cat pyproject.toml setup.py woqconv/_relayout.c scripts/constraints.txt scripts/constraints-openvino.txt scripts/setup.sh | sha256sum | cut -c1-16)
+stamp_inputs=$(cat pyproject.toml setup.py woqconv/kernels/_relayout.c scripts/constraints.txt scripts/constraints-openvino.txt scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$VENV/.woqconv-setup" ] && [ "$(cat "$VENV/.woqconv-setup")" = "$stamp_inputs" ]; then
   exit 0
 fi

@@ -13,7 +13,7 @@ from conftest import fixture_path
 from safetensors.torch import load_file
 
 import woqconv
-from woqconv import packing
+from woqconv.kernels import packing
 from woqconv.errors import RefusedConversion
 
 RUNS_4BIT = ["g32-sym", "g32-asym", "g128-sym", "g128-asym"]

@@ -128,7 +128,7 @@ def test_a_refused_file_closes_its_descriptor_once(tmp_path):
     import gc
 
     from woqconv.errors import FormatError
-    from woqconv.safetensors_io import SafetensorsFile
+    from woqconv.io.safetensors_io import SafetensorsFile
 
     (tmp_path / "bad.safetensors").write_bytes(b"\xff" * 8 + b"{}")
     try:

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from woqconv import packing
+from woqconv.kernels import packing
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,9 +18,9 @@ from corpus import GPTQ, shard
 from safetensors.torch import load_file
 
 import woqconv
-from woqconv import packing
+from woqconv.kernels import packing
 from woqconv.convert.plan import plan_conversion
-from woqconv.safetensors_io import SafetensorsFile, SafetensorsWriter, TensorSpec
+from woqconv.io.safetensors_io import SafetensorsFile, SafetensorsWriter, TensorSpec
 from woqconv.source import open_checkpoint
 from woqconv.tensor_ops import Compute, Copy
 

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 import woqconv
 from woqconv.errors import WoqconvError
 from woqconv.formats import TARGETS
-from woqconv.safetensors_io import DTYPES, ITEMSIZE, SafetensorsFile
+from woqconv.io.safetensors_io import DTYPES, ITEMSIZE, SafetensorsFile
 
 SCALE = int(os.environ.get("WOQCONV_FUZZ_SCALE", "0"))
 

@@ -78,7 +78,7 @@ def test_cli_json_has_stable_keys():
 
 def test_inspect_reads_no_codes(monkeypatch):
     """inspect must read headers and small tensors only, never qweight."""
-    from woqconv import safetensors_io
+    from woqconv.io import safetensors_io
 
     read = []
     original = safetensors_io.SafetensorsFile.read_bytes  # every read of tensor data goes through it

@@ -30,8 +30,8 @@ from conftest import ROOT, fixture_path
 from corpus import snapshot
 
 import woqconv
-from woqconv.convert.output import partial_dir_for, replaced_dir_for
-from woqconv.safetensors_io import SafetensorsWriter, TensorSpec
+from woqconv.io.output import partial_dir_for, replaced_dir_for
+from woqconv.io.safetensors_io import SafetensorsWriter, TensorSpec
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import synth  # noqa: E402
@@ -182,7 +182,7 @@ def test_sigkill_of_the_real_cli(synthetic, tmp_path):
 def test_overwrite_replaces_the_output(exchange, tmp_path, monkeypatch):
     """--overwrite replaces OUT in one step where renameat2 can swap (at no moment is there no OUT),
     and with two renames where it cannot."""
-    from woqconv.convert import output
+    from woqconv.io import output
 
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
@@ -259,9 +259,9 @@ def test_injected_write_error_gives_one_line_and_no_output(where, tmp_path, monk
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     if where == "tensor data":
-        monkeypatch.setattr("woqconv.safetensors_io.os.pwrite", full)
+        monkeypatch.setattr("woqconv.io.safetensors_io.os.pwrite", full)
     elif where == "tensor copy":
-        monkeypatch.setattr("woqconv.safetensors_io.SafetensorsFile._copy_range", full)  # whole files and single tensors
+        monkeypatch.setattr("woqconv.io.safetensors_io.SafetensorsFile._copy_range", full)  # whole files and single tensors
     else:
         monkeypatch.setattr("pathlib.Path.write_text", full)
     out = tmp_path / "out"

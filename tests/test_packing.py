@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import woqconv
-from woqconv import packing
+from woqconv.kernels import packing
 from woqconv.ir import all_finite
 
 
@@ -239,7 +239,7 @@ def test_the_c_relayout_is_built_where_a_compiler_is():
     # Without it every conversion to AWQ or HPU silently takes the numpy version, several times slower.
     if not (shutil.which("cc") or shutil.which("gcc")):
         pytest.skip("no C compiler here: the numpy re-layout is the expected one")
-    assert packing._native is not None, "woqconv/_relayout.c was not built: run `pip install -e .` again"
+    assert packing._native is not None, "woqconv/kernels/_relayout.c was not built: run `pip install -e .` again"
     if platform.machine() in ("x86_64", "AMD64") and "avx2" in _cpu_flags():
         assert packing._native.vector == "avx2"
 

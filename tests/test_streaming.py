@@ -6,8 +6,8 @@ from conftest import fixture_path
 from safetensors.torch import load_file, save_file
 
 import woqconv
-from woqconv import safetensors_io
-from woqconv.safetensors_io import SafetensorsFile, SafetensorsWriter, TensorSpec
+from woqconv.io import safetensors_io
+from woqconv.io.safetensors_io import SafetensorsFile, SafetensorsWriter, TensorSpec
 
 
 def test_cast_from_in_row_slices_equals_save_file(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import woqconv
-from woqconv import packing
+from woqconv.kernels import packing
 from woqconv.runtime.verify import verify
 
 import cli_in_process

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from .checkpoint import CONFIG_NAME, MODEL_FILE_PATTERNS, read_json
+from .io.checkpoint import CONFIG_NAME, MODEL_FILE_PATTERNS, read_json
 from .errors import FormatError, WoqconvError
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")

@@ -7,25 +7,20 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import numpy_scan
 from .base_model import check_matches, find_recorded, recorded_model_path, resolve
-from .checkpoint import CONFIG_NAME, Checkpoint, weights_container
+from .io.checkpoint import CONFIG_NAME, Checkpoint
 from .compute import compute_threads
-from .errors import FormatError, WoqconvError
+from .errors import FormatError
 from .formats import LayerFamily
 from .formats.base import ZP_V1_WORD, SourceFormat
 from .formats.detect import detect
 from .ir import GIdxKind, least_regular
-from .safetensors_io import TORCH_NAMES
+from .formats.scan import ScannedLayer
+from .io.safetensors_io import TORCH_NAMES
 from .source import (
-    CONVENTION_CHOICES,
     RAW_ZERO_FAMILIES,
     QuantizedCheckpoint,
-    StoredZeros,
     open_checkpoint,
-    reading_warnings,
-    settle_convention,
-    symmetric_field,
 )
 
 
@@ -129,21 +124,7 @@ def _totals(ckpt: Checkpoint, family: type[LayerFamily], layers: list[LayerInfo]
 
 
 def report_for(src: QuantizedCheckpoint) -> InspectReport:
-    layers = [
-        LayerInfo(
-            name=layer.name,
-            in_features=layer.in_features,
-            out_features=layer.out_features,
-            bits=layer.bits,
-            group_size=layer.group_size,
-            g_idx=layer.g_idx_kind.value,
-            sym=layer.is_symmetric,
-            scales_dtype=str(layer.scales.dtype).replace("torch.", ""),
-            bias=layer.bias is not None,
-            per_channel=src.format.for_layer(layer.name).group_size in (-1, 0),
-        )
-        for layer in src.layers
-    ]
+    layers = [_layer_info(src, layer) for layer in src.layers]
     codebook = None
     if src.is_codebook:
         codebook = {
@@ -153,6 +134,23 @@ def report_for(src: QuantizedCheckpoint) -> InspectReport:
             "weight_dtypes": sorted({str(layer.dtype).replace("torch.", "") for layer in src.layers}),
         }
     return _local_report(src.ckpt, src.format, layers, src.warnings, src.declared_convention, src.convention_source, codebook)
+
+
+def _layer_info(src: QuantizedCheckpoint, layer) -> LayerInfo:
+    """What inspect lists of a layer shell: read by the torch reader, or described by the numpy scan."""
+    scanned = isinstance(layer, ScannedLayer)
+    return LayerInfo(
+        name=layer.name,
+        in_features=layer.in_features,
+        out_features=layer.out_features,
+        bits=layer.bits,
+        group_size=layer.group_size,
+        g_idx=layer.g_idx_kind.value,
+        sym=layer.is_symmetric,
+        scales_dtype=TORCH_NAMES[layer.scales_dtype] if scanned else str(layer.scales.dtype).replace("torch.", ""),
+        bias=layer.bias_dtype is not None if scanned else layer.bias is not None,
+        per_channel=src.format.for_layer(layer.name).group_size in (-1, 0),
+    )
 
 
 def _local_report(ckpt: Checkpoint, fmt: SourceFormat, layers: list[LayerInfo], warnings: list[str], declared: str, source: str,
@@ -193,34 +191,6 @@ def _recorded_architecture(ckpt: Checkpoint) -> dict:
     own = (ckpt.root / CONFIG_NAME).exists()
     return {"architecture": architecture_summary(ckpt.config) if own else None, "architecture_from": CONFIG_NAME if own else None,
             "model_path_recorded": recorded_model_path(ckpt.root)}
-
-
-def _scanned_report(ckpt: Checkpoint, requested: str) -> InspectReport | None:
-    """:func:`report_for` of the torch scan, computed from the headers and a numpy pass over each layer's
-    qzeros, scales and g_idx (numpy_scan.py), for the layouts that pass can read. None when it cannot
-    stand in for the torch scan: another layout or container, or a layer the torch reader would reject."""
-    fmt = detect(ckpt)
-    if not numpy_scan.reads(ckpt, fmt.family):
-        return None
-    family = LayerFamily.registry[fmt.family]
-    warnings = family.source_notes(ckpt)
-    stored = StoredZeros(fmt.bits)
-    layers, zero_counts = [], []
-    for p in family.layer_prefixes(ckpt):
-        layer = _from_headers(ckpt, family, fmt, p)
-        scan = numpy_scan.scan_layer(ckpt, p, bits=layer.bits, out_features=layer.out_features,
-                                     groups=-(-layer.in_features // layer.group_size), group_size=layer.group_size)
-        if scan is None:
-            return None
-        layer.g_idx = scan.g_idx_kind.value
-        stored.add(scan.zero_counts, layer.bits)
-        layers.append(layer)
-        zero_counts.append(scan.zero_counts)
-    read_as, source, notes = settle_convention(fmt, requested, stored)
-    for layer, counts in zip(layers, zero_counts):
-        layer.sym = counts[symmetric_field(read_as, layer.bits)] == sum(counts)
-    warnings += notes + reading_warnings(read_as, stored, all(layer.sym for layer in layers))
-    return _local_report(ckpt, read_as, layers, warnings, fmt.zero_point_convention, source)
 
 
 def _from_headers(ckpt: Checkpoint, family: type[LayerFamily], fmt: SourceFormat, prefix: str) -> LayerInfo:
@@ -278,7 +248,7 @@ def inspect(path: str | os.PathLike, *, zero_point_convention: str = "auto", bas
 
     Reads the safetensors headers and only the small tensors (qzeros, scales, g_idx, bitsandbytes absmax and
     quant state); never the codes. GPTQ and AWQ GEMM checkpoints in safetensors are read with numpy
-    alone (no torch import, which costs more than the rest); the report is the same.
+    alone (no torch import, which costs more than the rest), by the same scan a conversion plans from.
 
     The architecture comes from the checkpoint's config.json. INC's default format records none: then
     ``base_model`` (a directory or a Hub repo id; by default the ``model_path`` INC recorded, when at hand)
@@ -294,12 +264,11 @@ def inspect(path: str | os.PathLike, *, zero_point_convention: str = "auto", bas
     recorded = recorded_model_path(root) if root.is_dir() else None
     if base is None and root.is_dir() and not (root / CONFIG_NAME).exists():
         base = find_recorded(recorded)
-    report = _inspect_without_torch(path, zero_point_convention) if base is None else None
-    if report is None:
-        with compute_threads(1), open_checkpoint(path, zero_point_convention=zero_point_convention) as src:
-            report = report_for(src)
-            if base is not None:
-                check_matches(base, src)
+    # Layers come from the source's numpy scan where it reads them all (GPTQ, AWQ GEMM in safetensors): no torch.
+    with compute_threads(1), open_checkpoint(path, zero_point_convention=zero_point_convention, read_layers=False) as src:
+        report = report_for(src)
+        if base is not None:
+            check_matches(base, src)
     if base is not None and not (root / CONFIG_NAME).exists():
         report.architecture, report.architecture_from = architecture_summary(base.config), base.describe()
     return report
@@ -308,17 +277,3 @@ def inspect(path: str | os.PathLike, *, zero_point_convention: str = "auto", bas
 def architecture_summary(config: dict) -> dict:
     keys = ("model_type", "architectures", "hidden_size", "num_hidden_layers")
     return {k: config.get(k) for k in keys}
-
-
-def _inspect_without_torch(path: str | os.PathLike, requested: str) -> InspectReport | None:
-    """The report from headers and numpy alone (GPTQ and AWQ GEMM layers in safetensors), or None: then the
-    torch scan runs, and any problem with the checkpoint is reported by it, in its words."""
-    if requested not in CONVENTION_CHOICES:
-        return None
-    try:
-        if weights_container(path) != "safetensors":  # never open a torch pickle or an OpenVINO model twice
-            return None
-        with Checkpoint.open(path) as ckpt:
-            return _scanned_report(ckpt, requested)
-    except (WoqconvError, OSError):
-        return None

@@ -27,7 +27,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from . import packing
+from .kernels import packing
 from ._lazy import torch
 
 
@@ -367,12 +367,6 @@ class CodebookLinear:
         if self.bias is not None and tuple(self.bias.shape) != (self.out_features,):
             return f"bias has shape {list(self.bias.shape)}, expected {[self.out_features]}"
         return None
-
-    def used_codes(self) -> torch.Tensor:
-        """Which of the 16 table entries the indices use (bool [16])."""
-        if self.idx is None:
-            raise ValueError(f"{self.name}: indices not loaded")
-        return torch.bincount(self.idx.to(torch.int64), minlength=16)[:16] > 0
 
     def dequantize(self) -> torch.Tensor:
         """``W.flat[j] = code[idx[j]] * absmax[j // blocksize]`` in fp32, shape ``[out, in]``.

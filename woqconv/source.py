@@ -13,14 +13,14 @@ from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 from ._lazy import torch
-from .checkpoint import Checkpoint
+from .io.checkpoint import Checkpoint
 from .compute import map_in_order, release_freed_memory
 from .errors import FormatError
 from .formats import LayerFamily
 from .formats.base import ZP_V1, ZP_V1_WORD, ZP_V2, SourceFormat
 from .formats.detect import detect
 from .ir import CodebookLinear, GIdxKind, QuantLinear, least_regular
-from .numpy_scan import ScannedLayer
+from .formats.scan import ScannedLayer
 
 CONVENTION_CHOICES = ("auto", ZP_V1, ZP_V2, ZP_V1_WORD)
 # Layouts whose zero points are raw by definition: the format, not the config, says so.
@@ -48,11 +48,22 @@ class QuantizedCheckpoint:
 
     @property
     def layers(self) -> list[QuantLinear | CodebookLinear]:
-        """Every layer's shell (no tensor data), in name order: read and validated on first use, unless a
-        pass that reads every layer anyway (a conversion's plan) supplied them with :meth:`adopt_shells`."""
+        """Every layer's shell (no tensor data), in name order: from the numpy scan when it described every
+        layer (no torch), else read and validated on first use, unless a pass that reads every layer anyway
+        (a conversion's plan) supplied them with :meth:`adopt_shells`."""
         if self._layers is None:
-            self._layers = _shells(self.ckpt, self.family, self.layer_names, self.format, self.workers)
+            if self.layer_names and len(self.scans) == len(self.layer_names):
+                # The numpy scan described every layer, and it steps aside for anything the reader would reject.
+                self._layers = [self.scanned_shell(name) for name in self.layer_names]
+            else:
+                self._layers = _shells(self.ckpt, self.family, self.layer_names, self.format, self.workers)
         return self._layers
+
+    def scanned_shell(self, name: str) -> ScannedLayer:
+        """Layer ``name`` as the numpy scan described it, its fields read with the settled convention."""
+        scanned = self.scans[name]
+        zero_field = (1 << scanned.bits) - 1 if self.format.zero_point_convention == ZP_V1 else 0
+        return scanned.read_as(symmetric_field(self.format, scanned.bits), zero_field)
 
     @property
     def has_shells(self) -> bool:
@@ -153,31 +164,35 @@ def _scan(ckpt: Checkpoint, requested: str, workers: int = 1) -> QuantizedCheckp
         return QuantizedCheckpoint(ckpt, fmt, prefixes, fmt.zero_point_convention, "format", notes, workers=workers)
     declared = fmt.zero_point_convention
 
-    def histogram(p: str) -> tuple[list[int], ScannedLayer | None]:
-        # One histogram answers all the questions (a sort for unique values cost 10x more). The family's
-        # numpy pass counts the fields on their bytes, without torch; the layers it cannot judge are read.
+    def numpy_scan(p: str) -> ScannedLayer | None:
         scanned = family.scan(ckpt, p, fmt)
-        if scanned is not None:
-            return list(scanned.zero_counts), scanned
+        release_freed_memory()
+        return scanned
+
+    def histogram(p: str) -> list[int]:
+        # One histogram answers all the questions (a sort for unique values cost 10x more).
         fields = family.stored_zero_fields(ckpt, p, fmt).reshape(-1)
         counts = torch.bincount(fields, minlength=1 << fmt.for_layer(p).bits).tolist()
         del fields
         release_freed_memory()
-        return counts, None
+        return counts
 
+    # The family's numpy pass counts the fields on their bytes, without torch, in this thread (0.1-0.3 s at
+    # 7B; a second thread's heap cost 3 MB more than it saved). The layers it cannot judge are read with
+    # torch, ``workers`` at a time.
+    scans = {p: scanned for p in prefixes if (scanned := numpy_scan(p)) is not None}
+    rest = [p for p in prefixes if p not in scans]
+    counted = dict(zip(rest, map_in_order(histogram, rest, workers)))
     stored = StoredZeros(fmt.bits)
-    scans = {}
-    for p, (counts, scanned) in zip(prefixes, map_in_order(histogram, prefixes, workers)):
-        stored.add(counts, fmt.for_layer(p).bits)
-        if scanned is not None:
-            scans[p] = scanned
+    for p in prefixes:
+        stored.add(list(scans[p].zero_counts) if p in scans else counted[p], fmt.for_layer(p).bits)
     fmt, source, settled = settle_convention(fmt, requested, stored)
     return QuantizedCheckpoint(ckpt, fmt, prefixes, declared, source, notes + settled, stored, workers, scans=scans)
 
 
 # -- what the stored zero points say, and which convention to read them with ---------------------------
 # Pure functions of per-layer histograms of the stored fields, so that the torch scan above and
-# inspect's numpy scan (numpy_scan.py) decide by the same rules.
+# the numpy scan (formats/scan.py) decide by the same rules.
 
 
 @dataclass

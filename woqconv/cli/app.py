@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -22,11 +20,26 @@ from rich.progress import (
 from .. import __version__
 from .. import pipeline
 from ..inspection import inspect as inspect_checkpoint
-from ..requant import METHODS as REQUANT_METHODS
-from ..source import CONVENTION_CHOICES
 from . import hub_commands, render
-from .options import TargetOpt
 from ._errors import mapped_errors
+from .options import (
+    AllowBf16Opt,
+    BaseModelOpt,
+    ConventionOpt,
+    CreatePrOpt,
+    FormatOpt,
+    OutputFormat,
+    PrivateOpt,
+    PushOpt,
+    PushRevisionOpt,
+    QuietOpt,
+    RequantMethod,
+    RevisionOpt,
+    TargetOpt,
+    WorkersOpt,
+    ZeroPointConvention,
+)
+from .output import emit
 
 app = typer.Typer(
     name="woqconv",
@@ -35,21 +48,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-class OutputFormat(str, Enum):
-    text = "text"
-    json = "json"
-
-
-FormatOpt = Annotated[OutputFormat, typer.Option("--format", help="text (rich tables) or json (one object on stdout).")]
-ConventionOpt = Annotated[
-    str,
-    typer.Option(
-        "--zp-convention",
-        help="How to read GPTQ zero points: auto (the data decides where it can, else the config), v1 (stored z-1), v2 (stored z).",
-    ),
-]
 
 
 def _version(value: bool) -> None:
@@ -65,20 +63,14 @@ def _root(
     """woqconv: inspect and convert GPTQ (v1, v2), AWQ GEMM and AutoRound checkpoints."""
 
 
-def _check_convention(value: str) -> str:
-    if value not in CONVENTION_CHOICES:
-        raise typer.BadParameter(f"choose from {', '.join(CONVENTION_CHOICES)}", param_hint="--zp-convention")
-    return value
-
-
 @app.command()
 def inspect(
     path: Annotated[Path, typer.Argument(help="Checkpoint directory, or a Hub repo id (org/name: headers only, no weights downloaded).", show_default=False)],
     layers: Annotated[bool, typer.Option("--layers", help="Also print the per-layer table.")] = False,
     fmt: FormatOpt = OutputFormat.text,
-    zp_convention: ConventionOpt = "auto",
-    revision: hub_commands.RevisionOpt = None,
-    base_model: hub_commands.BaseModelOpt = None,
+    zp_convention: ConventionOpt = ZeroPointConvention.auto,
+    revision: RevisionOpt = None,
+    base_model: BaseModelOpt = None,
 ) -> None:
     """Describe a quantized checkpoint: format, bits, groups, zero-point convention found, g_idx, warnings.
 
@@ -89,11 +81,8 @@ def inspect(
         if hub_commands.is_repo_id(path):
             report = hub_commands.inspect_remote(str(path), revision=revision, quiet=fmt is OutputFormat.json)
         else:
-            report = inspect_checkpoint(path, zero_point_convention=_check_convention(zp_convention), base_model=base_model)
-    if fmt is OutputFormat.json:
-        print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
-    else:
-        render.inspect_report(Console(), report, layers=layers)
+            report = inspect_checkpoint(path, zero_point_convention=zp_convention.value, base_model=base_model)
+    emit(fmt, report.to_dict(), lambda console: render.inspect_report(console, report, layers=layers))
 
 
 @app.command()
@@ -103,43 +92,35 @@ def convert(
     to: TargetOpt,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output directory.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan and check everything, write nothing.")] = False,
-    allow_bf16: Annotated[
-        bool, typer.Option("--allow-bf16", help="hpu only: accept casting fp16/fp32 scales and unquantized tensors to bf16 (reported per layer).")
-    ] = False,
+    allow_bf16: AllowBf16Opt = False,
     requantize: Annotated[
         bool,
         typer.Option("--requantize", help="Refit layers no lossless path reaches (NF4 <-> uint4, scattered act-order for targets "
                      "without g_idx): data-free error search per group; each layer's error is reported (--dry-run: before writing)."),
     ] = False,
     requant_method: Annotated[
-        str, typer.Option("--requant-method", help="search (minimise the weight error, never worse than min-max) or minmax (plain rounding, for comparison).")
-    ] = "search",
+        RequantMethod, typer.Option("--requant-method", help="search (minimise the weight error, never worse than min-max) or minmax (plain rounding, for comparison).")
+    ] = RequantMethod.search,
     double_quant: Annotated[
         bool, typer.Option("--double-quant", help="nf4/fp4 only: store absmax double-quantized as bitsandbytes can (smaller, lossy, reported).")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: QuietOpt = False,
     then_verify: Annotated[bool, typer.Option("--verify", help="Run woqconv verify OUT --against SRC after converting.")] = False,
-    workers: Annotated[
-        Optional[int],
-        typer.Option("--workers", min=1, show_default=False,
-                     help="Layers converted in parallel threads (memory: one layer each). Default: one per core, at most 4."),
-    ] = None,
+    workers: WorkersOpt = None,
     fmt: FormatOpt = OutputFormat.text,
-    zp_convention: ConventionOpt = "auto",
-    base_model: hub_commands.BaseModelOpt = None,
-    revision: hub_commands.RevisionOpt = None,
-    push_to_hub: hub_commands.PushOpt = None,
-    private: hub_commands.PrivateOpt = False,
-    push_revision: hub_commands.PushRevisionOpt = None,
-    create_pr: hub_commands.CreatePrOpt = False,
+    zp_convention: ConventionOpt = ZeroPointConvention.auto,
+    base_model: BaseModelOpt = None,
+    revision: RevisionOpt = None,
+    push_to_hub: PushOpt = None,
+    private: PrivateOpt = False,
+    push_revision: PushRevisionOpt = None,
+    create_pr: CreatePrOpt = False,
 ) -> None:
     """Convert SRC into format TO at OUTPUT, losslessly or not at all.
 
     Example: woqconv convert ./Llama-2-7B-GPTQ -o ./Llama-2-7B-AWQ --to awq
     Example: woqconv convert TheBloke/Llama-2-7B-GPTQ -o ./llama-hpu --to hpu --allow-bf16 --verify --push-to-hub me/Llama-2-7B-Gaudi
     """
-    if requant_method not in REQUANT_METHODS:
-        raise typer.BadParameter(f"choose from {', '.join(REQUANT_METHODS)}", param_hint="--requant-method")
     quiet_all = quiet or fmt is OutputFormat.json
     show_progress = not quiet_all and not dry_run
     errors = Console(stderr=True)
@@ -151,28 +132,29 @@ def convert(
                 src, output, to=to.value, verify=then_verify, push_to_hub=push_to_hub, private=private, push_revision=push_revision,
                 create_pr=create_pr, revision=revision, command=hub_commands.exact_command(), quiet=quiet_all, base_model=base_model,
                 workers=workers, overwrite=overwrite, dry_run=dry_run, allow_bf16=allow_bf16,
-                requantize=requant_method if requantize else None, double_quant=double_quant,
-                zero_point_convention=_check_convention(zp_convention), progress=bar.update if bar else None,
+                requantize=requant_method.value if requantize else None, double_quant=double_quant,
+                zero_point_convention=zp_convention.value, progress=bar.update if bar else None,
             )
         finally:
             if bar:
                 bar.stop()
     report, checked, pushed = outcome.report, outcome.checked, outcome.pushed
-    if fmt is OutputFormat.json:
-        data = report.to_dict()
+    data = report.to_dict()
+    if checked is not None:
+        data["verify"] = checked.to_dict()
+    if pushed is not None:
+        data["push"] = pushed.to_dict()
+
+    def text(console: Console) -> None:
+        render.convert_report(console, report)
         if checked is not None:
-            data["verify"] = checked.to_dict()
+            render.verify_report(console, checked)
         if pushed is not None:
-            data["push"] = pushed.to_dict()
-        print(json.dumps(data, indent=2, sort_keys=True))
-    else:
-        render.convert_report(Console(), report)
-        if checked is not None:
-            render.verify_report(Console(), checked)
-        if pushed is not None:
-            render.push_report(Console(), pushed)
+            render.push_report(console, pushed)
         elif push_to_hub and checked is not None and not checked.passed:
             Console(stderr=True).print(f"not pushed to {push_to_hub}: verify failed")
+
+    emit(fmt, data, text)
     if checked is not None and not checked.passed:
         raise typer.Exit(1)
 
@@ -208,13 +190,9 @@ def verify(
         Optional[list[str]],
         typer.Option("--threshold", help="Override a pass limit, NAME=VALUE (e.g. max_abs_logit=2e-3); names as in the README table."),
     ] = None,
-    workers: Annotated[
-        Optional[int],
-        typer.Option("--workers", min=1, show_default=False,
-                     help="Layers compared in parallel threads (memory: one layer of each side each). Default: one per core, at most 4."),
-    ] = None,
+    workers: WorkersOpt = None,
     fmt: FormatOpt = OutputFormat.text,
-    base_model: hub_commands.BaseModelOpt = None,
+    base_model: BaseModelOpt = None,
 ) -> None:
     """Check OUT: structure, weights against --against SRC, and a run with its real loader.
 
@@ -227,10 +205,7 @@ def verify(
     with mapped_errors():
         report = verify_checkpoint(path, against=against, device=device, run=not no_run, thresholds=parse_thresholds(threshold or []),
                                    workers=workers, base_model=base_model)
-    if fmt is OutputFormat.json:
-        print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
-    else:
-        render.verify_report(Console(), report)
+    emit(fmt, report.to_dict(), lambda console: render.verify_report(console, report))
     raise typer.Exit(0 if report.passed else 1)
 
 

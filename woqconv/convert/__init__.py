@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Callable
 
 from .. import base_model as bases
-from ..checkpoint import CONFIG_NAME, FileSnapshot
+from ..io.checkpoint import CONFIG_NAME, FileSnapshot
 from ..compute import compute_threads, default_workers
 from ..source import open_checkpoint
-from .output import check_output, commit_partial, discard_partial, start_partial, write_error
+from ..io.output import check_output, commit_partial, discard_partial, start_partial, write_error
 from .plan import ConversionPlan, plan_conversion
 from .write import layer_to_write, measure_requantization, total_source_bytes, write_plan
 from ..wording import lossy_lines

@@ -12,11 +12,11 @@ import mmap
 import os
 from pathlib import Path
 
-from .. import safetensors_io
+from ..io import safetensors_io
 from .._lazy import torch
-from ..checkpoint import INC_WEIGHTS
+from ..io.checkpoint import INC_WEIGHTS
 from ..errors import WoqconvError
-from ..safetensors_io import SafetensorsFile
+from ..io.safetensors_io import SafetensorsFile
 
 
 def safetensors_to_torch_save(shards: list[Path], out: Path) -> None:
@@ -77,7 +77,7 @@ def write_default_hpu_cache(into: Path, config: dict) -> int:
     from ..architecture import meta_model
     from ..formats import inc_hpu_cache
     from ..formats.inc import parse_qconfig
-    from ..safetensors_io import SafetensorsWriter, TensorSpec
+    from ..io.safetensors_io import SafetensorsWriter, TensorSpec
     from ..source import open_checkpoint
 
     spill = into / ".woqconv-hpu-layers.safetensors"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from .._lazy import torch
 from ..base_model import missing_architecture
-from ..checkpoint import CONFIG_NAME, HPU_CACHES, QUANT_CONFIG_FILES, Checkpoint
+from ..io.checkpoint import CONFIG_NAME, HPU_CACHES, QUANT_CONFIG_FILES, Checkpoint
 from ..compute import map_in_order, release_freed_memory
 from ..errors import RefusedConversion
 from ..formats import TARGETS, Target
@@ -24,9 +24,9 @@ from ..formats.bnb import BnbTarget
 from ..formats.targets import ByteRoute, ModelQuantSummary, Prepared, scale_cast_loss
 from ..ir import CodebookLinear, GIdxKind, QuantLinear
 from ..requant import METHODS, AffineRecipe, CodebookRecipe
-from ..numpy_scan import ScannedLayer
-from ..safetensors_io import SafetensorsFile, TensorSpec, serialized_header
-from ..source import QuantizedCheckpoint, symmetric_field
+from ..formats.scan import ScannedLayer
+from ..io.safetensors_io import SafetensorsFile, TensorSpec, serialized_header
+from ..source import QuantizedCheckpoint
 from ..tensor_ops import Cast, Compute, Copy, TensorOp
 from ..wording import counted
 
@@ -84,11 +84,6 @@ class ConversionPlan:
     def sharded(self) -> bool:
         return len(self.shards) > 1
 
-    @property
-    def computes(self) -> bool:
-        """Some tensor needs torch: a layer encoded from the IR, a cast, or a companion file."""
-        return bool(self.target.companion) or self.target.container != "safetensors" or any(
-            isinstance(op, (Compute, Cast)) for shard in self.shards for op in shard.ops.values())
 
 
 def _refusal_message(target: Target, refused: dict[str, Prepared], total: int) -> str:
@@ -416,10 +411,8 @@ def _byte_routes(src: QuantizedCheckpoint, target: Target) -> dict[str, tuple[Sc
     with its shell, read with the convention the source settled on."""
     fmt = src.format
     routed = {}
-    for name, scanned in src.scans.items():
-        bits = scanned.bits
-        zero_field = (1 << bits) - 1 if fmt.zero_point_convention == ZP_V1 else 0
-        layer = scanned.read_as(symmetric_field(fmt, bits), zero_field)
+    for name in src.scans:
+        layer = src.scanned_shell(name)
         route = target.byte_route(layer, fmt.family, fmt.zero_point_convention)
         if route is not None:
             routed[name] = (layer, route)

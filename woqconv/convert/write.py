@@ -17,14 +17,15 @@ from typing import Callable
 
 import numpy as np
 
-from .. import packing, safetensors_io
+from ..kernels import packing
+from ..io import safetensors_io
 from .._lazy import torch
-from ..checkpoint import CONFIG_NAME, INC_WEIGHTS, INDEX_NAME, dump_json
+from ..io.checkpoint import CONFIG_NAME, INC_WEIGHTS, INDEX_NAME, dump_json
 from ..compute import map_bounded
 from ..errors import FormatError
 from ..ir import PackedCodes, QuantLinear
 from ..requant import requantize
-from ..safetensors_io import SafetensorsFile, SafetensorsWriter
+from ..io.safetensors_io import SafetensorsFile, SafetensorsWriter
 from ..tensor_ops import Cast, Compute, Copy, Relayout, ShiftFields, Small, TensorOp, ZerosToRowwise
 from .inc_container import safetensors_to_torch_save, write_default_hpu_cache
 from .plan import ConversionPlan, ShardPlan

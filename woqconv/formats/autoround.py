@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import re
 
-from .base import ZP_V1, ZP_V2
+from ..io.checkpoint import Checkpoint
+from ..errors import FormatError
+from . import detect
+from .base import ZP_V1, ZP_V2, Detection, SourceFormat
 
 QUANT_METHODS = ("auto-round", "autoround", "intel/auto-round")
 
@@ -58,3 +61,21 @@ def extra_config_override(extra_config: dict, module: str) -> dict | bool | None
     if int((entry or {}).get("bits", 0) or 0) >= 16:
         return False
     return {k: v for k, v in (entry or {}).items() if k in ("bits", "group_size", "sym")}
+
+
+class AutoRoundDetection(Detection):
+    """``quant_method: auto-round``: a GPTQ or AWQ packing, named by ``packing_format``; ``extra_config``
+    sets bits and groups per layer."""
+
+    quant_methods = QUANT_METHODS
+    override_tables = {"extra_config": extra_config_override}
+
+    @classmethod
+    def from_config(cls, ckpt: Checkpoint, qc: dict, file: str, method: str) -> SourceFormat:
+        resolved = resolve(qc)
+        if isinstance(resolved, str):
+            raise FormatError(resolved, file=ckpt.root / file)
+        packing_format, family, convention, name = resolved
+        producer = detect.producer(qc, ckpt)
+        return detect.affine_format(ckpt, qc, file, name=name, family=family, convention=convention, method=method,
+                                    producer="auto-round" if producer == "unknown" else producer, packing_format=packing_format)

@@ -10,17 +10,21 @@ No g_idx: groups are always the contiguous blocks i // group_size. 4 bits only.
 
 from __future__ import annotations
 
-from .. import packing
+from ..kernels import packing
 from .._lazy import torch
-from ..checkpoint import Checkpoint
+from ..io.checkpoint import Checkpoint
 from ..ir import GIdxKind, PackedCodes, QuantLinear
-from ..safetensors_io import TensorSpec
+from ..io.safetensors_io import TensorSpec
 from ..tensor_ops import Copy, Relayout, ZerosToRowwise
+from ..errors import FormatError
+from . import detect
 from .base import (
     ZP_V2,
+    Detection,
     LayerFamily,
     SourceFormat,
     expect_dtype,
+    first_layer_packing,
     packed_source_words,
     layer_error,
     require,
@@ -92,6 +96,14 @@ class AwqGemmFamily(LayerFamily, key="awq"):
         return validated(ckpt, prefix, layer)
 
     @classmethod
+    def check_layout(cls, ckpt: Checkpoint, fmt: SourceFormat) -> None:
+        super().check_layout(ckpt, fmt)
+        first = first_layer_packing(ckpt, cls)
+        if first and first[3] and not first[2]:
+            name, qw = first[0], first[1]
+            raise FormatError(f"config declares AWQ but qweight {list(qw)} has the GPTQ layout", file=ckpt.file_of(name), tensor=name)
+
+    @classmethod
     def packed_codes(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> PackedCodes:
         return packed_source_words(ckpt, f"{prefix}.qweight", BITS, 1, packing.AWQ_ORDER)
 
@@ -130,6 +142,34 @@ class AwqGemmFamily(LayerFamily, key="awq"):
         if layer.bias is not None:
             tensors[f"{p}.bias"] = layer.bias
         return tensors
+
+
+# -- detection ---------------------------------------------------------------------------------
+
+AWQ_VERSIONS = ("gemm",)
+
+
+class AwqDetection(Detection):
+    """``quant_method: awq`` (AutoAWQ, llm-awq exports through transformers): the GEMM packing only."""
+
+    quant_methods = ("awq",)
+
+    @classmethod
+    def from_config(cls, ckpt: Checkpoint, qc: dict, file: str, method: str) -> SourceFormat:
+        where = ckpt.root / file
+        version = str(qc.get("version") or qc.get("format") or "gemm").lower()
+        if version not in AWQ_VERSIONS:
+            raise FormatError(f"AWQ version {version!r} is not supported (supported: gemm)", file=where)
+        sym = qc.get("sym")
+        if "zero_point" in qc:
+            if isinstance(sym, bool) and sym == bool(qc["zero_point"]):
+                # Every AWQ writer sets zero_point = not sym (FORMATS.md 2.3): both true, or both false, is no layout.
+                raise FormatError(f"sym {sym} and zero_point {qc['zero_point']!r} contradict each other (sym means no zero point)",
+                                  file=where)
+            sym = not bool(qc["zero_point"])
+        producer = detect.producer(qc, ckpt)
+        return detect.affine_format(ckpt, qc, file, name="awq", family="awq", convention=ZP_V2, method=method,
+                                    producer="autoawq-compatible" if producer == "unknown" else producer, sym=sym)
 
 
 # -- target -----------------------------------------------------------------------------------

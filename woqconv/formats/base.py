@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Callable, ClassVar
 
-from .. import numpy_scan, safetensors_io
+from . import scan as numpy_scan
+from ..io import safetensors_io
 from .._lazy import torch
-from ..checkpoint import Checkpoint
+from ..io.checkpoint import Checkpoint
 from ..errors import FormatError
 from ..ir import PackedCodes, QuantLinear
-from ..safetensors_io import TensorSpec
+from ..io.safetensors_io import TensorSpec
 
 ZP_V1 = "v1"  # stored z - 1 per field (GPTQ checkpoint_format "gptq")
 ZP_V2 = "v2"  # stored z (GPTQ v2, AWQ, AutoRound raw)
@@ -49,6 +50,46 @@ class SourceFormat:
         return replace(self, **overrides, layer_overrides={}) if overrides else self
 
 
+class Detection:
+    """How one format recognises its checkpoints. Subclasses register in definition order (the order
+    formats/__init__.py imports their modules), which is the order formats/detect.py asks them in."""
+
+    registry: ClassVar[list[type["Detection"]]] = []
+    # quantization_config.quant_method values this format reads (the first names it in messages).
+    quant_methods: ClassVar[tuple[str, ...]] = ()
+    # Config files of its own beside config.json that hold the quantization config, and those of them
+    # that name no quant_method (AutoGPTQ's quantize_config.json).
+    config_files: ClassVar[tuple[str, ...]] = ()
+    unlabelled_config_files: ClassVar[tuple[str, ...]] = ()
+    # Per-module override tables its configs may hold: key -> lookup(table, module) (formats/detect.py).
+    override_tables: ClassVar[dict] = {}
+    # Files of a Hub repo this format reads or carries beyond its config files, the safetensors weights and
+    # the model files every checkpoint has (glob patterns, for hub/fetch.py).
+    hub_files: ClassVar[tuple[str, ...]] = ()
+    # A tensor-name suffix only this format's producer writes, and that producer's name.
+    marker_suffix: ClassVar[str | None] = None
+    producer: ClassVar[str] = "unknown"
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        Detection.registry.append(cls)
+
+    @classmethod
+    def claims(cls, ckpt: Checkpoint) -> bool:
+        """The checkpoint is this format whatever its config says: its container, or a file only it writes."""
+        return False
+
+    @classmethod
+    def detect(cls, ckpt: Checkpoint) -> SourceFormat:
+        """The format of a checkpoint this detection claims."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, ckpt: Checkpoint, qc: dict, file: str, method: str) -> SourceFormat:
+        """The format of a checkpoint whose quantization config (in ``file``) names one of ``quant_methods``."""
+        raise NotImplementedError
+
+
 class LayerFamily:
     """A tensor layout for affine-quantized linears. Subclasses register by ``key``."""
 
@@ -60,6 +101,8 @@ class LayerFamily:
     codebook: ClassVar[bool] = False
     # encode() takes a layer whose codes are still packed (QuantLinear.packed), via QuantLinear.pack_codes.
     encodes_packed: ClassVar[bool] = False
+    # Its configs may set bits / group size per layer (GPTQModel's ``dynamic``, AutoRound's ``extra_config``).
+    per_layer_overrides: ClassVar[bool] = False
     # How the stored codes tensor ``<prefix>.qweight`` packs its words, (dim, slot_order) as PackedCodes
     # says it; two families with the same layout hold the same words, so a plan copies them.
     codes_layout: ClassVar[tuple[int, tuple[int, ...] | None] | None] = None
@@ -98,6 +141,15 @@ class LayerFamily:
         return numpy_scan.ScannedLayer(prefix, in_features, out, bits, gs, tuple(scan.zero_counts), scan.g_idx_kind,
                                        ckpt.info(g_idx).dtype if ckpt.has(g_idx) else None, ckpt.info(f"{prefix}.scales").dtype,
                                        ckpt.info(f"{prefix}.bias").dtype if ckpt.has(f"{prefix}.bias") else None)
+
+    @classmethod
+    def check_layout(cls, ckpt: Checkpoint, fmt: SourceFormat) -> None:
+        """The tensors hold the layout the config declares: some layer, and the first one shaped as this
+        family packs (each layer's reader checks its own later)."""
+        if cls.codebook:
+            return  # codebook readers check every layer's tensors against its own quant state
+        if not cls.layer_prefixes(ckpt):
+            raise FormatError(f"config declares {fmt.name} but no tensor ends in .qweight", file=ckpt.root)
 
     @classmethod
     def source_notes(cls, ckpt: Checkpoint) -> list[str]:
@@ -145,6 +197,19 @@ class LayerFamily:
 def packed_source_words(ckpt: Checkpoint, name: str, bits: int, dim: int, slot_order: tuple[int, ...] | None) -> PackedCodes:
     """The codes tensor ``name`` as PackedCodes, read on first use (a plan that copies them never reads them)."""
     return PackedCodes(bits, dim, slot_order, ckpt.info(name).shape, lambda: ckpt.read(name))
+
+
+def first_layer_packing(ckpt: Checkpoint, family: type[LayerFamily]) -> tuple[str, tuple, bool, bool] | None:
+    """The first layer's qweight name and shape, and whether it looks packed along out (AWQ GEMM: qweight
+    ``[in, out/8]``) or along in (GPTQ: ``[in/8, out]``) beside its scales; None when that cannot be told."""
+    prefixes = family.layer_prefixes(ckpt)
+    first = prefixes[0] if prefixes else None
+    if first is None or not ckpt.has(f"{first}.scales") or not ckpt.has(f"{first}.qweight"):
+        return None  # the family reader names the missing tensor
+    qw, sc = ckpt.info(f"{first}.qweight").shape, ckpt.info(f"{first}.scales").shape
+    if len(qw) != 2 or len(sc) != 2:
+        return None
+    return f"{first}.qweight", qw, qw[1] * 8 == sc[1], qw[1] == sc[1]
 
 
 def require(ckpt: Checkpoint, name: str, what: str) -> None:

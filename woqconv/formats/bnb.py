@@ -24,13 +24,13 @@ import json
 import copy
 from dataclasses import dataclass, replace
 
-from .. import packing
+from ..kernels import packing
 from .._lazy import torch
-from ..checkpoint import Checkpoint
+from ..io.checkpoint import Checkpoint
 from ..errors import FormatError
 from ..ir import CodebookLinear
-from ..safetensors_io import TensorSpec
-from .base import LayerFamily, SourceFormat, expect_dtype, layer_error, spec_of
+from ..io.safetensors_io import TensorSpec
+from .base import Detection, LayerFamily, SourceFormat, expect_dtype, layer_error, spec_of
 from .targets import LoadExample, ModelQuantSummary, Prepared, Target
 
 KEY = "bnb"
@@ -299,6 +299,38 @@ class BnbFamily(LayerFamily, key=KEY):
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+# -- detection ---------------------------------------------------------------------------------
+
+class BnbDetection(Detection):
+    """bitsandbytes 4-bit: the config says 4-bit and the quant type; each layer's quant_state JSON holds the
+    blocksize and dtype, and the first one stands for the model in reports."""
+
+    quant_methods = ("bitsandbytes",)
+
+    @classmethod
+    def from_config(cls, ckpt: Checkpoint, qc: dict, file: str, method: str) -> SourceFormat:
+        where = ckpt.root / file
+        if qc.get("load_in_8bit") or qc.get("_load_in_8bit"):
+            raise FormatError("bitsandbytes 8-bit (LLM.int8) checkpoints are not supported; only 4-bit NF4/FP4", file=where)
+        if not (qc.get("load_in_4bit") or qc.get("_load_in_4bit")):
+            raise FormatError("bitsandbytes config has neither load_in_4bit nor load_in_8bit", file=where)
+        declared = str(qc.get("bnb_4bit_quant_type", "fp4"))
+        if declared not in QUANT_TYPES:
+            raise FormatError(f"bnb_4bit_quant_type {declared!r} is not one of {', '.join(QUANT_TYPES)}", file=where)
+        prefixes = BnbFamily.layer_prefixes(ckpt)
+        if not prefixes:
+            raise FormatError("config declares bitsandbytes 4-bit but no tensor holds a quant_state", file=ckpt.root)
+        first = parse_quant_state(ckpt, prefixes[0])
+        if first.quant_type != declared:
+            raise FormatError(f"config declares bnb_4bit_quant_type {declared!r}, but {prefixes[0]} is {first.quant_type}", file=where)
+        dq = first.nested_blocksize is not None
+        return SourceFormat(
+            name=f"bnb-{first.quant_type}", family=KEY, bits=4, group_size=first.blocksize, sym=None,
+            zero_point_convention="none", quant_method="bitsandbytes", producer="bitsandbytes",
+            declared_config={**qc, "double_quant_stored": dq}, config_file=file,
+        )
 
 
 # -- targets ----------------------------------------------------------------------------------

@@ -12,29 +12,29 @@ from __future__ import annotations
 
 import re
 
-from .. import packing
+from ..kernels import packing
 from .._lazy import torch
-from ..checkpoint import Checkpoint
+from ..io.checkpoint import Checkpoint
 from ..ir import PackedCodes, QuantLinear, default_g_idx
-from ..safetensors_io import TensorSpec
+from ..io.safetensors_io import TensorSpec
 from .targets import TRANSFORMERS_LOAD, ModelQuantSummary, Target, gptq_layout_route, neural_compressor_load
+from ..errors import FormatError
+from . import detect
 from .base import (
     ZP_V1,
     ZP_V1_WORD,
     ZP_V2,
+    Detection,
     LayerFamily,
     SourceFormat,
     expect_dtype,
+    first_layer_packing,
     packed_source_words,
     layer_error,
     require,
     spec_of,
     validated,
 )
-
-# A Hub repo's files this format reads beside the safetensors: AutoGPTQ's and GPTQModel's quantize config
-# (and the name some exporters give it).
-HUB_FILE_PATTERNS = ("quantize_config.json", "quantization_config.json")
 
 SCALE_DTYPES = ("F16", "BF16", "F32")
 
@@ -46,6 +46,7 @@ def effective_group_size(declared: int, in_features: int) -> int:
 class GptqFamily(LayerFamily, key="gptq"):
     suffixes = ("qweight", "qzeros", "scales", "g_idx", "bias")
     encodes_packed = True
+    per_layer_overrides = True
     codes_layout = (0, None)
 
     @classmethod
@@ -82,6 +83,15 @@ class GptqFamily(LayerFamily, key="gptq"):
             if ckpt.info(f"{prefix}.g_idx").shape != (in_features,):
                 raise layer_error(ckpt, prefix, "g_idx", f"shape {list(ckpt.info(f'{prefix}.g_idx').shape)}, expected [{in_features}]")
         return in_features, out, gs
+
+    @classmethod
+    def check_layout(cls, ckpt: Checkpoint, fmt: SourceFormat) -> None:
+        super().check_layout(ckpt, fmt)
+        first = first_layer_packing(ckpt, cls)
+        if first and first[2] and not first[3]:
+            name, qw = first[0], first[1]
+            raise FormatError(f"config declares {fmt.name} (GPTQ layout) but qweight {list(qw)} has the AWQ GEMM layout",
+                              file=ckpt.file_of(name), tensor=name)
 
     @classmethod
     def stored_zero_fields(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> torch.Tensor:
@@ -201,6 +211,39 @@ def dynamic_config(layers: list, bits: int, group_size: int, sym: bool, unquanti
     if unquantized:
         dynamic[f"-:^(?:{'|'.join(re.escape(n) for n in sorted(unquantized))})$"] = {}
     return dynamic
+
+
+# -- detection ---------------------------------------------------------------------------------
+
+GPTQ_CHECKPOINT_FORMATS = {"gptq": ZP_V1, "gptq_v2": ZP_V2}
+
+
+class GptqDetection(Detection):
+    """``quant_method: gptq`` (AutoGPTQ, GPTQModel, optimum, INC's huggingface format): checkpoint_format
+    says v1 or v2; GPTQModel's own v1 is its word-arithmetic dialect."""
+
+    quant_methods = ("gptq",)
+    # AutoGPTQ's and GPTQModel's quantize config (and the name some exporters give it).
+    config_files = ("quantize_config.json", "quantization_config.json")
+    unlabelled_config_files = ("quantize_config.json",)  # AutoGPTQ's, which states no quant_method
+    override_tables = {"dynamic": dynamic_override}
+
+    @classmethod
+    def from_config(cls, ckpt: Checkpoint, qc: dict, file: str, method: str) -> SourceFormat:
+        where = ckpt.root / file
+        ckfmt = str(qc.get("checkpoint_format") or qc.get("format") or "gptq").lower()
+        if ckfmt not in GPTQ_CHECKPOINT_FORMATS:
+            raise FormatError(f"GPTQ checkpoint_format {ckfmt!r} is not supported (supported: gptq, gptq_v2)", file=where)
+        pack_dtype = qc.get("pack_dtype", "int32")
+        if pack_dtype != "int32":
+            raise FormatError(f"GPTQ pack_dtype {pack_dtype!r} is not supported (only int32)", file=where)
+        convention = GPTQ_CHECKPOINT_FORMATS[ckfmt]
+        producer = detect.producer(qc, ckpt)
+        # GPTQModel writes v1 by whole-word subtraction, so its v1 files decode by word addition.
+        if convention == ZP_V1 and "gptqmodel" in producer.lower():
+            convention = ZP_V1_WORD
+        return detect.affine_format(ckpt, qc, file, name="gptq" if convention != ZP_V2 else "gptq-v2", family="gptq",
+                                    convention=convention, method=method, producer=producer)
 
 
 # -- targets ----------------------------------------------------------------------------------

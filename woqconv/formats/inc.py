@@ -17,15 +17,17 @@ from __future__ import annotations
 import ast
 import re
 from collections import Counter
+from dataclasses import replace
 
-from .. import packing
+from ..kernels import packing
 from .._lazy import torch
-from ..checkpoint import INC_SHARD_INDEX, INC_WEIGHTS, Checkpoint, read_json
+from ..io.checkpoint import INC_SHARD_INDEX, INC_WEIGHTS, Checkpoint, read_json
 from ..errors import FormatError
 from ..ir import GIdxKind, PackedCodes, QuantLinear
-from ..safetensors_io import TensorSpec
-from . import inc_codebook
+from ..io.safetensors_io import TensorSpec
+from . import detect, inc_codebook
 from .base import (
+    Detection,
     ZP_V1,
     ZP_V2,
     LayerFamily,
@@ -80,6 +82,45 @@ def _layer_prefix(ckpt: Checkpoint, module: str) -> str | None:
         if ckpt.has(f"{prefix}.qweight"):
             return prefix
     return None
+
+
+def is_default_format(ckpt: Checkpoint) -> bool:
+    """INC's default format: its torch.save'd weights, or its qconfig.json with no quantization_config beside it."""
+    return ckpt.container == "inc-pt" or ((ckpt.root / QCONFIG).exists() and not isinstance(ckpt.config.get("quantization_config"), dict))
+
+
+class IncHpuCacheDetection(Detection):
+    """Only INC's Gaudi cache is read (``hpu_model.safetensors``, ``quantized_hpu_weight.pt``): the config it
+    was made from (qconfig.json for INC's default format, config.json otherwise) still gives bits and
+    groups; the layout is the HPU one."""
+
+    @classmethod
+    def claims(cls, ckpt: Checkpoint) -> bool:
+        return ckpt.container == "hpu-cache"
+
+    @classmethod
+    def detect(cls, ckpt: Checkpoint) -> SourceFormat:
+        fmt = detect_default(ckpt, layout_check=False) if is_default_format(ckpt) else detect.from_config(ckpt)
+        return replace(fmt, name="hpu", family="hpu", zero_point_convention=ZP_V2, producer=PRODUCER)
+
+
+class IncDefaultDetection(Detection):
+    """INC's default format (qconfig.json per module); INC's huggingface format is GPTQ, and its per-layer
+    ``scale_bf16_to_fp8`` tensors name INC as the producer."""
+
+    marker_suffix = ".scale_bf16_to_fp8"
+    producer = PRODUCER
+    hub_files = HUB_FILE_PATTERNS
+
+    @classmethod
+    def claims(cls, ckpt: Checkpoint) -> bool:
+        return is_default_format(ckpt)
+
+    @classmethod
+    def detect(cls, ckpt: Checkpoint) -> SourceFormat:
+        fmt = detect_default(ckpt)
+        detect.check_layout(ckpt, fmt)
+        return fmt
 
 
 def detect_default(ckpt: Checkpoint, *, layout_check: bool = True) -> SourceFormat:

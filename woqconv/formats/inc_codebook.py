@@ -15,7 +15,7 @@ indices as they are. Groups run along each row; they become the IR's flat blocks
 from __future__ import annotations
 
 from .._lazy import torch
-from ..checkpoint import Checkpoint
+from ..io.checkpoint import Checkpoint
 from ..errors import FormatError
 from ..ir import CodebookLinear
 from .base import LayerFamily, SourceFormat, layer_error

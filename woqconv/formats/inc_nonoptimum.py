@@ -28,10 +28,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .._lazy import torch
-from ..checkpoint import Checkpoint
+from ..io.checkpoint import Checkpoint
 from ..errors import FormatError
 from ..ir import QuantLinear
-from ..safetensors_io import TensorSpec
+from ..io.safetensors_io import TensorSpec
 from .base import (
     LayerFamily,
     SourceFormat,

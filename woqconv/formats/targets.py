@@ -14,8 +14,8 @@ import numpy as np
 
 from .._lazy import torch
 from ..ir import CodebookLinear, GIdxKind, QuantLinear
-from ..numpy_scan import ScannedLayer
-from ..safetensors_io import TORCH_NAMES, TensorSpec
+from .scan import ScannedLayer
+from ..io.safetensors_io import TORCH_NAMES, TensorSpec
 from ..tensor_ops import Copy, ShiftFields, Small, TensorOp
 from .base import ZP_V1, ZP_V2, LayerFamily
 

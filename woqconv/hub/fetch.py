@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from ..checkpoint import HPU_CACHES, INC_WEIGHTS, MODEL_FILE_PATTERNS
+from ..io.checkpoint import HPU_CACHES, INC_WEIGHTS, MODEL_FILE_PATTERNS
 from ..errors import FormatError, WoqconvError
 from ..hub_access import hub_error, is_repo_id, quiet_hub  # noqa: F401  (hub's names)
 from ..formats import HUB_FILE_PATTERNS
-from ..openvino_file import XML_NAME as OPENVINO_XML
+from ..io.openvino_file import XML_NAME as OPENVINO_XML
 
 # What a conversion reads or carries along (top-level files only): safetensors weights and their index,
 # the files of each format (their own containers and configs), and the model files (config, tokenizer,

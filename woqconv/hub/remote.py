@@ -14,11 +14,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..checkpoint import INDEX_NAME, Checkpoint, read_json
+from ..io.checkpoint import INDEX_NAME, Checkpoint, read_json
 from ..errors import FormatError
 from ..inspection import InspectReport, header_report, inspect as inspect_local
-from ..openvino_file import XML_NAME as OPENVINO_XML
-from ..safetensors_io import TensorInfo
+from ..io.openvino_file import XML_NAME as OPENVINO_XML
+from ..io.safetensors_io import TensorInfo
 from .fetch import ALLOW_PATTERNS, hub_checkout, hub_error, named_as, quiet_hub, selected
 
 # Small files read by format detection; the rest of the selection is weights or carried along.

@@ -21,7 +21,7 @@ from contextlib import contextmanager, redirect_stdout
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..checkpoint import HPU_CACHES
+from ..io.checkpoint import HPU_CACHES
 from ..errors import WoqconvError
 
 PROMPT = [[1, 5, 9, 33, 100, 200, 7, 8, 9, 10, 11, 12, 250, 3, 64, 128]]

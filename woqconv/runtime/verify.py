@@ -22,7 +22,7 @@ import torch
 
 from .. import base_model as bases
 from ..architecture import meta_model
-from ..checkpoint import CONFIG_NAME, HPU_CACHES
+from ..io.checkpoint import CONFIG_NAME, HPU_CACHES
 from ..compute import compute_threads, default_workers, map_in_order, release_freed_memory
 from ..errors import WoqconvError
 from ..formats.base import ZP_V2

@@ -1,6 +1,6 @@
 """Write a planned ``openvino`` conversion: optimum-intel exports the dense architecture, woqconv puts the codes in.
 
-Steps, all inside the conversion's partial directory (woqconv.convert.output makes it appear atomically):
+Steps, all inside the conversion's partial directory (woqconv.io.output makes it appear atomically):
 
 1. ``dense/``: the source's config.json without its quantization_config, and the tensors outside the
    quantized layers (embeddings, norms, lm_head) exactly as stored;
@@ -24,16 +24,14 @@ from typing import Callable
 
 import torch
 
-from ...checkpoint import CONFIG_NAME, dump_json
+from ...io.checkpoint import CONFIG_NAME, dump_json
 from ...errors import WoqconvError
-from ...safetensors_io import SafetensorsWriter, TensorSpec
+from ...io.safetensors_io import SafetensorsWriter, TensorSpec
 from .target import substitute_weights
 
 REPO = Path(__file__).resolve().parents[3]
 WORKER = Path(__file__).with_name("worker.py")
 ENV_VAR = "WOQCONV_OPENVINO_PYTHON"
-# The files OVModelForCausalLM reads beside the tokenizer's.
-MODEL_FILES = ("openvino_model.xml", "openvino_model.bin", CONFIG_NAME)
 
 
 def openvino_python() -> str:

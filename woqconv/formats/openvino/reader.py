@@ -1,6 +1,6 @@
 """OpenVINO IR with NNCF-compressed weights (INT4/INT8, asymmetric or symmetric, grouped or per-channel).
 
-The container (:mod:`woqconv.openvino_file`) finds each compressed linear's decompression sub-graph and
+The container (:mod:`woqconv.io.openvino_file`) finds each compressed linear's decompression sub-graph and
 names its pieces by the Hugging Face module they came from:
 
   P.codes       uint8 [out, in]   the unsigned level q (u4 unpacked low nibble first; i4/i8 shifted by 2^(b-1))
@@ -17,12 +17,12 @@ from __future__ import annotations
 from collections import Counter
 
 from ..._lazy import torch
-from ...checkpoint import Checkpoint
+from ...io.checkpoint import Checkpoint
 from ...errors import FormatError
 from ...ir import QuantLinear
-from ...openvino_file import BIN_NAME, CONFIG_NAME, XML_NAME
+from ...io.openvino_file import BIN_NAME, CONFIG_NAME, XML_NAME
 from ...wording import counted
-from ..base import ZP_V2, LayerFamily, SourceFormat, layer_error, require, validated
+from ..base import ZP_V2, Detection, LayerFamily, SourceFormat, layer_error, require, validated
 
 KEY = "openvino"
 # A Hub repo's files this format reads or carries: the IR, optimum-intel's quantization record, and the
@@ -151,3 +151,17 @@ def detect(ckpt: Checkpoint) -> SourceFormat:
     )
 
 
+
+
+class OpenVinoDetection(Detection):
+    """An OpenVINO IR has no quantization config: the graph's compressed constants say it all."""
+
+    hub_files = HUB_FILE_PATTERNS
+
+    @classmethod
+    def claims(cls, ckpt: Checkpoint) -> bool:
+        return ckpt.container == "openvino-ir"
+
+    @classmethod
+    def detect(cls, ckpt: Checkpoint) -> SourceFormat:
+        return detect(ckpt)

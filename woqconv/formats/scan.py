@@ -24,9 +24,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .checkpoint import Checkpoint
-from .ir import EXPONENT_MASKS, GIdxKind, classify_g_idx
-from .safetensors_io import ITEMSIZE, TORCH_NAMES, SafetensorsFile
+from ..io.checkpoint import Checkpoint
+from ..ir import EXPONENT_MASKS, GIdxKind, classify_g_idx
+from ..io.safetensors_io import ITEMSIZE, TORCH_NAMES, SafetensorsFile
 
 FAMILIES = ("gptq", "awq")
 FIELD_BITS = (2, 4, 8)  # fields that never straddle a byte

@@ -1,5 +1,5 @@
 """An OpenVINO IR model (``openvino_model.xml`` + ``.bin``) with compressed weights, seen as named tensors,
-with the same interface as :class:`woqconv.safetensors_io.SafetensorsFile`.
+with the same interface as :class:`woqconv.io.safetensors_io.SafetensorsFile`.
 
 NNCF's ``compress_weights`` (alone, or inside optimum-intel's export) leaves each compressed weight as a small
 decompression sub-graph in front of its consumer::
@@ -50,8 +50,8 @@ from typing import Callable
 import numpy as np
 
 from . import safetensors_io
-from ._lazy import torch
-from .errors import FormatError
+from .._lazy import torch
+from ..errors import FormatError
 from .safetensors_io import TensorInfo, open_regular
 
 XML_NAME = "openvino_model.xml"

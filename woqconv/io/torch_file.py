@@ -1,5 +1,5 @@
 """A ``torch.save`` state-dict file (INC's ``quantized_weight.pt``), read safely, with the same
-interface as :class:`woqconv.safetensors_io.SafetensorsFile`.
+interface as :class:`woqconv.io.safetensors_io.SafetensorsFile`.
 
 Safety: ``weights_only=True`` makes torch's unpickler refuse anything but tensors and plain
 containers, so a hostile file cannot run code. ``mmap=True`` leaves tensor data on disk until a
@@ -15,8 +15,8 @@ import zipfile
 from pathlib import Path
 
 from . import safetensors_io
-from ._lazy import torch
-from .errors import FormatError
+from .._lazy import torch
+from ..errors import FormatError
 from .safetensors_io import TensorInfo
 
 

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._lazy import torch
-from .errors import FormatError
+from .._lazy import torch
+from ..errors import FormatError
 from .openvino_file import BIN_NAME as OPENVINO_BIN
 from .openvino_file import CONFIG_NAME as OPENVINO_CONFIG
 from .openvino_file import XML_NAME as OPENVINO_XML
 from .openvino_file import OpenVinoFile
 from .safetensors_io import SafetensorsFile, TensorInfo
-from .wording import counted
+from ..wording import counted
 
 if TYPE_CHECKING:  # imported when a checkpoint holds one (see _torch_file)
     from .torch_file import TorchFile
@@ -206,12 +206,6 @@ class Checkpoint:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def weights_container(path: str | os.PathLike) -> str:
-    """What holds a checkpoint directory's weights, from its file names alone (no weight file is opened):
-    "safetensors", "inc-pt", "hpu-cache" or "openvino-ir". Checks and raises as :meth:`Checkpoint.open` does."""
-    return _weight_files(_checked_root(path))[3]
 
 
 FileIdentity = tuple[int, int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns

@@ -21,8 +21,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from ._lazy import torch
-from .errors import FormatError
+from .._lazy import torch
+from ..errors import FormatError
 from .writeback import start_writeback
 
 # The dtypes woqconv computes on, by safetensors name -> torch's name for them. The torch dtypes

@@ -22,12 +22,12 @@ import importlib
 
 import numpy as np
 
-from ._lazy import torch
+from .._lazy import torch
 
 try:  # The same re-layouts in C (_relayout.c), built at install when a C compiler is present (setup.py).
     # By name: an extension module is no Python source, so a static reading of `from . import _relayout`
     # (the import contracts') would see an import of the whole package instead.
-    _native = importlib.import_module("woqconv._relayout")
+    _native = importlib.import_module("woqconv.kernels._relayout")
 except ImportError:  # no compiler at install: the numpy versions below, slower, the same bytes
     _native = None
 
