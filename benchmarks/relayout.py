@@ -20,7 +20,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from woqconv import packing  # noqa: E402
+from woqconv.kernels import packing  # noqa: E402
 
 SHAPES = {"mlp up/gate": (4096, 11008), "mlp down": (11008, 4096), "attention": (4096, 4096)}  # (in, out)
 
