@@ -59,9 +59,10 @@ class Small:
 
 @dataclass(frozen=True)
 class Cast:
-    """A float tensor cast to the output's dtype (exact when widening)."""
+    """A float tensor cast to ``dtype`` (a safetensors dtype name; exact when widening)."""
 
     source: str
+    dtype: str
 
 
 @dataclass(frozen=True)

@@ -349,7 +349,7 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
             if target.carried_float_dtype and dtype in ("F16", "BF16") and not t.endswith(".scale_bf16_to_fp8"):
                 widened[t], dtype = dtype, target.carried_float_dtype
             shard.specs.append(TensorSpec(t, dtype, info.shape))
-            shard.ops[t] = Cast(t) if t in widened else Copy(t)
+            shard.ops[t] = Cast(t, dtype) if t in widened else Copy(t)
     for name, p in prepared.items():
         shard = shards[ckpt.locations[src.family.owned_tensors(ckpt, name)[0]]]
         shard.layers.append(name)

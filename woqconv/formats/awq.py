@@ -24,7 +24,6 @@ from .base import (
     LayerFamily,
     SourceFormat,
     expect_dtype,
-    first_layer_packing,
     packed_source_words,
     layer_error,
     require,
@@ -41,6 +40,7 @@ class AwqGemmFamily(LayerFamily, key="awq"):
     suffixes = ("qweight", "qzeros", "scales", "bias")
     encodes_packed = True
     codes_layout = (1, packing.AWQ_ORDER)
+    other_packing_message = "config declares AWQ but qweight {shape} has the GPTQ layout"
 
     @classmethod
     def geometry(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> tuple[int, int, int]:
@@ -96,14 +96,6 @@ class AwqGemmFamily(LayerFamily, key="awq"):
         return validated(ckpt, prefix, layer)
 
     @classmethod
-    def check_layout(cls, ckpt: Checkpoint, fmt: SourceFormat) -> None:
-        super().check_layout(ckpt, fmt)
-        first = first_layer_packing(ckpt, cls)
-        if first and first[3] and not first[2]:
-            name, qw = first[0], first[1]
-            raise FormatError(f"config declares AWQ but qweight {list(qw)} has the GPTQ layout", file=ckpt.file_of(name), tensor=name)
-
-    @classmethod
     def packed_codes(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> PackedCodes:
         return packed_source_words(ckpt, f"{prefix}.qweight", BITS, 1, packing.AWQ_ORDER)
 
@@ -157,9 +149,7 @@ class AwqDetection(Detection):
     @classmethod
     def from_config(cls, ckpt: Checkpoint, qc: dict, file: str, method: str) -> SourceFormat:
         where = ckpt.root / file
-        version = str(qc.get("version") or qc.get("format") or "gemm").lower()
-        if version not in AWQ_VERSIONS:
-            raise FormatError(f"AWQ version {version!r} is not supported (supported: gemm)", file=where)
+        detect.config_choice(qc, ("version", "format"), "gemm", AWQ_VERSIONS, "AWQ version", where)
         sym = qc.get("sym")
         if "zero_point" in qc:
             if isinstance(sym, bool) and sym == bool(qc["zero_point"]):

@@ -106,6 +106,9 @@ class LayerFamily:
     # How the stored codes tensor ``<prefix>.qweight`` packs its words, (dim, slot_order) as PackedCodes
     # says it; two families with the same layout hold the same words, so a plan copies them.
     codes_layout: ClassVar[tuple[int, tuple[int, ...] | None] | None] = None
+    # What check_layout says when the first layer is packed along the other axis ({name}: the format,
+    # {shape}: its qweight's): a config that names the wrong one of GPTQ's and AWQ's layouts.
+    other_packing_message: ClassVar[str | None] = None
     # geometry(ckpt, prefix, fmt) -> (in_features, out_features, group_size): a layer's shape from the
     # headers alone, each checked (FormatError naming the tensor). None where headers cannot tell it
     # (bitsandbytes' flat codes, ...): such a family is read with torch.
@@ -150,6 +153,12 @@ class LayerFamily:
             return  # codebook readers check every layer's tensors against its own quant state
         if not cls.layer_prefixes(ckpt):
             raise FormatError(f"config declares {fmt.name} but no tensor ends in .qweight", file=ckpt.root)
+        first = first_layer_packing(ckpt, cls)
+        if first is None or cls.codes_layout is None or cls.other_packing_message is None:
+            return
+        name, qw, along_out, along_in = first
+        if (along_in and not along_out) if cls.codes_layout[0] == 1 else (along_out and not along_in):
+            raise FormatError(cls.other_packing_message.format(name=fmt.name, shape=list(qw)), file=ckpt.file_of(name), tensor=name)
 
     @classmethod
     def source_notes(cls, ckpt: Checkpoint) -> list[str]:

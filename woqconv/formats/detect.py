@@ -71,6 +71,14 @@ def producer(qc: dict, ckpt: Checkpoint) -> str:
     return "unknown"
 
 
+def config_choice(qc: dict, keys: tuple[str, ...], default: str, allowed, what: str, where) -> str:
+    """The first of ``keys`` the config sets (lower-cased), else ``default``; one of ``allowed`` or a FormatError."""
+    value = str(next((qc[k] for k in keys if qc.get(k)), default)).lower()
+    if value not in allowed:
+        raise FormatError(f"{what} {value!r} is not supported (supported: {', '.join(allowed)})", file=where)
+    return value
+
+
 def config_int(qc: dict, key: str, file: str, ckpt: Checkpoint, default=None) -> int:
     value = qc.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool):

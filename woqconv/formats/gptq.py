@@ -28,7 +28,6 @@ from .base import (
     LayerFamily,
     SourceFormat,
     expect_dtype,
-    first_layer_packing,
     packed_source_words,
     layer_error,
     require,
@@ -48,6 +47,7 @@ class GptqFamily(LayerFamily, key="gptq"):
     encodes_packed = True
     per_layer_overrides = True
     codes_layout = (0, None)
+    other_packing_message = "config declares {name} (GPTQ layout) but qweight {shape} has the AWQ GEMM layout"
 
     @classmethod
     def geometry(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> tuple[int, int, int]:
@@ -83,15 +83,6 @@ class GptqFamily(LayerFamily, key="gptq"):
             if ckpt.info(f"{prefix}.g_idx").shape != (in_features,):
                 raise layer_error(ckpt, prefix, "g_idx", f"shape {list(ckpt.info(f'{prefix}.g_idx').shape)}, expected [{in_features}]")
         return in_features, out, gs
-
-    @classmethod
-    def check_layout(cls, ckpt: Checkpoint, fmt: SourceFormat) -> None:
-        super().check_layout(ckpt, fmt)
-        first = first_layer_packing(ckpt, cls)
-        if first and first[2] and not first[3]:
-            name, qw = first[0], first[1]
-            raise FormatError(f"config declares {fmt.name} (GPTQ layout) but qweight {list(qw)} has the AWQ GEMM layout",
-                              file=ckpt.file_of(name), tensor=name)
 
     @classmethod
     def stored_zero_fields(cls, ckpt: Checkpoint, prefix: str, fmt: SourceFormat) -> torch.Tensor:
@@ -231,9 +222,7 @@ class GptqDetection(Detection):
     @classmethod
     def from_config(cls, ckpt: Checkpoint, qc: dict, file: str, method: str) -> SourceFormat:
         where = ckpt.root / file
-        ckfmt = str(qc.get("checkpoint_format") or qc.get("format") or "gptq").lower()
-        if ckfmt not in GPTQ_CHECKPOINT_FORMATS:
-            raise FormatError(f"GPTQ checkpoint_format {ckfmt!r} is not supported (supported: gptq, gptq_v2)", file=where)
+        ckfmt = detect.config_choice(qc, ("checkpoint_format", "format"), "gptq", GPTQ_CHECKPOINT_FORMATS, "GPTQ checkpoint_format", where)
         pack_dtype = qc.get("pack_dtype", "int32")
         if pack_dtype != "int32":
             raise FormatError(f"GPTQ pack_dtype {pack_dtype!r} is not supported (only int32)", file=where)

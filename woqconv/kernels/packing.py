@@ -58,6 +58,11 @@ def _move_to_front(t: torch.Tensor, dim: int) -> tuple[torch.Tensor, int]:
     return (t if dim == 0 else t.movedim(dim, 0)), dim
 
 
+def _check_bits(bits: int) -> None:
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits must be in 1..8, got {bits}")
+
+
 def pack(values: torch.Tensor, bits: int, dim: int = 0, slot_order: tuple[int, ...] | None = None) -> torch.Tensor:
     """Pack unsigned ``bits``-bit fields along ``dim`` into int32 words, LSB-first.
 
@@ -66,8 +71,7 @@ def pack(values: torch.Tensor, bits: int, dim: int = 0, slot_order: tuple[int, .
     ``slot_order`` (bits dividing 32 only) puts value ``slot_order[k]`` of each run into field ``k``,
     which is how AWQ interleaves channels without a separate copy.
     """
-    if not 1 <= bits <= 8:
-        raise ValueError(f"bits must be in 1..8, got {bits}")
+    _check_bits(bits)
     if _WORD % bits == 0 and dim % values.dim() == values.dim() - 1 and values.dim() > 1:
         return _pack_last(values, bits, slot_order)
     v, d = _move_to_front(values, dim)
@@ -100,8 +104,7 @@ def pack(values: torch.Tensor, bits: int, dim: int = 0, slot_order: tuple[int, .
 
 def unpack(words: torch.Tensor, bits: int, dim: int = 0, slot_order: tuple[int, ...] | None = None) -> torch.Tensor:
     """Inverse of :func:`pack`: int32 words along ``dim`` to uint8 fields (``dim`` grows by 32/bits)."""
-    if not 1 <= bits <= 8:
-        raise ValueError(f"bits must be in 1..8, got {bits}")
+    _check_bits(bits)
     if words.dtype != torch.int32:
         raise TypeError(f"packed words must be int32, got {words.dtype}")
     if _WORD % bits == 0 and dim % words.dim() == words.dim() - 1 and words.dim() > 1:
@@ -211,20 +214,20 @@ def _unpack_last(words: torch.Tensor, bits: int, slot_order: tuple[int, ...] | N
 
 def awq_interleave(values: torch.Tensor) -> torch.Tensor:
     """Reorder the last axis (out-channels, blocks of 8) into AWQ's nibble order before packing."""
-    n = values.shape[-1]
-    if n % 8:
-        raise ValueError(f"AWQ interleave needs a multiple of 8 channels, got {n}")
-    blocks = values.reshape(*values.shape[:-1], n // 8, 8)
-    return blocks[..., list(AWQ_ORDER)].reshape(values.shape)
+    return _reorder_blocks_of_8(values, AWQ_ORDER)
 
 
 def awq_deinterleave(values: torch.Tensor) -> torch.Tensor:
     """Undo :func:`awq_interleave` on the last axis (after unpacking AWQ words)."""
+    return _reorder_blocks_of_8(values, AWQ_REVERSE_ORDER)
+
+
+def _reorder_blocks_of_8(values: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
     n = values.shape[-1]
     if n % 8:
         raise ValueError(f"AWQ interleave needs a multiple of 8 channels, got {n}")
     blocks = values.reshape(*values.shape[:-1], n // 8, 8)
-    return blocks[..., list(AWQ_REVERSE_ORDER)].reshape(values.shape)
+    return blocks[..., list(order)].reshape(values.shape)
 
 
 def v1_encode_zeros(zeros: torch.Tensor, bits: int) -> torch.Tensor:
@@ -463,15 +466,13 @@ def gptq4_to_rowwise_numpy(qweight: np.ndarray, order: tuple[int, ...], result: 
     cols = out // 8
     blocks = _view(qweight, rows, cols, 8)  # word k of block [r, c] is out-channel 8c + k
     words = _view(result, rows, 8, cols)  # [in/8, 8, out/8] is [in, out/8]
-    chunk = _chunk_rows(rows, cols)
-    w = np.empty((8, chunk, cols), dtype=np.int32)
-    scratch = np.empty((4, chunk, cols), dtype=np.int32)
-    for r0 in range(0, rows, chunk):
-        n = min(chunk, rows - r0)
-        wn = w[:, :n]
+
+    def step(r0: int, n: int, wn: np.ndarray, scratch: np.ndarray) -> None:
         _gather_slots(blocks[r0 : r0 + n], order, wn)
-        _transpose_nibble_blocks(wn, scratch[:, :n])
+        _transpose_nibble_blocks(wn, scratch)
         np.copyto(words[r0 : r0 + n], wn.transpose(1, 0, 2))  # wn[i] now holds in-channel 8r + i
+
+    _by_row_chunks(rows, cols, step)
 
 
 def rowwise4_to_gptq(qweight: torch.Tensor, slot_order: tuple[int, ...] | None = None) -> torch.Tensor:
@@ -496,12 +497,21 @@ def rowwise4_to_gptq_numpy(qweight: np.ndarray, order: tuple[int, ...], result: 
     rows = in_features // 8
     src = _view(qweight, rows, 8, cols)  # [r, i, c]: in-channel 8r + i
     blocks = _view(result, rows, cols, 8)
+
+    def step(r0: int, n: int, wn: np.ndarray, scratch: np.ndarray) -> None:
+        np.copyto(wn, src[r0 : r0 + n].transpose(1, 0, 2))
+        _transpose_nibble_blocks(wn, scratch)  # wn[k]: out-channel 8c + order[k], nibble i = in 8r + i
+        _scatter_slots(wn, order, blocks[r0 : r0 + n])
+
+    _by_row_chunks(rows, cols, step)
+
+
+def _by_row_chunks(rows: int, cols: int, step) -> None:
+    """``step(r0, n, w, scratch)`` over chunks of ``n`` word rows from ``r0``, with ``w`` (8 planes) and
+    ``scratch`` (4 planes) of int32 ``[n, cols]`` allocated once and reused."""
     chunk = _chunk_rows(rows, cols)
     w = np.empty((8, chunk, cols), dtype=np.int32)
     scratch = np.empty((4, chunk, cols), dtype=np.int32)
     for r0 in range(0, rows, chunk):
         n = min(chunk, rows - r0)
-        wn = w[:, :n]
-        np.copyto(wn, src[r0 : r0 + n].transpose(1, 0, 2))
-        _transpose_nibble_blocks(wn, scratch[:, :n])  # wn[k]: out-channel 8c + order[k], nibble i = in 8r + i
-        _scatter_slots(wn, order, blocks[r0 : r0 + n])
+        step(r0, n, w[:, :n], scratch[:, :n])
