@@ -16,11 +16,8 @@ from ..io.checkpoint import CONFIG_NAME, HPU_CACHES, QUANT_CONFIG_FILES, Checkpo
 from ..compute import map_in_order, release_freed_memory
 from ..errors import RefusedConversion
 from ..formats import TARGETS, Target
-from ..formats.base import ZP_V1
-from ..formats.bnb import code_table
-from ..formats.gptq import effective_group_size
+from ..formats.base import ZP_V1, effective_group_size
 from ..formats.inc import mul_linear_modules
-from ..formats.bnb import BnbTarget
 from ..formats.targets import ByteRoute, ModelQuantSummary, Prepared, scale_cast_loss
 from ..ir import CodebookLinear, GIdxKind, QuantLinear
 from ..requant import METHODS, AffineRecipe, CodebookRecipe
@@ -212,24 +209,6 @@ def output_shard_names(ckpt: Checkpoint) -> dict[str, str]:
     return {n: f"model-{i + 1:0{width}d}-of-{len(names):0{width}d}.safetensors" for i, n in enumerate(names)}
 
 
-# Requantized affine layers store fp16 scales (what GPTQ/AWQ kernels and INC's loader use); Gaudi
-# computes with bf16, so for hpu the fitted scales are also kept on the bf16 grid (exact in both files).
-REQUANT_SCALE_DTYPE = "float16"  # torch dtype name
-REQUANT_BLOCKSIZE = 64  # bitsandbytes' blocksize under transformers
-
-
-def requant_recipe(target: Target, layer, method: str):
-    """How to requantize ``layer`` for ``target``: contiguous groups of the source's group size (the NF4
-    blocksize for a codebook source) at the source's bits, or bitsandbytes blocks of 64."""
-    if isinstance(target, BnbTarget):
-        dtype = layer.dtype if isinstance(layer, CodebookLinear) else layer.scales.dtype
-        return CodebookRecipe(target.quant_type, code_table(target.quant_type), REQUANT_BLOCKSIZE, dtype, method)
-    bits = 4 if isinstance(layer, CodebookLinear) else layer.bits
-    grid = torch.bfloat16 if target.bf16_scales else None
-    zero_min = 1 if target.zero_point_convention == ZP_V1 and target.v1_zero_point_zero == "refuse" else 0
-    return AffineRecipe(bits, min(layer.group_size, layer.in_features), getattr(torch, REQUANT_SCALE_DTYPE), grid, zero_min, method)
-
-
 def _skeleton(layer, recipe):
     """The requantized layer's shapes and dtypes, for planning (its values arrive while writing)."""
     if isinstance(recipe, CodebookRecipe):
@@ -247,7 +226,7 @@ def _prepare(target: Target, layer, requantize: str | None) -> Prepared:
     p = target.prepare(layer)
     if not (p.refusal and p.requantizable and requantize):
         return p
-    recipe = requant_recipe(target, layer, requantize)
+    recipe = target.requant_recipe(layer, requantize)
     q = target.prepare(_skeleton(layer, recipe))
     if q.refusal:
         return q
@@ -270,8 +249,9 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
         raise RefusedConversion(f"requantization method must be one of {', '.join(METHODS)}, not {requantize!r}")
     target = TARGETS[to]
     if double_quant:
-        if not isinstance(target, BnbTarget):
-            raise RefusedConversion(f"double quantization is a bitsandbytes option; {to} has none (use --to nf4 or fp4)")
+        holders = [name for name, t in TARGETS.items() if t.double_quant_option]
+        if not target.double_quant_option:
+            raise RefusedConversion(f"double quantization is a bitsandbytes option; {to} has none (use --to {' or '.join(holders)})")
         target = target.configured(double_quant=True)
 
     ckpt = src.ckpt

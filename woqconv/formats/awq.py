@@ -30,7 +30,8 @@ from .base import (
     spec_of,
     validated,
 )
-from .gptq import SCALE_DTYPES, effective_group_size
+from .base import effective_group_size
+from .gptq import SCALE_DTYPES
 from .targets import ByteRoute, ModelQuantSummary, Target, plain_gptq4, with_bias, zero_point_delta
 
 BITS = 4

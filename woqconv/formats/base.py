@@ -50,6 +50,11 @@ class SourceFormat:
         return replace(self, **overrides, layer_overrides={}) if overrides else self
 
 
+def effective_group_size(declared: int, in_features: int) -> int:
+    """The group size a layer has: the declared one, or one group per row for -1, 0 or one past the row."""
+    return in_features if declared in (-1, 0) or declared >= in_features else declared
+
+
 class Detection:
     """How one format recognises its checkpoints. Subclasses register in definition order (the order
     formats/__init__.py imports their modules), which is the order formats/detect.py asks them in."""

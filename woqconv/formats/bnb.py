@@ -29,11 +29,13 @@ from .._lazy import torch
 from ..io.checkpoint import Checkpoint
 from ..errors import FormatError
 from ..ir import CodebookLinear
+from ..requant import CodebookRecipe
 from ..io.safetensors_io import TensorSpec
 from .base import Detection, LayerFamily, SourceFormat, expect_dtype, layer_error, spec_of
 from .targets import LoadExample, ModelQuantSummary, Prepared, Target
 
 KEY = "bnb"
+REQUANT_BLOCKSIZE = 64  # bitsandbytes' blocksize under transformers
 QUANT_TYPES = ("nf4", "fp4")
 STATE_SUFFIX = ".weight.quant_state.bitsandbytes__"
 # bitsandbytes' kernels take these blocksizes (its quantize_4bit asserts on this list).
@@ -369,10 +371,16 @@ class BnbTarget(Target):
     keeps_g_idx = False
     quant_type: str
     double_quant = False  # store absmax double-quantized (lossy); set through configured()
+    double_quant_option = True
     load_examples = (LoadExample(
         "With transformers (bitsandbytes on CPU/CUDA):",
         'from transformers import AutoModelForCausalLM{tokenizer_import}\n\n'
         'model = AutoModelForCausalLM.from_pretrained("{repo}"){tokenizer}'),)
+
+    def requant_recipe(self, layer, method: str) -> CodebookRecipe:
+        """bitsandbytes blocks of 64 (its blocksize under transformers), in the source's weight dtype."""
+        dtype = layer.dtype if isinstance(layer, CodebookLinear) else layer.scales.dtype
+        return CodebookRecipe(self.quant_type, code_table(self.quant_type), REQUANT_BLOCKSIZE, dtype, method)
 
     def configured(self, *, double_quant: bool = False) -> "BnbTarget":
         t = copy.copy(self)

@@ -27,6 +27,7 @@ from .base import (
     Detection,
     LayerFamily,
     SourceFormat,
+    effective_group_size,
     expect_dtype,
     packed_source_words,
     layer_error,
@@ -36,10 +37,6 @@ from .base import (
 )
 
 SCALE_DTYPES = ("F16", "BF16", "F32")
-
-
-def effective_group_size(declared: int, in_features: int) -> int:
-    return in_features if declared in (-1, 0) or declared >= in_features else declared
 
 
 class GptqFamily(LayerFamily, key="gptq"):

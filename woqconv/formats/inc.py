@@ -39,7 +39,8 @@ from .base import (
     spec_of,
     validated,
 )
-from .gptq import GptqFamily, GptqTarget, effective_group_size, valid_damp
+from .base import effective_group_size
+from .gptq import GptqFamily, GptqTarget, valid_damp
 from .targets import TRANSFORMERS_LOAD, Companion, ModelQuantSummary, Target, neural_compressor_load
 
 QCONFIG = "qconfig.json"

@@ -40,7 +40,8 @@ from .base import (
     require,
     validated,
 )
-from .gptq import SCALE_DTYPES, effective_group_size
+from .base import effective_group_size
+from .gptq import SCALE_DTYPES
 from ..wording import counted
 
 KEY = "inc-nonopt"

@@ -14,6 +14,7 @@ import numpy as np
 
 from .._lazy import torch
 from ..ir import CodebookLinear, GIdxKind, QuantLinear
+from ..requant import AffineRecipe, CodebookRecipe
 from .scan import ScannedLayer
 from ..io.safetensors_io import TORCH_NAMES, TensorSpec
 from ..tensor_ops import Copy, ShiftFields, Small, TensorOp
@@ -169,6 +170,8 @@ class Target:
     # ways the model card shows to load it.
     loader: str = "transformers"
     load_examples: tuple[LoadExample, ...] = (TRANSFORMERS_LOAD,)
+    # The target can store its scales double-quantized (bitsandbytes' absmax), through configured().
+    double_quant_option: bool = False
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -219,6 +222,15 @@ class Target:
         if lossy:
             lossy = {"kind": "bf16", **lossy}
         return Prepared(layer, changes, zero_point_zero_groups=zero, lossy=lossy)
+
+    def requant_recipe(self, layer, method: str) -> AffineRecipe | CodebookRecipe:
+        """How ``--requantize`` refits ``layer`` for this target: contiguous groups of the source's group size
+        (the blocksize for a codebook source) at the source's bits (4 from a codebook), with fp16 scales
+        (what GPTQ/AWQ kernels and INC's loader use), kept on the bf16 grid for a target Gaudi computes with."""
+        bits = 4 if isinstance(layer, CodebookLinear) else layer.bits
+        grid = torch.bfloat16 if self.bf16_scales else None
+        zero_min = 1 if self.zero_point_convention == ZP_V1 and self.v1_zero_point_zero == "refuse" else 0
+        return AffineRecipe(bits, min(layer.group_size, layer.in_features), torch.float16, grid, zero_min, method)
 
     def byte_route(self, layer: ScannedLayer, source_family: str, source_convention: str) -> ByteRoute | None:
         """How to write ``layer`` (scanned with numpy, not read) by moving bytes alone; None when the plan
