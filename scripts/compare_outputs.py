@@ -101,7 +101,10 @@ def main() -> int:
         a, b = old.get(key), new.get(key)
         if a != b:
             differ += 1
-            print(f"DIFFERS {key}: old {json.dumps(a)[:300]} | new {json.dumps(b)[:300]}")
+            files_a, files_b = (a or {}).get("files", {}), (b or {}).get("files", {})
+            changed = sorted(f for f in set(files_a) | set(files_b) if files_a.get(f) != files_b.get(f))
+            what = f"files {', '.join(changed)}" if changed else f"old {json.dumps(a)[:300]} | new {json.dumps(b)[:300]}"
+            print(f"DIFFERS {key}: {what}")
     written = sum(1 for v in new.values() if "files" in v)
     files = sum(len(v["files"]) for v in new.values() if "files" in v)
     digest = hashlib.sha256(json.dumps(new, sort_keys=True).encode()).hexdigest()[:16]

@@ -43,6 +43,9 @@ class SourceFormat:
     # Mixed precision: layers whose settings differ from the ones above (GPTQModel's ``dynamic``, INC's
     # per-module entries, NNCF's ratio/backup_mode), layer prefix -> {"bits", "group_size", "sym"}.
     layer_overrides: dict[str, dict] = field(default_factory=dict)
+    # The Detection that recognised the checkpoint (set by formats/detect.py): what verify asks for the
+    # loader a source runs in.
+    detection: type | None = field(default=None, repr=False, compare=False)
 
     def for_layer(self, prefix: str) -> "SourceFormat":
         """The format as it applies to one layer: the model-level settings with that layer's overrides."""
@@ -71,9 +74,11 @@ class Detection:
     # Files of a Hub repo this format reads or carries beyond its config files, the safetensors weights and
     # the model files every checkpoint has (glob patterns, for hub/fetch.py).
     hub_files: ClassVar[tuple[str, ...]] = ()
-    # A tensor-name suffix only this format's producer writes, and that producer's name.
+    # A tensor-name suffix only this format's producer writes, and that producer's name; the loader
+    # (woqconv.runtime.worker's name) that reads whatever that producer wrote.
     marker_suffix: ClassVar[str | None] = None
     producer: ClassVar[str] = "unknown"
+    producer_loader: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -93,6 +98,20 @@ class Detection:
     def from_config(cls, ckpt: Checkpoint, qc: dict, file: str, method: str) -> SourceFormat:
         """The format of a checkpoint whose quantization config (in ``file``) names one of ``quant_methods``."""
         raise NotImplementedError
+
+    @classmethod
+    def source_loader(cls, src) -> str:
+        """The loader ``verify --against`` runs a source of this format in (woqconv.runtime.worker's names, or
+        "dense": woqconv's own dequantized reference). By default: its producer's own loader, where one
+        is registered; "dense" where the zero-point label contradicts the data (its loader would follow
+        the label); else transformers."""
+        fmt = src.format
+        for detection in Detection.registry:
+            if detection.producer_loader and fmt.producer == detection.producer:
+                return detection.producer_loader
+        if src.convention_source == "data" and src.declared_convention != fmt.zero_point_convention:
+            return "dense"
+        return "transformers"
 
 
 class LayerFamily:

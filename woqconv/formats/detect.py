@@ -19,7 +19,7 @@ def detect(ckpt: Checkpoint) -> SourceFormat:
     """Identify the checkpoint's format; raise FormatError naming the problem."""
     for detection in Detection.registry:
         if detection.claims(ckpt):
-            return detection.detect(ckpt)
+            return replace(detection.detect(ckpt), detection=detection)
     fmt = from_config(ckpt)
     check_layout(ckpt, fmt)
     return fmt
@@ -33,7 +33,7 @@ def from_config(ckpt: Checkpoint) -> SourceFormat:
         method = next((d.quant_methods[0] for d in Detection.registry if file in d.unlabelled_config_files), "")
     for detection in Detection.registry:
         if method in detection.quant_methods:
-            return detection.from_config(ckpt, qc, file, method)
+            return replace(detection.from_config(ckpt, qc, file, method), detection=detection)
     known = ", ".join(d.quant_methods[0] for d in Detection.registry if d.quant_methods)
     raise FormatError(f"quant_method {qc.get('quant_method')!r} is not a supported format ({known})", file=ckpt.root / file)
 

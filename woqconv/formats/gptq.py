@@ -203,6 +203,13 @@ def dynamic_config(layers: list, bits: int, group_size: int, sym: bool, unquanti
 
 # -- detection ---------------------------------------------------------------------------------
 
+def is_mixed_gptq(fmt: SourceFormat) -> bool:
+    """A GPTQ checkpoint with per-module `dynamic` precisions: transformers' GPTQ dispatch builds every layer at
+    the base precision (and fails on the others' shapes), GPTQModel's own loader reads them. (AutoRound's
+    `extra_config` goes through transformers to auto-round, which reads it.)"""
+    return fmt.name in ("gptq", "gptq-v2") and fmt.quant_method == "gptq" and bool(fmt.layer_overrides)
+
+
 GPTQ_CHECKPOINT_FORMATS = {"gptq": ZP_V1, "gptq_v2": ZP_V2}
 
 
@@ -215,6 +222,14 @@ class GptqDetection(Detection):
     config_files = ("quantize_config.json", "quantization_config.json")
     unlabelled_config_files = ("quantize_config.json",)  # AutoGPTQ's, which states no quant_method
     override_tables = {"dynamic": dynamic_override}
+
+    @classmethod
+    def source_loader(cls, src) -> str:
+        loader = super().source_loader(src)
+        if loader == "transformers" and is_mixed_gptq(src.format):
+            # GPTQModel refuses asymmetric GPTQ v1 that an older GPTQModel did not write (AutoRound's auto_gptq)
+            return "gptqmodel" if src.format.zero_point_convention == ZP_V2 or src.format.sym else "dense"
+        return loader
 
     @classmethod
     def from_config(cls, ckpt: Checkpoint, qc: dict, file: str, method: str) -> SourceFormat:

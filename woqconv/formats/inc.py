@@ -104,6 +104,10 @@ class IncHpuCacheDetection(Detection):
         fmt = detect_default(ckpt, layout_check=False) if is_default_format(ckpt) else detect.from_config(ckpt)
         return replace(fmt, name="hpu", family="hpu", zero_point_convention=ZP_V2, producer=PRODUCER)
 
+    @classmethod
+    def source_loader(cls, src) -> str:
+        return "dense"  # INC loads its Gaudi cache only on Gaudi: the dense reference stands in
+
 
 class IncDefaultDetection(Detection):
     """INC's default format (qconfig.json per module); INC's huggingface format is GPTQ, and its per-layer
@@ -111,7 +115,18 @@ class IncDefaultDetection(Detection):
 
     marker_suffix = ".scale_bf16_to_fp8"
     producer = PRODUCER
+    producer_loader = "inc"  # INC's huggingface format: INC's own load()
     hub_files = HUB_FILE_PATTERNS
+
+    @classmethod
+    def source_loader(cls, src) -> str:
+        fmt = src.format
+        if fmt.family == "inc-codebook":
+            return "inc-default"  # INC reloads its nf4/fp4 default format
+        entries = [next(iter(e.values())) for e in fmt.declared_config.get("qconfig", {}).values()]
+        if fmt.name == "inc-nonopt" or (src.g_idx_kind.value in ("block-uniform", "scattered") and not any(e.get("desc_act") for e in entries)):
+            return "dense"  # INC cannot reload these (non-optimum) or drops their g_idx (act_order without desc_act)
+        return "inc-default"
 
     @classmethod
     def claims(cls, ckpt: Checkpoint) -> bool:

@@ -25,9 +25,8 @@ from ..architecture import meta_model
 from ..io.checkpoint import CONFIG_NAME, HPU_CACHES
 from ..compute import compute_threads, default_workers, map_in_order, release_freed_memory
 from ..errors import WoqconvError
-from ..formats.base import ZP_V2
-from ..formats import TARGETS
-from ..formats.inc import HPU_WEIGHT_NAME
+from ..formats import TARGETS, Detection
+from ..formats.gptq import is_mixed_gptq
 from ..ir import CodebookLinear, GIdxKind, QuantLinear
 from ..requant import weight_error
 from ..source import QuantizedCheckpoint, open_checkpoint
@@ -42,22 +41,17 @@ GAUDI_LOADERS = ("inc-hpu", "inc-hpu-default")
 
 def _loader_for(ckpt: QuantizedCheckpoint) -> str:
     fmt = ckpt.format
-    if (ckpt.root / "hpu_model.safetensors").exists():
-        return "inc-hpu"  # an hpu output is meant for INC's Gaudi path, whoever produced its source
-    if (ckpt.root / HPU_WEIGHT_NAME).exists():
-        return "inc-hpu-default"  # the Gaudi recipe's own route: INC's default format with its cache
-    if fmt.name == "gptq" and fmt.producer == "neural-compressor":
-        return "inc"
-    if _mixed_gptq(fmt):
+    for target in TARGETS.values():
+        # An output with a Gaudi cache is meant for INC's Gaudi path, whoever produced its source.
+        cache = target.companion.file if target.companion else target.default_hpu_cache
+        if cache and (ckpt.root / cache).exists():
+            return target.loader
+    by_producer = next((d.producer_loader for d in Detection.registry if d.producer_loader and d.producer == fmt.producer), None)
+    if fmt.name == "gptq" and by_producer:
+        return by_producer  # INC's huggingface format: INC's own load()
+    if is_mixed_gptq(fmt):
         return "gptqmodel"
     return TARGETS[fmt.name].loader if fmt.name in TARGETS else "transformers"
-
-
-def _mixed_gptq(fmt) -> bool:
-    """A GPTQ checkpoint with per-module `dynamic` precisions: transformers' GPTQ dispatch builds every layer at
-    the base precision (and fails on the others' shapes), GPTQModel's own loader reads them. (AutoRound's
-    `extra_config` goes through transformers to auto-round, which reads it.)"""
-    return fmt.name in ("gptq", "gptq-v2") and fmt.quant_method == "gptq" and bool(fmt.layer_overrides)
 
 
 def _open_as_loader_reads(path: Path, report: VerifyReport) -> QuantizedCheckpoint:
@@ -290,26 +284,9 @@ def _run_check(out: QuantizedCheckpoint, src_path: Path | None, src_loader: str 
 
 
 def _source_loader(src: QuantizedCheckpoint) -> str:
-    fmt = src.format
-    if fmt.name == "openvino":
-        return "openvino"  # OVModelForCausalLM, in the OpenVINO environment
-    if fmt.family == "inc-codebook":
-        return "inc-default"  # INC reloads its nf4/fp4 default format
-    if fmt.name in ("inc", "inc-nonopt"):
-        entries = [next(iter(e.values())) for e in fmt.declared_config.get("qconfig", {}).values()]
-        if fmt.name == "inc-nonopt" or (src.g_idx_kind.value in ("block-uniform", "scattered") and not any(e.get("desc_act") for e in entries)):
-            return "dense"  # INC cannot reload these (non-optimum) or drops their g_idx (act_order without desc_act)
-        return "inc-default"
-    if fmt.name == "hpu":
-        return "dense"
-    if fmt.producer == "neural-compressor":
-        return "inc"
-    if src.convention_source == "data" and src.declared_convention != src.format.zero_point_convention:
-        return "dense"  # its own loader would follow the wrong label
-    if _mixed_gptq(fmt):
-        # GPTQModel refuses asymmetric GPTQ v1 that an older GPTQModel did not write (AutoRound's auto_gptq)
-        return "gptqmodel" if fmt.zero_point_convention == ZP_V2 or fmt.sym else "dense"
-    return "transformers"
+    """The loader a source runs in: its format's answer (Detection.source_loader)."""
+    detection = src.format.detection or Detection
+    return detection.source_loader(src)
 
 
 def _base_for(path: Path, against: Path | None, spec: str | os.PathLike | None) -> bases.BaseModel | None:

@@ -159,6 +159,10 @@ class OpenVinoDetection(Detection):
     hub_files = HUB_FILE_PATTERNS
 
     @classmethod
+    def source_loader(cls, src) -> str:
+        return "openvino"  # OVModelForCausalLM, in the OpenVINO environment
+
+    @classmethod
     def claims(cls, ckpt: Checkpoint) -> bool:
         return ckpt.container == "openvino-ir"
 
