@@ -132,6 +132,16 @@ def test_logits_match_the_source(logits, name):
     assert logits[name]["default"] <= 0.05, logits[name]
 
 
+def test_the_same_conversion_writes_the_same_bytes(converted, tmp_path):
+    """OpenVINO names unnamed nodes from a process-wide counter: the target names every node it builds, so a
+    conversion repeated in a process that has built other models since writes the same bytes."""
+    outs, _, _ = converted
+    name = "ar-g32-asym-auto_gptq"
+    _convert(name, tmp_path / "again")
+    for f in ("openvino_model.xml", "openvino_model.bin"):
+        assert (tmp_path / "again" / f).read_bytes() == (outs[name] / f).read_bytes(), f
+
+
 def test_act_order_is_refused_before_writing(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(RefusedConversion, match="scattered act-order g_idx cannot be expressed in openvino"):

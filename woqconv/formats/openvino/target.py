@@ -110,10 +110,13 @@ def decompressed_weight(layer: QuantLinear, name: str):
     codes = layer.codes.numpy().reshape(out, g, group)
     zeros = layer.zeros.numpy().reshape(out, g, 1)
     scales = _scale_constant(layer.scales.reshape(out, g, 1), f"{name}/scale")
-    q = ops.convert(ops.constant(codes, dtype=etype, name=name), ov.Type.f32)
-    z = ops.convert(ops.constant(zeros, dtype=etype, name=f"{name}/zero_point"), ov.Type.f32)
+    # Every node is named: OpenVINO names the others from a process-wide counter, so the same conversion
+    # would write different bytes depending on what the process built before.
+    q = ops.convert(ops.constant(codes, dtype=etype, name=name), ov.Type.f32, name=f"{name}/convert")
+    z = ops.convert(ops.constant(zeros, dtype=etype, name=f"{name}/zero_point"), ov.Type.f32, name=f"{name}/zero_point/convert")
     w = ops.multiply(ops.subtract(q, z, name=f"{name}/zero_point/subtract"), scales, name=f"{name}/fq_weights")
-    return ops.reshape(w, ops.constant(np.array([out, inp], dtype=np.int64)), special_zero=False, name=f"{name}/reshape")
+    shape = ops.constant(np.array([out, inp], dtype=np.int64), name=f"{name}/reshape/shape")
+    return ops.reshape(w, shape, special_zero=False, name=f"{name}/reshape")
 
 
 def _scale_constant(scales: torch.Tensor, name: str):
@@ -130,7 +133,7 @@ def _scale_constant(scales: torch.Tensor, name: str):
         const = ops.constant(tensor, name=name)
     else:
         raise ValueError(f"scales of dtype {scales.dtype} are not written to OpenVINO")
-    return ops.convert(const, ov.Type.f32)
+    return ops.convert(const, ov.Type.f32, name=f"{name}/convert")
 
 
 def weight_constants(model) -> dict[str, object]:
@@ -155,7 +158,9 @@ def _replace(node, new) -> None:
         if consumer.get_type_name() == "Convert" and consumer.get_output_element_type(0) == new_type:
             _replace(consumer, new)
         elif new_type != node.get_output_element_type(0) and consumer.get_type_name() != "Convert":
-            target.replace_source_output(_ov()[1].convert(new, node.get_output_element_type(0)).output(0))
+            cast = _ov()[1].convert(new, node.get_output_element_type(0),
+                                    name=f"{new.get_friendly_name()}/convert_for/{consumer.get_friendly_name()}")
+            target.replace_source_output(cast.output(0))
         else:
             target.replace_source_output(new.output(0))
 
