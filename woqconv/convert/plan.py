@@ -36,10 +36,10 @@ class ShardPlan:
     metadata: dict[str, str]
     source: str = ""  # the source shard (relative name) whose tensors this one carries or re-encodes
     passthrough: list[str] = field(default_factory=list)  # source tensors carried over (copied, or cast)
-    layers: list[str] = field(default_factory=list)  # quantized layers re-encoded into this shard
     specs: list[TensorSpec] = field(default_factory=list)
     ops: dict[str, TensorOp] = field(default_factory=dict)  # every output tensor -> how it is made
-    outputs: dict[str, list[str]] = field(default_factory=dict)  # each layer -> its output tensors, in the encoder's order
+    # The quantized layers re-encoded into this shard -> their output tensors, in the encoder's order.
+    outputs: dict[str, list[str]] = field(default_factory=dict)
     # The output file is the source file with a few tensors written over: same header, so every tensor
     # the plan copies under its own name already lies where it belongs. The writer copies the file whole.
     copy_whole: bool = False
@@ -332,7 +332,6 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
             shard.ops[t] = Cast(t, dtype) if t in widened else Copy(t)
     for name, p in prepared.items():
         shard = shards[ckpt.locations[src.family.owned_tensors(ckpt, name)[0]]]
-        shard.layers.append(name)
         if name in routed:
             specs, ops = routed[name][1].specs, routed[name][1].ops
         else:

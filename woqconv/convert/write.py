@@ -72,7 +72,7 @@ def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = Non
         if companion and t in plan.companion_passthrough:
             source_file = ckpt.shards[ckpt.locations[t]]
             if t in plan.companion_casts:
-                _cast(companion, t, source_file)
+                _cast(companion, t, source_file, companion.dtype_of(t))
             else:
                 companion.copy_from(t, source_file)
         return [t], ckpt.info(t).nbytes
@@ -125,7 +125,7 @@ def execute(plan: ConversionPlan, shard: ShardPlan, name: str, writer: Safetenso
         else:
             writer.copy_from(name, ckpt.shards[ckpt.locations[op.source]], op.source)
     elif isinstance(op, Cast):
-        _cast(writer, name, ckpt.shards[ckpt.locations[op.source]])
+        _cast(writer, name, ckpt.shards[ckpt.locations[op.source]], op.dtype)
     elif isinstance(op, ShiftFields):
         words = packing.shift_fields(ckpt.read_bytes(op.source), op.bits, op.delta).view("<i4")
         writer.write_array(name, words.reshape(writer.shape_of(name)))
@@ -155,12 +155,12 @@ def _relayout(ckpt, op: Relayout, buffers: threading.local) -> np.ndarray:
     return result.reshape(rows * 8, cols // 8)
 
 
-def _cast(writer: SafetensorsWriter, name: str, source_file) -> None:
-    """Write a source float tensor cast to the dtype its slot in ``writer`` was planned with."""
+def _cast(writer: SafetensorsWriter, name: str, source_file, dtype: str) -> None:
+    """Write a source float tensor cast to ``dtype`` (the safetensors name its slot in ``writer`` was planned with)."""
     if isinstance(source_file, SafetensorsFile):
-        writer.cast_from(name, source_file)
+        writer.cast_from(name, source_file)  # to the slot's dtype, a slice of rows at a time
     else:
-        writer.write(name, source_file.read(name).to(safetensors_io.DTYPES[writer.dtype_of(name)]))
+        writer.write(name, source_file.read(name).to(safetensors_io.DTYPES[dtype]))
 
 
 def write_shard(into: Path, shard: ShardPlan, source_file, carry_tensor, write_layer, pool: ThreadPoolExecutor | None, workers: int,
@@ -172,7 +172,7 @@ def write_shard(into: Path, shard: ShardPlan, source_file, carry_tensor, write_l
     try:
         # Carried tensors (embeddings, norms, lm_head: about 1/7 of a 7B file) go through the same workers
         # as layers, so the copy overlaps the re-layouts instead of preceding them.
-        work = [(carry_tensor, t) for t in shard.passthrough] + [(write_layer, n) for n in shard.layers]
+        work = [(carry_tensor, t) for t in shard.passthrough] + [(write_layer, n) for n in shard.outputs]
         for names, consumed in map_bounded(pool, lambda job: job[0](shard, job[1], writer), work, workers):
             weight_map.update(dict.fromkeys(names, shard.name))
             tick(consumed)
