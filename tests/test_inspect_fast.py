@@ -23,7 +23,8 @@ from woqconv.compute import compute_threads
 from woqconv.errors import WoqconvError
 from woqconv.formats.base import ZP_V1, ZP_V1_WORD, ZP_V2, SourceFormat
 from woqconv.io.safetensors_io import ITEMSIZE, TORCH_NAMES
-from woqconv.source import open_checkpoint, symmetric_field
+from woqconv.formats.zero_points import symmetric_field
+from woqconv.source import open_checkpoint
 
 ALL_FIXTURES = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
 

@@ -24,7 +24,7 @@ from loading import source_loader
 
 import woqconv
 from woqconv.errors import RefusedConversion, WoqconvError
-from woqconv.formats.openvino.target import decompressed_weight
+from woqconv.formats.openvino.graph import decompressed_weight
 from woqconv.ir import QuantLinear
 from woqconv.runtime.openvino_check import decompressed_weights, fused_layers
 from woqconv.runtime.runs import run_logits

@@ -12,16 +12,13 @@ from .io.checkpoint import CONFIG_NAME, Checkpoint
 from .compute import compute_threads
 from .errors import FormatError
 from .formats import LayerFamily
-from .formats.base import ZP_V1_WORD, SourceFormat
+from .formats.base import SourceFormat
 from .formats.detect import detect
 from .ir import GIdxKind, least_regular
 from .formats.scan import ScannedLayer
 from .io.safetensors_io import TORCH_NAMES
-from .source import (
-    RAW_ZERO_FAMILIES,
-    QuantizedCheckpoint,
-    open_checkpoint,
-)
+from .formats.zero_points import convention_source, public_convention
+from .source import QuantizedCheckpoint, open_checkpoint
 
 
 @dataclass
@@ -90,10 +87,6 @@ class InspectReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _public(convention: str) -> str:
-    return "v1" if convention == ZP_V1_WORD else convention
 
 
 def precisions(layers: list[LayerInfo]) -> list[dict]:
@@ -172,8 +165,8 @@ def _local_report(ckpt: Checkpoint, fmt: SourceFormat, layers: list[LayerInfo], 
         group_size=fmt.group_size,
         sym=all(layer.sym for layer in layers),
         sym_declared=fmt.sym,
-        zero_point_convention=_public(fmt.zero_point_convention),
-        zero_point_convention_declared=_public(declared),
+        zero_point_convention=public_convention(fmt.zero_point_convention),
+        zero_point_convention_declared=public_convention(declared),
         zero_point_convention_source=source,
         g_idx=g_kind,
         desc_act_declared=fmt.desc_act,
@@ -216,10 +209,10 @@ def header_report(ckpt: Checkpoint, *, label: str, total_bytes: int) -> InspectR
     if getattr(family, "geometry", None) is None:
         raise FormatError(f"{fmt.name} layers cannot be described from headers alone", file=label)
     layers = [_from_headers(ckpt, family, fmt, p) for p in family.layer_prefixes(ckpt)]
-    declared = _public(fmt.zero_point_convention)
+    declared = public_convention(fmt.zero_point_convention)
     g_kind = "unknown" if any(layer.g_idx == "unknown" for layer in layers) else "none"
     # The layout itself fixes AWQ's raw zero points, and a layer without g_idx has none to classify.
-    needs = ["sym"] + (["zero_point_convention"] if fmt.family not in RAW_ZERO_FAMILIES else []) + (["g_idx"] if g_kind == "unknown" else [])
+    needs = ["sym"] + (["zero_point_convention"] if convention_source(fmt) == "config" else []) + (["g_idx"] if g_kind == "unknown" else [])
     return InspectReport(
         path=label,
         format=fmt.name,
@@ -232,7 +225,7 @@ def header_report(ckpt: Checkpoint, *, label: str, total_bytes: int) -> InspectR
         sym_declared=fmt.sym,
         zero_point_convention=declared,
         zero_point_convention_declared=declared,
-        zero_point_convention_source="format" if fmt.family in RAW_ZERO_FAMILIES else "config",
+        zero_point_convention_source=convention_source(fmt),
         g_idx=g_kind,
         desc_act_declared=fmt.desc_act,
         **_totals(ckpt, family, layers, total_bytes),

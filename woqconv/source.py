@@ -9,7 +9,7 @@ layer, not the model.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Iterator
 
 from ._lazy import torch
@@ -17,20 +17,11 @@ from .io.checkpoint import Checkpoint
 from .compute import map_in_order, release_freed_memory
 from .errors import FormatError
 from .formats import LayerFamily
-from .formats.base import ZP_V1, ZP_V1_WORD, ZP_V2, SourceFormat
+from .formats.base import ZP_V1, SourceFormat
 from .formats.detect import detect
 from .ir import CodebookLinear, GIdxKind, QuantLinear, least_regular
 from .formats.scan import ScannedLayer
-
-CONVENTION_CHOICES = ("auto", ZP_V1, ZP_V2, ZP_V1_WORD)
-# Layouts whose zero points are raw by definition: the format, not the config, says so.
-RAW_ZERO_FAMILIES = ("awq", "hpu", "inc-nonopt", "openvino")
-
-
-def _public(convention: str) -> str:
-    """v1-word is a v1 dialect; reports speak of v1 and v2 only."""
-    return ZP_V1 if convention == ZP_V1_WORD else convention
-
+from .formats.zero_points import CONVENTION_CHOICES, StoredZeros, reading_warnings, settle_convention, symmetric_field
 
 @dataclass
 class QuantizedCheckpoint:
@@ -188,109 +179,6 @@ def _scan(ckpt: Checkpoint, requested: str, workers: int = 1) -> QuantizedCheckp
         stored.add(list(scans[p].zero_counts) if p in scans else counted[p], fmt.for_layer(p).bits)
     fmt, source, settled = settle_convention(fmt, requested, stored)
     return QuantizedCheckpoint(ckpt, fmt, prefixes, declared, source, notes + settled, stored, workers, scans=scans)
-
-
-# -- what the stored zero points say, and which convention to read them with ---------------------------
-# Pure functions of per-layer histograms of the stored fields, so that the torch scan above and
-# the numpy scan (formats/scan.py) decide by the same rules.
-
-
-@dataclass
-class StoredZeros:
-    """What a checkpoint's stored zero-point fields hold, counted layer by layer (nothing kept).
-
-    Only symmetric data decides the convention: every field equal to 2^(b-1) is v2 (or AWQ raw), every
-    field equal to 2^(b-1)-1 is v1. Mixed precision: each layer's fields are compared with its own
-    2^(b-1); ``values`` holds them relative to the model-level ``bits``, so a uniform checkpoint reads
-    exactly as a single layer would. All-ones and zero fields are what the v1 warnings count.
-    """
-
-    bits: int  # the model-level bits
-    values: set[int] = field(default_factory=set)  # distinct fields seen, collected until there are three
-    all_ones: int = 0
-    zeros: int = 0
-
-    def add(self, counts: list[int], bits: int) -> None:
-        """One layer's histogram: ``counts[v]`` of its ``bits``-bit fields are ``v`` (``len(counts) == 2**bits``)."""
-        if len(self.values) <= 2:
-            shift = (1 << (self.bits - 1)) - (1 << (bits - 1))
-            self.values |= {v + shift for v, n in enumerate(counts) if n}
-        self.all_ones += counts[(1 << bits) - 1]
-        self.zeros += counts[0]
-
-
-def symmetric_field(fmt: SourceFormat, bits: int) -> int:
-    """The stored field that reads as z = 2^(b-1) in a ``bits``-bit layer of ``fmt`` (as settled): a layer is
-    symmetric exactly when every stored field is this value.
-
-    Raw layouts (AWQ, whatever convention was asked for) and v2 store z. v1 stores z - 1 per field (read
-    modulo 2^b). GPTQModel's v1-word subtracts 0x11..11 from each whole word: a word of z = 2^(b-1)
-    fields becomes a word of 2^(b-1) - 1 fields (no field borrows), and it is the only word that reads
-    back as one, so the per-field answer holds there too.
-    """
-    half = 1 << (bits - 1)
-    return half if fmt.family in RAW_ZERO_FAMILIES or fmt.zero_point_convention == ZP_V2 else half - 1
-
-
-def settle_convention(fmt: SourceFormat, requested: str, stored: StoredZeros) -> tuple[SourceFormat, str, list[str]]:
-    """The convention to read with: asked for, proved by symmetric data, or declared.
-
-    Returns the format as read (its ``zero_point_convention`` and name say the convention used), where
-    that convention came from ("user", "data", "config" or "format"), and warnings about contradictions.
-    """
-    declared = fmt.zero_point_convention
-    half = 1 << (fmt.bits - 1)
-    warnings = []
-    data_says = None
-    if fmt.family == "gptq" and len(stored.values) == 1:
-        only = next(iter(stored.values))
-        data_says = ZP_V2 if only == half else ZP_V1 if only == half - 1 else None
-
-    if requested != "auto":
-        used, source = requested, "user"
-        if data_says and _public(requested) != data_says:
-            warnings.append(
-                f"reading zero points as {_public(requested)} as asked, but every stored zero point is {next(iter(stored.values))}, "
-                f"which is symmetric {data_says} data"
-            )
-    elif data_says:
-        used, source = (declared if _public(declared) == data_says else data_says), "data"
-        if _public(declared) != data_says:
-            warnings.append(
-                f"config declares zero-point convention {_public(declared)} ({fmt.config_file}), but every stored zero point is "
-                f"{next(iter(stored.values))}, which is symmetric {data_says} data: reading as {data_says}"
-            )
-    else:
-        # AWQ and AutoRound's raw packings define their convention; GPTQ asym data cannot prove either.
-        used, source = declared, ("format" if fmt.family in RAW_ZERO_FAMILIES else "config")
-
-    renamed = {"gptq": "gptq-v2", "gptq-v2": "gptq-v2"} if used == ZP_V2 else {"gptq": "gptq", "gptq-v2": "gptq"}
-    return replace(fmt, zero_point_convention=used, name=renamed.get(fmt.name, fmt.name)), source, warnings
-
-
-def reading_warnings(fmt: SourceFormat, stored: StoredZeros, symmetric: bool) -> list[str]:
-    """What is suspicious about the zero points as read with ``fmt`` (settled); ``symmetric``: every layer reads
-    as symmetric."""
-    warnings = []
-    used = fmt.zero_point_convention
-    # v1 files cannot say z = 0 unambiguously (FORMATS.md 1.4): count what is suspicious.
-    if fmt.family == "gptq" and _public(used) == ZP_V1:
-        ambiguous = stored.all_ones
-        if ambiguous and used == ZP_V1:
-            warnings.append(
-                f"{ambiguous} v1 zero points are stored as {(1 << fmt.bits) - 1:#x}: read as z = 0 (modular, as INC and exllama do); "
-                "a GPTQModel word-arithmetic file would mean something else"
-            )
-        if "auto-round" in fmt.producer.lower() or fmt.packing_format == "auto_round:auto_gptq":
-            clamped = stored.zeros
-            if clamped and not symmetric:
-                warnings.append(
-                    f"{clamped} zero points are stored as 0 by AutoRound's v1 export, which clamps z = 0 to a stored 0: "
-                    "they read as z = 1 and may have been z = 0 before export"
-                )
-    if fmt.sym and not symmetric:
-        warnings.append("config says sym = true, but zero points vary: the data is asymmetric")
-    return warnings
 
 
 def _shells(ckpt: Checkpoint, family: type[LayerFamily], prefixes: list[str], fmt: SourceFormat, workers: int = 1) -> list:

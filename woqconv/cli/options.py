@@ -9,7 +9,7 @@ import typer
 
 from ..formats import TARGETS
 from ..requant import METHODS as REQUANT_METHODS
-from ..source import CONVENTION_CHOICES
+from ..formats.zero_points import CONVENTION_CHOICES
 
 # The targets the registry holds, in its order, as the choices of --to; any case ("AWQ") is read as the
 # registered name. Commands take ``to.value``.

@@ -167,11 +167,8 @@ def convert(
             return _report(plan, out_path, total, 0, time.perf_counter() - start, True, warnings, base)
 
         def write(partial: Path, tick: Callable[[int], None]) -> int:
-            if plan.target.container == "openvino":  # an OpenVINO IR, built from optimum-intel's export
-                from ..formats.openvino.export import write_openvino
-
-                return write_openvino(plan, partial, layer_to_write, tick)
-            return write_plan(plan, partial, tick, workers=workers)
+            whole = plan.target.write_whole(plan, partial, layer_to_write, tick)
+            return whole if whole is not None else write_plan(plan, partial, tick, workers=workers)
 
         written = _write_atomically(out_path, warnings, total, progress, write, source_files)
         return _report(plan, out_path, total, written, time.perf_counter() - start, False, warnings, base)

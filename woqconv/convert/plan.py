@@ -15,9 +15,8 @@ from ..base_model import missing_architecture
 from ..io.checkpoint import CONFIG_NAME, HPU_CACHES, QUANT_CONFIG_FILES, Checkpoint
 from ..compute import map_in_order, release_freed_memory
 from ..errors import RefusedConversion
-from ..formats import TARGETS, Target
+from ..formats import TARGETS, Detection, Target
 from ..formats.base import ZP_V1, effective_group_size
-from ..formats.inc import mul_linear_modules
 from ..formats.targets import ByteRoute, ModelQuantSummary, Prepared, scale_cast_loss
 from ..ir import CodebookLinear, GIdxKind, QuantLinear
 from ..requant import METHODS, AffineRecipe, CodebookRecipe
@@ -257,13 +256,12 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
     ckpt = src.ckpt
     if target.needs_config and not ckpt.has_config:
         raise RefusedConversion(missing_architecture(src.root, to), file=src.root)
-    wrapped = mul_linear_modules(ckpt)
-    if wrapped and not target.holds_mul_linear:
-        raise RefusedConversion(
-            f"{len(wrapped)} modules are INC MulLinear wrappers whose input_scale ({wrapped[0]}.input_scale, ...) "
-            f"{to} cannot hold: folding it into the previous layer is a model rewrite woqconv does not do; convert to inc",
-            file=src.root,
-        )
+    wrapped = []
+    for detection in Detection.registry:
+        if wrapped := detection.wrapped_modules(ckpt):
+            if not target.holds_wrappers:
+                raise RefusedConversion(detection.wrapper_refusal(wrapped, to), file=src.root)
+            break
     # Layers the family's numpy pass described and the target can take by moving bytes: no torch.
     routed = _byte_routes(src, target)
     # Every other layer's small tensors are read (and validated), prepared, and released: the plan keeps

@@ -20,14 +20,13 @@ import numpy as np
 from ..kernels import packing
 from ..io import safetensors_io
 from .._lazy import torch
-from ..io.checkpoint import CONFIG_NAME, INC_WEIGHTS, INDEX_NAME, dump_json
+from ..io.checkpoint import CONFIG_NAME, INDEX_NAME, dump_json
 from ..compute import map_bounded
 from ..errors import FormatError
 from ..ir import PackedCodes, QuantLinear
 from ..requant import requantize
 from ..io.safetensors_io import SafetensorsFile, SafetensorsWriter
 from ..tensor_ops import Cast, Compute, Copy, Relayout, ShiftFields, Small, TensorOp, ZerosToRowwise
-from .inc_container import safetensors_to_torch_save, write_default_hpu_cache
 from .plan import ConversionPlan, ShardPlan
 
 Progress = Callable[[int], None]  # called with bytes of source data consumed since the last call
@@ -103,16 +102,8 @@ def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = Non
         packing.drop_reused_buffer()  # this thread's, when it converted layers itself (no pool)
     if plan.sharded and target.container == "safetensors":
         write_index(into, plan.shards, weight_map)
-    if target.container == "inc-pt":
-        # INC's default format is one torch.save'd state dict; build it from the streamed shards.
-        shards = [into / s.name for s in plan.shards]
-        safetensors_to_torch_save(shards, into / INC_WEIGHTS)
-        for f in shards:
-            f.unlink()
     written = write_configs_and_files(into, ckpt.path_of, plan.config, plan.extra_json, plan.copied_files, tick)
-    if target.default_hpu_cache:  # made from the finished checkpoint, as INC makes it on its first Gaudi load
-        written += write_default_hpu_cache(into, plan.config or ckpt.config)
-    return written
+    return written + target.finish(into, [into / s.name for s in plan.shards], plan.config or ckpt.config)
 
 
 def execute(plan: ConversionPlan, shard: ShardPlan, name: str, writer: SafetensorsWriter, buffers: threading.local) -> None:

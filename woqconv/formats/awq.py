@@ -39,6 +39,7 @@ BITS = 4
 
 class AwqGemmFamily(LayerFamily, key="awq"):
     suffixes = ("qweight", "qzeros", "scales", "bias")
+    raw_zero_points = True
     encodes_packed = True
     codes_layout = (1, packing.AWQ_ORDER)
     other_packing_message = "config declares AWQ but qweight {shape} has the GPTQ layout"
@@ -146,6 +147,7 @@ class AwqDetection(Detection):
     """``quant_method: awq`` (AutoAWQ, llm-awq exports through transformers): the GEMM packing only."""
 
     quant_methods = ("awq",)
+    transformers_config = "AwqConfig"
 
     @classmethod
     def from_config(cls, ckpt: Checkpoint, qc: dict, file: str, method: str) -> SourceFormat:

@@ -79,6 +79,8 @@ class Detection:
     marker_suffix: ClassVar[str | None] = None
     producer: ClassVar[str] = "unknown"
     producer_loader: ClassVar[str | None] = None
+    # The transformers config class that parses its quantization_config (verify asks it for its verdict).
+    transformers_config: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -113,6 +115,23 @@ class Detection:
             return "dense"
         return "transformers"
 
+    @classmethod
+    def output_loader(cls, out) -> str | None:
+        """The loader ``verify`` runs an output of this format in, where it is not the loader of the target
+        of the format's name (None: that one)."""
+        return None
+
+    @classmethod
+    def wrapped_modules(cls, ckpt: Checkpoint) -> list[str]:
+        """Modules the producer wrapped around their linear with state of their own, which only a target that
+        ``holds_wrappers`` rebuilds (INC's MulLinear)."""
+        return []
+
+    @classmethod
+    def wrapper_refusal(cls, wrapped: list[str], to: str) -> str:
+        """Why ``to`` cannot take a checkpoint with these wrapped modules."""
+        raise NotImplementedError
+
 
 class LayerFamily:
     """A tensor layout for affine-quantized linears. Subclasses register by ``key``."""
@@ -125,6 +144,12 @@ class LayerFamily:
     codebook: ClassVar[bool] = False
     # encode() takes a layer whose codes are still packed (QuantLinear.packed), via QuantLinear.pack_codes.
     encodes_packed: ClassVar[bool] = False
+    # The layout stores each zero point z itself, so the format, not the config, fixes the convention (AWQ,
+    # the HPU cache, INC's non-optimum layout, OpenVINO). Otherwise the fields are z (v2) or z - 1 (v1) as
+    # the config says, and symmetric data proves which (formats/zero_points.py).
+    raw_zero_points: ClassVar[bool] = False
+    # Format names that say the convention a checkpoint is read with (GPTQ's "gptq" and "gptq-v2"), by it.
+    convention_names: ClassVar[dict[str, str]] = {}
     # Its configs may set bits / group size per layer (GPTQModel's ``dynamic``, AutoRound's ``extra_config``).
     per_layer_overrides: ClassVar[bool] = False
     # How the stored codes tensor ``<prefix>.qweight`` packs its words, (dim, slot_order) as PackedCodes

@@ -310,6 +310,7 @@ class BnbDetection(Detection):
     blocksize and dtype, and the first one stands for the model in reports."""
 
     quant_methods = ("bitsandbytes",)
+    transformers_config = "BitsAndBytesConfig"
 
     @classmethod
     def from_config(cls, ckpt: Checkpoint, qc: dict, file: str, method: str) -> SourceFormat:

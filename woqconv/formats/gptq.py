@@ -41,6 +41,7 @@ SCALE_DTYPES = ("F16", "BF16", "F32")
 
 class GptqFamily(LayerFamily, key="gptq"):
     suffixes = ("qweight", "qzeros", "scales", "g_idx", "bias")
+    convention_names = {ZP_V1: "gptq", ZP_V2: "gptq-v2"}
     encodes_packed = True
     per_layer_overrides = True
     codes_layout = (0, None)
@@ -222,6 +223,15 @@ class GptqDetection(Detection):
     config_files = ("quantize_config.json", "quantization_config.json")
     unlabelled_config_files = ("quantize_config.json",)  # AutoGPTQ's, which states no quant_method
     override_tables = {"dynamic": dynamic_override}
+    transformers_config = "GPTQConfig"
+
+    @classmethod
+    def output_loader(cls, out) -> str | None:
+        fmt = out.format
+        by_producer = next((d.producer_loader for d in Detection.registry if d.producer_loader and d.producer == fmt.producer), None)
+        if fmt.name == "gptq" and by_producer:
+            return by_producer  # INC's huggingface format: INC's own load()
+        return "gptqmodel" if is_mixed_gptq(fmt) else None
 
     @classmethod
     def source_loader(cls, src) -> str:

@@ -18,6 +18,7 @@ import ast
 import re
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 
 from ..kernels import packing
 from .._lazy import torch
@@ -26,6 +27,7 @@ from ..errors import FormatError
 from ..ir import GIdxKind, PackedCodes, QuantLinear
 from ..io.safetensors_io import TensorSpec
 from . import detect, inc_codebook
+from .inc_container import safetensors_to_torch_save
 from .base import (
     Detection,
     ZP_V1,
@@ -117,6 +119,16 @@ class IncDefaultDetection(Detection):
     producer = PRODUCER
     producer_loader = "inc"  # INC's huggingface format: INC's own load()
     hub_files = HUB_FILE_PATTERNS
+
+    @classmethod
+    def wrapped_modules(cls, ckpt: Checkpoint) -> list[str]:
+        """Modules INC wrapped in MulLinear (AWQ/TEQ scales it could not fold): they carry ``input_scale``."""
+        return sorted(n[: -len(".input_scale")] for n in ckpt.locations if n.endswith(".input_scale"))
+
+    @classmethod
+    def wrapper_refusal(cls, wrapped: list[str], to: str) -> str:
+        return (f"{len(wrapped)} modules are INC MulLinear wrappers whose input_scale ({wrapped[0]}.input_scale, ...) "
+                f"{to} cannot hold: folding it into the previous layer is a model rewrite woqconv does not do; convert to inc")
 
     @classmethod
     def source_loader(cls, src) -> str:
@@ -223,15 +235,11 @@ def _detect_codebook(ckpt: Checkpoint, modules: dict[str, tuple[str, dict]], pat
     )
 
 
-def mul_linear_modules(ckpt: Checkpoint) -> list[str]:
-    """Modules INC wrapped in MulLinear (AWQ/TEQ scales it could not fold): they carry ``input_scale``."""
-    return sorted(n[: -len(".input_scale")] for n in ckpt.locations if n.endswith(".input_scale"))
-
-
 class HpuFamily(LayerFamily, key="hpu"):
     """INC's HPUWeightOnlyLinear layout, the one Gaudi's ``convert_from_uint4`` reads."""
 
     suffixes = ("qweight", "qzeros", "scales", "g_idx", "bias", "scale_bf16_to_fp8")
+    raw_zero_points = True
     encodes_packed = True
     codes_layout = (1, None)
 
@@ -352,7 +360,7 @@ class IncDefaultTarget(Target):
     keeps_g_idx = True
     v1_zero_point_zero = "modular"
     container = "inc-pt"
-    holds_mul_linear = True
+    holds_wrappers = True
     per_layer_precision = True
     loader_scale_dtype = "float16"
     needs_config = False
@@ -370,6 +378,13 @@ class IncDefaultTarget(Target):
 
     def check_bits(self, layer):
         return _inc_bits(layer)
+
+    def finish(self, into: Path, shards: list[Path], config: dict) -> int:
+        # INC's default format is one torch.save'd state dict, built from the streamed shards.
+        safetensors_to_torch_save(shards, into / INC_WEIGHTS)
+        for f in shards:
+            f.unlink()
+        return 0
 
     def quantization_config(self, summary: ModelQuantSummary) -> None:
         return None  # the default format has per-module entries in qconfig.json, not a model-level config
@@ -447,25 +462,6 @@ class HpuTarget(IncHfTarget):
         TRANSFORMERS_LOAD,
     )
     description = "inc-hf plus the hpu_model.safetensors cache INC's Gaudi loader reads without repacking"
-
-
-class HpuDefaultTarget(IncDefaultTarget):
-    """The Gaudi recipe's own route: INC's default format, loaded with
-    ``load(OUT, format="default", device="hpu", original_model=...)``, plus the cache INC writes on that
-    first load (``quantized_hpu_weight.pt``), so that INC repacks nothing."""
-
-    name = "hpu-default"
-    keeps_g_idx = False  # as hpu: older SynapseAI ignores any g_idx
-    bf16_scales = True
-    needs_config = True  # the cache's key order is the architecture's module tree
-    default_hpu_cache = HPU_WEIGHT_NAME
-    cache_family = HpuFamily
-    loader = "inc-hpu-default"
-    load_examples = (neural_compressor_load(
-        'original_model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))\n'
-        'model = load(model_name_or_path=path, format="default", device="hpu", original_model=original_model)'
-        '  # Gaudi: uses quantized_hpu_weight.pt, no repack', original_model=True),)
-    description = "inc plus the quantized_hpu_weight.pt cache INC's default-format Gaudi loader reads without repacking"
 
 
 def _entry_group_size(layer: QuantLinear, declared: int) -> int:

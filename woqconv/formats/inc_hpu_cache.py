@@ -44,9 +44,16 @@ from typing import Mapping
 
 from .._lazy import torch
 from ..architecture import meta_model
+from ..errors import WoqconvError
+from ..io import safetensors_io
+from ..io.checkpoint import INC_WEIGHTS, Checkpoint
+from ..io.safetensors_io import SafetensorsWriter, TensorSpec
 from ..ir import PackedCodes, QuantLinear
-from .base import ZP_V2
-from .inc import HPU_WEIGHT_NAME, HpuFamily
+from .base import ZP_V2, LayerFamily
+from .detect import detect
+from .inc import HPU_WEIGHT_NAME, HpuFamily, IncDefaultTarget, parse_qconfig
+from .inc_container import close_maps, mapped_tensors
+from .targets import neural_compressor_load
 
 # HPUWeightOnlyLinear's state-dict keys, in the order its __init__ registers them.
 HPU_BUFFERS = ("bias", "qweight", "qzeros", "scales", "scale_bf16_to_fp8", "g_idx")
@@ -285,3 +292,86 @@ def write_cache(config: Mapping, tensors: Mapping[str, torch.Tensor], checkpoint
     path = Path(checkpoint_dir) / HPU_WEIGHT_NAME
     save_cache(cache_state_dict(config, tensors), path)
     return path
+
+
+# -- the target that writes it ----------------------------------------------------------------------
+
+class HpuDefaultTarget(IncDefaultTarget):
+    """The Gaudi recipe's own route: INC's default format, loaded with
+    ``load(OUT, format="default", device="hpu", original_model=...)``, plus the cache INC writes on that
+    first load (``quantized_hpu_weight.pt``), so that INC repacks nothing."""
+
+    name = "hpu-default"
+    keeps_g_idx = False  # as hpu: older SynapseAI ignores any g_idx
+    bf16_scales = True
+    needs_config = True  # the cache's key order is the architecture's module tree
+    default_hpu_cache = HPU_WEIGHT_NAME
+    cache_family = HpuFamily
+    loader = "inc-hpu-default"
+    load_examples = (neural_compressor_load(
+        'original_model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))\n'
+        'model = load(model_name_or_path=path, format="default", device="hpu", original_model=original_model)'
+        '  # Gaudi: uses quantized_hpu_weight.pt, no repack', original_model=True),)
+    description = "inc plus the quantized_hpu_weight.pt cache INC's default-format Gaudi loader reads without repacking"
+
+    def finish(self, into: Path, shards: list[Path], config: dict) -> int:
+        super().finish(into, shards, config)
+        # Made from the finished checkpoint, as INC makes it on its first Gaudi load.
+        return write_default_hpu_cache(into, config)
+
+
+def write_default_hpu_cache(into: Path, config: dict) -> int:
+    """INC's default-format Gaudi cache beside the INC checkpoint just written into ``into``: the file
+    INC's first ``load(..., format="default", device="hpu")`` saves (the module's docstring says
+    what decides its bytes). Each quantized layer is re-laid out for Gaudi into a scratch safetensors file, one
+    layer in memory at a time; ``torch.save`` then reads every tensor through a memory map. Returns the
+    cache's size in bytes."""
+    spill = into / ".woqconv-hpu-layers.safetensors"
+    maps: list = []
+    try:
+        # Read as INC wrote it: woqconv's own output, so the zero points are the v1 its config declares.
+        with Checkpoint.open(into) as ckpt:
+            fmt = detect(ckpt)
+            family = LayerFamily.registry[fmt.family]
+            names = family.layer_prefixes(ckpt)
+            entries = {module: entry for module, (_, entry) in parse_qconfig(ckpt).items()}
+            model = meta_model(config)
+            owned = {t for name in names for t in family.owned_tensors(ckpt, name)}
+
+            def args(layer) -> dict:
+                module = layer.name[: -len(".linear")] if layer.name not in entries and layer.name.endswith(".linear") else layer.name
+                entry = entries[module]
+                fp8 = f"{layer.name}.scale_bf16_to_fp8"
+                return {"bias": linear_has_bias(model, module), "desc_act": bool(entry.get("desc_act", False)),
+                        "group_size": entry.get("group_size"), "scale_bf16_to_fp8": ckpt.read(fp8) if ckpt.has(fp8) else None}
+
+            # The layers' small tensors fix every shape (and whether INC keeps a g_idx); the codes come after.
+            specs = []
+            for name in names:
+                small = family.read(ckpt, name, fmt, codes=False)
+                small.codes = torch.zeros(small.out_features, small.in_features, dtype=torch.uint8)
+                specs += [TensorSpec(k, safetensors_io.DTYPE_NAMES[t.dtype], tuple(t.shape))
+                          for k, t in hpu_layer_tensors(small, **args(small)).items()]
+            writer = SafetensorsWriter(spill, specs, {"format": "pt"})
+            try:
+                for name in names:
+                    layer = family.read(ckpt, name, fmt)
+                    for key, t in hpu_layer_tensors(layer, **args(layer)).items():
+                        writer.write(key, t)
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+            generated = {s.name for s in specs}
+        # The rest exactly as quantized_weight.pt holds it (INC assigns those tensors, storages and all).
+        stored = torch.load(into / INC_WEIGHTS, mmap=True, weights_only=True)
+        tensors = {k: v for k, v in stored.items() if k not in owned and k not in generated}
+        tensors.update(mapped_tensors(spill, maps))
+        try:
+            path = write_cache(config, tensors, into)
+        except ValueError as e:  # the architecture and the tensors disagree in a way the plan did not foresee
+            raise WoqconvError(f"INC's Gaudi cache ({HPU_WEIGHT_NAME}) cannot be built: {e}") from None
+        return path.stat().st_size
+    finally:
+        close_maps(maps)
+        spill.unlink(missing_ok=True)

@@ -188,6 +188,7 @@ class IncNonOptimumFamily(LayerFamily, key=KEY):
     # scale_bf16_to_fp8 is not owned: as for INC's optimum layout (read by the GPTQ family) it is
     # carried through conversions as it is.
     suffixes = ("qweight", "qzeros", "scales", "g_idx", "bias")
+    raw_zero_points = True
 
     # -- layout ----------------------------------------------------------------------------
     @classmethod

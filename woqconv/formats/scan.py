@@ -5,7 +5,7 @@ with ``b`` in 2, 4, 8, no field straddles a byte, so a histogram of the qzeros b
 histogram of the fields. Per layer this module reads qzeros, scales, g_idx from the safetensors file
 with numpy and returns:
 
-* the histogram of the stored zero-point fields, which ``source.StoredZeros``, ``settle_convention``
+* the histogram of the stored zero-point fields, which ``zero_points.StoredZeros``, ``settle_convention``
   and ``symmetric_field`` turn into the convention and each layer's symmetry, by the rules the torch
   scan uses;
 * the layer's g_idx class, from ``ir.classify_g_idx`` (the torch reader's own function);

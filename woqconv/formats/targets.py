@@ -9,6 +9,8 @@ config that the target's real loaders accept.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -32,7 +34,7 @@ class ModelQuantSummary:
     declared: dict  # the source's quantization_config
     unquantized_linears: list[str] = field(default_factory=list)
     layers: list[QuantLinear] = field(default_factory=list)  # prepared layers (no codes)
-    wrapped_modules: list[str] = field(default_factory=list)  # INC MulLinear modules (layer = module + ".linear")
+    wrapped_modules: list[str] = field(default_factory=list)  # Detection.wrapped_modules (layer = module + ".linear")
 
 
 @dataclass
@@ -143,9 +145,11 @@ class Target:
     zero_point_convention: str
     description: str
     keeps_g_idx: bool
-    container: str = "safetensors"  # or "inc-pt": INC's torch.save'd state dict
+    # What the output's weights are: "safetensors" shards, written by the streaming writer; other containers
+    # are made by the target from those shards (finish) or written by its own means (write_whole).
+    container: str = "safetensors"
     companion: Companion | None = None
-    holds_mul_linear: bool = False  # INC default can rebuild MulLinear wrappers; others cannot
+    holds_wrappers: bool = False  # it rebuilds a producer's wrapper modules (Detection.wrapped_modules)
     # v1 writers that store z = 0 as an all-ones field (INC's modular dialect) instead of refusing.
     v1_zero_point_zero: str = "refuse"
     # The dtype the target's loader casts scales to on load (INC's optimum modules hold fp16 buffers);
@@ -180,6 +184,17 @@ class Target:
 
     def check_bits(self, layer: QuantLinear) -> str | None:
         return None
+
+    def write_whole(self, plan, into: Path, layer_to_write: Callable, progress: Callable[[int], None]) -> int | None:
+        """Write the whole planned output into ``into`` by the target's own means; return the bytes written.
+        None: the streaming writer writes it as safetensors shards, then ``finish`` runs."""
+        return None
+
+    def finish(self, into: Path, shards: list[Path], config: dict) -> int:
+        """After the streamed ``shards`` and the configs are written: turn the shards into the target's
+        container, and write what its loader would make from the finished weights. Returns the bytes of
+        the files it added."""
+        return 0
 
     def prepare(self, layer: QuantLinear) -> Prepared:
         if isinstance(layer, CodebookLinear):

@@ -26,7 +26,6 @@ from ..io.checkpoint import CONFIG_NAME, HPU_CACHES
 from ..compute import compute_threads, default_workers, map_in_order, release_freed_memory
 from ..errors import WoqconvError
 from ..formats import TARGETS, Detection
-from ..formats.gptq import is_mixed_gptq
 from ..ir import CodebookLinear, GIdxKind, QuantLinear
 from ..requant import weight_error
 from ..source import QuantizedCheckpoint, open_checkpoint
@@ -46,12 +45,8 @@ def _loader_for(ckpt: QuantizedCheckpoint) -> str:
         cache = target.companion.file if target.companion else target.default_hpu_cache
         if cache and (ckpt.root / cache).exists():
             return target.loader
-    by_producer = next((d.producer_loader for d in Detection.registry if d.producer_loader and d.producer == fmt.producer), None)
-    if fmt.name == "gptq" and by_producer:
-        return by_producer  # INC's huggingface format: INC's own load()
-    if is_mixed_gptq(fmt):
-        return "gptqmodel"
-    return TARGETS[fmt.name].loader if fmt.name in TARGETS else "transformers"
+    own = fmt.detection.output_loader(ckpt) if fmt.detection else None
+    return own or (TARGETS[fmt.name].loader if fmt.name in TARGETS else "transformers")
 
 
 def _open_as_loader_reads(path: Path, report: VerifyReport) -> QuantizedCheckpoint:
@@ -75,23 +70,15 @@ def _open_as_loader_reads(path: Path, report: VerifyReport) -> QuantizedCheckpoi
 def _config_class_check(ckpt: QuantizedCheckpoint) -> Check:
     qc = ckpt.ckpt.config.get("quantization_config")
     if not isinstance(qc, dict):
-        return Check("config", True, "no model-level quantization_config (INC default format: qconfig.json read above)")
+        return Check("config", True, f"no model-level quantization_config (the format's is {ckpt.format.config_file}, read above)")
+    method = qc.get("quant_method")
+    config_class = next((d.transformers_config for d in Detection.registry if method in d.quant_methods and d.transformers_config), None)
+    if config_class is None:
+        return Check("config", True, f"quant_method {method}: no transformers config class to ask")
     try:
-        method = qc.get("quant_method")
-        if method == "gptq":
-            from transformers import GPTQConfig
+        import transformers
 
-            GPTQConfig.from_dict(dict(qc))
-        elif method == "awq":
-            from transformers import AwqConfig
-
-            AwqConfig.from_dict(dict(qc))
-        elif method == "bitsandbytes":
-            from transformers import BitsAndBytesConfig
-
-            BitsAndBytesConfig.from_dict(dict(qc))
-        else:
-            return Check("config", True, f"quant_method {method}: no transformers config class to ask")
+        getattr(transformers, config_class).from_dict(dict(qc))
     except Exception as e:  # the loader's own verdict, whatever it raises
         return Check("config", False, f"transformers rejects quantization_config: {type(e).__name__}: {e}")
     return Check("config", True, f"transformers accepts the {qc.get('quant_method')} quantization_config")

@@ -7,7 +7,7 @@ Steps, all inside the conversion's partial directory (woqconv.io.output makes it
 2. optimum-intel exports that architecture to OpenVINO IR in the OpenVINO environment
    (``worker.py`` beside this file, a subprocess: optimum-intel needs transformers < 5.6);
 3. every quantized linear's dense weight constant is replaced by its codes, zero points and scales
-   (:func:`woqconv.formats.openvino.target.substitute_weights`), one layer at a time, as the converter
+   (:func:`woqconv.formats.openvino.graph.substitute_weights`), one layer at a time, as the converter
    hands them over;
 4. ``openvino_model.xml``/``.bin`` saved uncompressed (an f16 compression pass would round the
    unquantized weights), beside the export's config.json and the source's tokenizer and generation files.
@@ -27,7 +27,7 @@ import torch
 from ...io.checkpoint import CONFIG_NAME, dump_json
 from ...errors import WoqconvError
 from ...io.safetensors_io import SafetensorsWriter, TensorSpec
-from .target import substitute_weights
+from .graph import substitute_weights
 
 REPO = Path(__file__).resolve().parents[3]
 WORKER = Path(__file__).with_name("worker.py")

@@ -33,6 +33,7 @@ SCALE_DTYPES = ("F16", "BF16", "F32")
 
 class OpenVinoFamily(LayerFamily, key=KEY):
     suffixes = ("codes", "zero_point", "scale", "bias")
+    raw_zero_points = True
 
     @classmethod
     def layer_prefixes(cls, ckpt: Checkpoint) -> list[str]:
