@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Set up woqconv and the real peer libraries its tests compare with, from nothing, CPU only.
+# Set up woqconv, CPU only, from nothing:
+#   scripts/setup.sh            everything the tests use: .venv with every extra and the real peer
+#                               libraries the tests compare with, and .venv-ov (optimum-intel);
+#   scripts/setup.sh main-job   only what scripts/demo.sh needs: .venv with woqconv[inc].
 # Idempotent: a second run with unchanged inputs returns in a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+MODE=${1:-all}
+case "$MODE" in all | main-job) ;; *) echo "usage: scripts/setup.sh [main-job]" >&2; exit 2 ;; esac
 VENV=.venv
 PY=${PYTHON:-python3}
 stamp_inputs=$(cat pyproject.toml setup.py woqconv/kernels/_relayout.c scripts/constraints.txt scripts/constraints-openvino.txt scripts/setup.sh | sha256sum | cut -c1-16)
-if [ -f "$VENV/.woqconv-setup" ] && [ "$(cat "$VENV/.woqconv-setup")" = "$stamp_inputs" ]; then
+STAMP="$VENV/.woqconv-setup-$MODE"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$stamp_inputs" ]; then
   exit 0
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
@@ -14,6 +20,13 @@ PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 # torch first and by exact version: the CPU build on this machine's disk. Left to a resolver,
 # a bare "torch" would pull a multi-GB CUDA build.
 "${PIP[@]}" torch==2.13.0
+if [ "$MODE" = main-job ]; then
+  # The main job converts for Gaudi and loads the result through INC's own HPU path: woqconv[inc].
+  "${PIP[@]}" -c scripts/constraints.txt -e ".[inc]"
+  "$VENV/bin/python" -c "import torch, woqconv, neural_compressor; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+  echo "$stamp_inputs" > "$STAMP"
+  exit 0
+fi
 "${PIP[@]}" -c scripts/constraints.txt -e ".[test]"
 # gptqmodel is the loader transformers uses for GPTQ and AWQ. Its metadata pins a newer (CUDA) torch,
 # so it goes in without dependencies, followed by its small pure-Python needs.
@@ -32,4 +45,4 @@ PIPOV=("$OV/bin/python" -m pip install --quiet --disable-pip-version-check -c sc
 "${PIPOV[@]}" --no-deps gptqmodel
 "${PIPOV[@]}" device-smi logbar tokenicer defuser pypcre threadpoolctl protobuf pillow
 "$OV/bin/python" -c "import torch, optimum.intel.openvino, openvino; assert torch.__version__.startswith('2.13.0'), torch.__version__"
-echo "$stamp_inputs" > "$VENV/.woqconv-setup"
+echo "$stamp_inputs" > "$STAMP"

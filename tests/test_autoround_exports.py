@@ -69,7 +69,7 @@ def test_zero_point_zero_awq_to_v1_is_refused_and_names_the_groups(tmp_path):
     with pytest.raises(RefusedConversion) as e:
         woqconv.convert(fixture_path("ar-zp0-g32-asym-auto_awq"), tmp_path / "v1", to="gptq")
     msg = str(e.value)
-    assert "8 groups in 1 layer" in msg and "model.layers.0.self_attn.q_proj (8)" in msg and "--to gptq-v2" in msg
+    assert "8 groups in 1 layer" in msg and "model.layers.0.self_attn.q_proj (8)" in msg and "`to=gptq-v2`" in msg
     assert not (tmp_path / "v1").exists()
 
 

@@ -138,7 +138,7 @@ def test_every_target_with_base_dir_and_hub_id(hub_cache, tmp_path):
     r = subprocess.run([sys.executable, "-c", script, json.dumps(jobs)], env=_offline(home), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     reports = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("[")]
-    assert reports == [[f"org/tiny-llama@{sha} (given with --base-model)", BASE_FILES]] * len(jobs)
+    assert reports == [[f"org/tiny-llama@{sha} (given)", BASE_FILES]] * len(jobs)
     for (_, via_hub, target), (name, _, out) in zip(jobs, outputs):
         assert read_dir(Path(via_hub)) == read_dir(out), (name, target)
         for f in BASE_FILES[1:]:
@@ -238,7 +238,7 @@ def test_inspect_says_what_is_missing(tmp_path):
     assert "not recorded in the checkpoint" in r.stdout and "base-fp16" in r.stdout
     given = woqconv.inspect(fixture_path("inc-default-rtn-g32-asym"), base_model=BASE)
     assert given.architecture == {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 128, "num_hidden_layers": 2}
-    assert given.architecture_from == f"{BASE} (given with --base-model)"
+    assert given.architecture_from == f"{BASE} (given)"
     own = woqconv.inspect(fixture_path("ar-g32-asym-auto_gptq"))
     assert own.architecture_from == "config.json" and own.architecture["hidden_size"] == 128
 

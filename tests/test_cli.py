@@ -108,9 +108,19 @@ def test_output_rules(tmp_path):
     r = run_cli("convert", src, "-o", tmp_path / "busy", "--to", "awq")
     assert r.returncode == 2 and "--overwrite" in r.stderr
     assert (tmp_path / "busy" / "keep.txt").read_text() == "user data"
+    # --overwrite replaces a model directory (an earlier output), never a folder of something else.
     r = run_cli("convert", src, "-o", tmp_path / "busy", "--to", "awq", "--overwrite", "-q")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "holds no checkpoint" in r.stderr
+    assert (tmp_path / "busy" / "keep.txt").read_text() == "user data"
+    assert run_cli("convert", src, "-o", tmp_path / "earlier", "--to", "gptq", "-q").returncode == 0
+    r = run_cli("convert", src, "-o", tmp_path / "earlier", "--to", "awq", "--overwrite", "-q")
     assert r.returncode == 0, r.stderr
-    assert not (tmp_path / "busy" / "keep.txt").exists() and (tmp_path / "busy" / "model.safetensors").exists()
+    assert json.loads((tmp_path / "earlier" / "config.json").read_text())["quantization_config"]["quant_method"] == "awq"
+    # An output under a file, or an empty one, is named as such, before anything is made.
+    r = run_cli("convert", src, "-o", tmp_path / "busy" / "keep.txt" / "sub", "--to", "awq")
+    assert r.returncode == 2 and "is a file, not a directory" in r.stderr and "partial" not in r.stderr
+    r = run_cli("convert", src, "-o", "", "--to", "awq", "--overwrite")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--output is empty" in r.stderr
     r = run_cli("convert", src, "-o", tmp_path / "x", "--to", "nonsense")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert digest(src) == before

@@ -143,7 +143,7 @@ def test_nf4_output_is_read_back_bit_exact(tmp_path):
 def test_inc_fp4_to_bnb_fp4_is_refused_then_requantized(tmp_path):
     """INC's fp4 table is integer-valued (scale = absmax / 12): its products differ from bitsandbytes' in the
     last bit (FORMATS.md 4.6), so the lossless writer refuses and --requantize quotes a tiny error."""
-    with pytest.raises(RefusedConversion, match="--requantize"):
+    with pytest.raises(RefusedConversion, match="`requantize`"):
         convert(fixture_path("inc-default-fp4-g64"), tmp_path / "a", base_model=base_for(fixture_path("inc-default-fp4-g64")), to="fp4")
     assert not (tmp_path / "a").exists()
     report = convert(fixture_path("inc-default-fp4-g64"), tmp_path / "b", base_model=base_for(fixture_path("inc-default-fp4-g64")), to="fp4", requantize="search")
@@ -166,15 +166,15 @@ def test_double_quant_on_request_is_reported_and_loads(tmp_path):
 
 @pytest.mark.parametrize("to", AFFINE_TARGETS)
 def test_codebook_to_affine_is_refused_without_requantize(to, tmp_path):
-    with pytest.raises(RefusedConversion, match="--requantize would fit"):
+    with pytest.raises(RefusedConversion, match="`requantize` would fit"):
         convert(fixture_path("bnb-nf4-fp16"), tmp_path / "out", base_model=base_for(fixture_path("bnb-nf4-fp16")), to=to)
     assert not any(tmp_path.iterdir())
 
 
 def test_affine_to_codebook_and_act_order_are_refused_without_requantize(tmp_path):
-    with pytest.raises(RefusedConversion, match="--requantize would fit nf4"):
+    with pytest.raises(RefusedConversion, match="`requantize` would fit nf4"):
         convert(fixture_path("ar-g32-asym-auto_gptq"), tmp_path / "a", base_model=base_for(fixture_path("ar-g32-asym-auto_gptq")), to="nf4")
-    with pytest.raises(RefusedConversion, match="--requantize would refit contiguous groups"):
+    with pytest.raises(RefusedConversion, match="`requantize` would refit contiguous groups"):
         convert(fixture_path("inc-hf-gptq-actorder-g32-asym"), tmp_path / "b", base_model=base_for(fixture_path("inc-hf-gptq-actorder-g32-asym")), to="awq")
     assert not any(tmp_path.iterdir())
 
@@ -244,10 +244,10 @@ def test_verify_codebook_outputs(tmp_path):
     weights = [c for c in lossy.checks if c.check == "weights (requantized)"]
     assert len(weights) == 14 and all(c.detail.startswith("relative Frobenius error 0.08") for c in weights)
     assert lossy.metrics["requantized"] and lossy.metrics["cosine"] > 0.97
-    # The table never sums requantized layers up as "every layer as the source".
+    # The table never sums requantized layers up as bit-identical.
     text = run_cli("verify", tmp_path / "gptq", "--against", fixture_path("bnb-nf4-fp16"), "--no-run", env={"COLUMNS": "200"})
     assert text.returncode == 0 and "weights (requantized)" in text.stdout and "14 layers" in text.stdout
-    assert "every layer as the source" not in text.stdout
+    assert "bit-identical to the source" not in text.stdout
 
 
 def _rewrite_state(tmp_path: Path, edit) -> Path:

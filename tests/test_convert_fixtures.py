@@ -92,7 +92,7 @@ def test_lossless_or_refused(name, target, tmp_path):
 
     bf16_changes = any(bool((layer.scales.to(torch.bfloat16).float() != layer.scales.float()).any()) for layer in src_layers.values())
     if target in GAUDI and bf16_changes:
-        with pytest.raises(RefusedConversion, match="--allow-bf16"):
+        with pytest.raises(RefusedConversion, match="`allow_bf16=True`"):
             woqconv.convert(src, tmp_path / "out", to=target, base_model=base)
         assert not any(tmp_path.iterdir())
     report = woqconv.convert(src, tmp_path / "out", to=target, allow_bf16=True, base_model=base)

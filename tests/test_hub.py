@@ -71,7 +71,7 @@ def test_offline_convert_reads_the_cache_and_never_the_network(tmp_path):
 
         r = run_cli(env, "convert", "org/not-cached", "-o", tmp_path / "none", "--to", "awq", cwd=tmp_path)
         assert r.returncode == 2
-        assert r.stderr.startswith("woqconv: error: org/not-cached: not in the local Hub cache") and r.stderr.count("\n") == 1
+        assert r.stderr.startswith("woqconv: error: org/not-cached: no such local directory, and as a Hub repo id: not in the local Hub cache") and r.stderr.count("\n") == 1
         assert not (tmp_path / "none").exists()
         assert hub.requests == []
     assert tree_state(home) == before  # the cache is only read: same files, links, hashes, mtimes
@@ -175,7 +175,7 @@ def test_convert_from_hub_verify_and_push_as_pull_request(tmp_path):
         "| this repo | gptq-v2 |",
         "Lossless: every one of the 14 quantized layers carries the source's codes, zero points and scales bit for bit.",
         f"`woqconv verify` on {v['device']} with {v['loader']}: **passed**.",
-        "| weights | 14 layers | ok | every layer as the source |",
+        "| weights | 14 layers | ok | every layer bit-identical to the source |",
         'model = AutoModelForCausalLM.from_pretrained("me/tiny-gptq-v2")',
         shlex.join(["woqconv", *args]),
     ):

@@ -190,7 +190,7 @@ def test_hpu_default_cache_is_inc_own_cache_and_the_recipe_repacks_nothing(tmp_p
 def test_hpu_default_refuses_what_gaudi_cannot_hold(tmp_path):
     with pytest.raises(RefusedConversion, match="scattered act-order"):
         woqconv.convert(fixture_path("inc-default-gptq-actorder-g32-asym"), tmp_path / "a", to="hpu-default", base_model=BASE)
-    with pytest.raises(RefusedConversion, match="--allow-bf16"):
+    with pytest.raises(RefusedConversion, match="`allow_bf16=True`"):
         woqconv.convert(fixture_path("ar-g32-asym-auto_gptq"), tmp_path / "b", to="hpu-default")
     with pytest.raises(RefusedConversion, match="records no architecture"):
         woqconv.convert(fixture_path("inc-default-rtn-g32-asym"), tmp_path / "c", to="hpu-default", allow_bf16=True)

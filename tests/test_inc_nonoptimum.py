@@ -124,7 +124,7 @@ def test_convert_matches_converting_the_optimum_fixture(name, target, tmp_path):
 
 def test_not_a_target():
     assert "inc-nonopt" not in woqconv.TARGETS
-    with pytest.raises(woqconv.RefusedConversion, match="unknown target"):
+    with pytest.raises(ValueError, match="unknown target"):
         woqconv.convert(fixture_path(NONOPT[0]), "/nonexistent-never-written", to="inc-nonopt")
 
 

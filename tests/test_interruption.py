@@ -194,6 +194,7 @@ def test_overwrite_replaces_the_output(exchange, tmp_path, monkeypatch):
     src = fixture_path("ar-g32-sym-auto_awq")
     out = tmp_path / "out"
     out.mkdir()
+    (out / "config.json").write_text("{}")  # a previous output: overwrite replaces only a model directory
     (out / "old.txt").write_text("previous output")
     woqconv.convert(src, out, to="gptq-v2", overwrite=True)
     assert not (out / "old.txt").exists() and (out / "model.safetensors").exists()

@@ -196,7 +196,7 @@ def test_verify_runs_an_inc_default_source_through_its_base_model(converted):
     """INC's default format records no architecture: verify builds INC's original model from --base-model."""
     outs, _, _ = converted
     name = "inc-default-rtn-g32-asym"
-    with pytest.raises(WoqconvError, match="--base-model"):
+    with pytest.raises(WoqconvError, match="`base_model=PATH_OR_REPO`"):
         woqconv.verify(outs[name], against=fixture_path(name))
     report = woqconv.verify(outs[name], against=fixture_path(name), base_model=BASE)
     assert report.passed, report.failures

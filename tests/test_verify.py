@@ -191,6 +191,12 @@ def test_thresholds_are_adjustable_from_the_cli(tmp_path):
     loose = run_cli("verify", tmp_path / "out", "--against", fixture_path("ar-g32-asym-auto_gptq"), "--no-run")
     bad = run_cli("verify", tmp_path / "out", "--no-run", "--threshold", "nonsense=1")
     assert loose.returncode == 0, loose.stdout[-1500:]
+    # A passing verify states the loss the conversion accepted, with its count, never "bit-identical".
+    accepted = verify(tmp_path / "out", against=fixture_path("ar-g32-asym-auto_gptq"), run=False)
+    cast = [c.accepted for c in accepted.checks if c.accepted]
+    assert cast and all(a["kind"] == "bf16 scales" and 0 < a["changed"] <= a["total"] for a in cast)
+    changed, total = sum(a["changed"] for a in cast), sum(a["total"] for a in cast)
+    assert f"{changed:,} of {total:,} values changed" in loose.stdout and "bit-identical to the source" not in loose.stdout
     assert strict.returncode == 1 and "bf16 scales" in strict.stdout
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
 

@@ -25,7 +25,7 @@ from .io.checkpoint import CONFIG_NAME, MODEL_FILE_PATTERNS, read_json
 from .errors import FormatError, WoqconvError
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
-GIVEN = "--base-model"
+GIVEN = "given"
 RECORDED = "qconfig.json model_path"
 # Tensors INC adds to a quantized linear or its MulLinear wrapper that the original module never had.
 _INC_EXTRAS = (".scale_bf16_to_fp8", ".input_scale")
@@ -56,7 +56,7 @@ class BaseModel:
         return config
 
     def describe(self) -> str:
-        how = "given with --base-model" if self.origin == GIVEN else "recorded in qconfig.json as model_path"
+        how = "given" if self.origin == GIVEN else "recorded in qconfig.json as model_path"
         return f"{self.label} ({how})"
 
 
@@ -132,12 +132,12 @@ def find_recorded(model_path: str | None) -> BaseModel | None:
 def missing_architecture(root: Path, target: str | None = None) -> str:
     """The one line saying a checkpoint records no architecture, what needs it, and what to pass."""
     recorded = recorded_model_path(root)
-    need = f"--to {target} needs one" if target else "its architecture is unknown"
+    need = f"`to={target}` needs one" if target else "its architecture is unknown"
     where = ""
     if recorded:
         where = f"; qconfig.json records model_path {recorded!r}, which is neither a local directory nor a Hub repo in the local cache"
     return (f"the checkpoint records no architecture (no config.json; INC's default format keeps none) and {need}: pass "
-            f"--base-model PATH_OR_REPO, the original unquantized model{where}")
+            f"`base_model=PATH_OR_REPO`, the original unquantized model{where}")
 
 
 # -- does the base describe this checkpoint? ------------------------------------------------------

@@ -16,13 +16,15 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 def is_repo_id(src: str | os.PathLike) -> bool:
-    """``org/name`` that is not an existing local path: a Hub repo. A local directory always wins."""
+    """``org/name`` that is not an existing local path: a Hub repo. A local directory always wins, and a path
+    written as one (``./org/name``, ``/abs/path``, ``org/name/``) is never a repo id."""
     text = os.fspath(src)
     return bool(_REPO_ID.match(text)) and not Path(text).exists() and ".." not in text.split("/")
 
 
-def hub_error(repo_id: str, e: Exception) -> FormatError:
-    """huggingface_hub's exceptions as one woqconv line naming the repo."""
+def hub_error(repo_id: str, e: Exception, *, source: bool = True) -> FormatError:
+    """huggingface_hub's exceptions as one woqconv line naming the repo. For a ``source`` (something to read,
+    named as ``org/name``) the line also says that no local directory has that name: the user may have meant one."""
     from huggingface_hub import errors
 
     if isinstance(e, errors.RevisionNotFoundError):
@@ -39,7 +41,9 @@ def hub_error(repo_id: str, e: Exception) -> FormatError:
         status = e.response.status_code if e.response is not None else "?"
         problem = f"Hub request failed (HTTP {status}): {str(e).splitlines()[0]}"
     else:
-        problem = f"cannot reach the Hub: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        problem = f"cannot reach the Hub (no network?): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if source:
+        problem = f"no such local directory, and as a Hub repo id: {problem}"
     return FormatError(problem, file=repo_id)
 
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .base_model import check_matches, find_recorded, recorded_model_path, resolve
-from .io.checkpoint import CONFIG_NAME, Checkpoint
+from .io.checkpoint import CONFIG_NAME, HPU_CACHES, Checkpoint
 from .compute import compute_threads
 from .errors import FormatError
 from .formats import LayerFamily
@@ -80,6 +80,10 @@ class InspectReport:
     # table, {"rows": [{"mode", "bits", "parameters", "layers", "ratio_defining_parameters",
     # "ratio_defining_layers"}], "parameters", "layers", "ratio_defining_parameters", "ratio_defining_layers"}).
     compression_table: dict | None = None
+    # INC's Gaudi cache beside the weights, where there is one: {"file", "layout", "scales_dtypes",
+    # "layers", "covers_every_layer"}. A cache that holds every quantized layer in the HPU layout is what
+    # INC's Gaudi load reads instead of repacking.
+    gaudi_cache: dict | None = None
 
     @property
     def mixed(self) -> bool:
@@ -262,9 +266,25 @@ def inspect(path: str | os.PathLike, *, zero_point_convention: str = "auto", bas
         report = report_for(src)
         if base is not None:
             check_matches(base, src)
+        report.gaudi_cache = gaudi_cache(src)
     if base is not None and not (root / CONFIG_NAME).exists():
         report.architecture, report.architecture_from = architecture_summary(base.config), base.describe()
     return report
+
+
+def gaudi_cache(src: QuantizedCheckpoint) -> dict | None:
+    """INC's Gaudi cache beside ``src``'s weights, read as INC's Gaudi load reads it (None when there is none,
+    or when the checkpoint is only that cache)."""
+    if src.ckpt.container == "hpu-cache":
+        return None
+    files = [name for name in HPU_CACHES if (src.root / name).exists()]
+    if not files:
+        return None
+    with open_checkpoint(src.root, hpu_cache=True) as cache:
+        dtypes = sorted({str(layer.scales.dtype).removeprefix("torch.") for layer in cache.layers})
+        covers = set(cache.layer_names) >= set(src.layer_names)
+        return {"file": files[0], "layout": cache.format.family, "scales_dtypes": dtypes, "layers": len(cache.layer_names),
+                "covers_every_layer": covers}
 
 
 def architecture_summary(config: dict) -> dict:

@@ -99,7 +99,7 @@ def push_name(pattern: str, repo_id: str, target: str) -> str:
     try:
         return pattern.format(org=org, name=name, target=target)
     except (KeyError, IndexError, ValueError) as e:
-        raise FormatError(f"--push-to-hub-pattern {pattern!r}: use only {{org}}, {{name}}, {{target}} ({e})") from None
+        raise FormatError(f"`push_pattern={pattern}`: use only {{org}}, {{name}}, {{target}} ({e})") from None
 
 
 def load_state(root: Path) -> dict[str, dict]:

@@ -11,11 +11,12 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from .convert import ConvertReport
 from .convert import convert as convert_directory
-from .errors import OutputError
+from .errors import BadArgument, OutputError
+from .io.output import output_path
 
 if TYPE_CHECKING:
     from .hub import HubSource, PushReport
@@ -42,7 +43,7 @@ def source(src: str | os.PathLike, *, revision: str | None = None, token: str | 
 
     if not is_repo_id(src):
         if revision:
-            raise OutputError(f"--revision applies to a Hub repo id; {src} is a local path")
+            raise OutputError(f"`revision` applies to a Hub repo id; {src} is a local path")
         yield Path(src), None
         return
     from .hub import hub_checkout
@@ -68,17 +69,19 @@ def run(
     quiet: bool = True,
     base_model: str | os.PathLike | None = None,
     workers: int | None = None,
+    step: Callable[[str], None] | None = None,
     **options,
 ) -> Outcome:
     """Convert ``src`` into ``to`` at ``out``; then, when asked, verify it against the source (``verify``;
     ``run_loaders=False`` checks structure and weights only) and publish it with a model card
-    (``push_to_hub``), only when verification passed. ``options`` are :func:`woqconv.convert.convert`'s.
+    (``push_to_hub``), only when verification passed; ``step(what)`` is told each verify step as it starts.
+    ``options`` are :func:`woqconv.convert.convert`'s.
     A Hub source is named ``org/name@sha`` in every report."""
     if (push_revision or create_pr) and not push_to_hub:
-        raise OutputError("--push-revision and --create-pr go with --push-to-hub")
+        raise BadArgument("`push_revision` and `create_pr` go with `push_to_hub`")
     if push_revision and create_pr:
-        raise OutputError("choose --push-revision BRANCH or --create-pr, not both")
-    out = Path(out)
+        raise BadArgument("choose `push_revision=BRANCH` or `create_pr=True`, not both")
+    out = output_path(out)
     dry_run = bool(options.get("dry_run"))
     with source(src, revision=revision, token=token, quiet=quiet) as (local, hub_src):
         report = convert_directory(local, out, to=to, base_model=base_model, workers=workers, **options)
@@ -87,7 +90,7 @@ def run(
             # runtime.verify brings torch and the loaders: imported only when asked to verify
             from .runtime.verify import verify as verify_checkpoint
 
-            checked = verify_checkpoint(out, against=local, base_model=base_model, run=run_loaders, workers=workers)
+            checked = verify_checkpoint(out, against=local, base_model=base_model, run=run_loaders, workers=workers, step=step)
         if hub_src is not None:
             hub_src.relabel(report)
             if checked is not None:

@@ -15,7 +15,7 @@ from typing import Iterator
 from ._lazy import torch
 from .io.checkpoint import Checkpoint
 from .compute import map_in_order, release_freed_memory
-from .errors import FormatError
+from .errors import BadArgument
 from .formats import LayerFamily
 from .formats.base import ZP_V1, SourceFormat
 from .formats.detect import detect
@@ -133,7 +133,7 @@ def open_checkpoint(path: str | os.PathLike, *, zero_point_convention: str = "au
             ``layers``; a conversion's plan reads them once for both, which saved 0.4 s at 7B).
     """
     if zero_point_convention not in CONVENTION_CHOICES:
-        raise FormatError(f"zero-point convention must be one of {', '.join(CONVENTION_CHOICES)}, not {zero_point_convention!r}")
+        raise BadArgument(f"zero-point convention must be one of {', '.join(CONVENTION_CHOICES)}, not {zero_point_convention!r}")
     ckpt = Checkpoint.open(path, hpu_cache=hpu_cache)
     try:
         src = _scan(ckpt, zero_point_convention, workers)

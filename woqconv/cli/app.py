@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from .. import __version__
 from .. import pipeline
 from ..inspection import inspect as inspect_checkpoint
 from . import hub_commands, render
-from ._errors import mapped_errors
+from ._noise import third_party_output_held
+from ._errors import EXIT_BAD_INPUT, click_errors, mapped_errors, usage_line
 from .options import (
     AllowBf16Opt,
     BaseModelOpt,
@@ -39,7 +33,8 @@ from .options import (
     WorkersOpt,
     ZeroPointConvention,
 )
-from .output import emit
+from .output import console, emit
+from .progress import ByteProgress, Steps
 
 app = typer.Typer(
     name="woqconv",
@@ -47,6 +42,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
@@ -59,13 +55,15 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show third-party warnings as they come (any command; otherwise they are "
+                                          "shown only when it fails).")] = False,
 ) -> None:
     """woqconv: inspect and convert GPTQ (v1, v2), AWQ GEMM and AutoRound checkpoints."""
 
 
 @app.command()
 def inspect(
-    path: Annotated[Path, typer.Argument(help="Checkpoint directory, or a Hub repo id (org/name: headers only, no weights downloaded).", show_default=False)],
+    path: Annotated[str, typer.Argument(help="Checkpoint directory, or a Hub repo id (org/name: headers only, no weights downloaded).", show_default=False)],
     layers: Annotated[bool, typer.Option("--layers", help="Also print the per-layer table.")] = False,
     fmt: FormatOpt = OutputFormat.text,
     zp_convention: ConventionOpt = ZeroPointConvention.auto,
@@ -79,7 +77,7 @@ def inspect(
     """
     with mapped_errors():
         if hub_commands.is_repo_id(path):
-            report = hub_commands.inspect_remote(str(path), revision=revision, quiet=fmt is OutputFormat.json)
+            report = hub_commands.inspect_remote(path, revision=revision, quiet=fmt is OutputFormat.json)
         else:
             report = inspect_checkpoint(path, zero_point_convention=zp_convention.value, base_model=base_model)
     emit(fmt, report.to_dict(), lambda console: render.inspect_report(console, report, layers=layers))
@@ -87,8 +85,8 @@ def inspect(
 
 @app.command()
 def convert(
-    src: Annotated[Path, typer.Argument(help="Source checkpoint directory, or a Hub repo id (org/name).", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory (written atomically).", show_default=False)],
+    src: Annotated[str, typer.Argument(help="Source checkpoint directory, or a Hub repo id (org/name).", show_default=False)],
+    output: Annotated[str, typer.Option("--output", "-o", help="Output directory (written atomically).", show_default=False)],
     to: TargetOpt,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output directory.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan and check everything, write nothing.")] = False,
@@ -99,7 +97,7 @@ def convert(
                      "without g_idx): data-free error search per group; each layer's error is reported (--dry-run: before writing)."),
     ] = False,
     requant_method: Annotated[
-        RequantMethod, typer.Option("--requant-method", help="search (minimise the weight error, never worse than min-max) or minmax (plain rounding, for comparison).")
+        RequantMethod, typer.Option("--requant-method", case_sensitive=False, help="search (minimise the weight error, never worse than min-max) or minmax (plain rounding, for comparison).")
     ] = RequantMethod.search,
     double_quant: Annotated[
         bool, typer.Option("--double-quant", help="nf4/fp4 only: store absmax double-quantized as bitsandbytes can (smaller, lossy, reported).")
@@ -123,17 +121,17 @@ def convert(
     """
     quiet_all = quiet or fmt is OutputFormat.json
     show_progress = not quiet_all and not dry_run
-    errors = Console(stderr=True)
+    errors = console(stderr=True)
     # Only on a terminal: elsewhere rich cannot redraw the bar, and a transient one leaves an empty line.
-    bar = _LazyProgress(errors) if show_progress and errors.is_terminal else None
-    with mapped_errors():
+    bar = ByteProgress(errors) if show_progress and errors.is_terminal else None
+    with mapped_errors(), Steps(errors, "verify", quiet=quiet_all) as steps:
         try:
             outcome = pipeline.run(
                 src, output, to=to.value, verify=then_verify, push_to_hub=push_to_hub, private=private, push_revision=push_revision,
                 create_pr=create_pr, revision=revision, command=hub_commands.exact_command(), quiet=quiet_all, base_model=base_model,
                 workers=workers, overwrite=overwrite, dry_run=dry_run, allow_bf16=allow_bf16,
                 requantize=requant_method.value if requantize else None, double_quant=double_quant,
-                zero_point_convention=zp_convention.value, progress=bar.update if bar else None,
+                zero_point_convention=zp_convention.value, progress=bar.update if bar else None, step=steps,
             )
         finally:
             if bar:
@@ -152,32 +150,11 @@ def convert(
         if pushed is not None:
             render.push_report(console, pushed)
         elif push_to_hub and checked is not None and not checked.passed:
-            Console(stderr=True).print(f"not pushed to {push_to_hub}: verify failed")
+            errors.print(f"not pushed to {push_to_hub}: verify failed")
 
     emit(fmt, data, text)
     if checked is not None and not checked.passed:
         raise typer.Exit(1)
-
-
-class _LazyProgress:
-    """A byte progress bar that appears only once bytes flow, so a refusal prints nothing else."""
-
-    def __init__(self, console: Console):
-        self._progress = Progress(
-            TextColumn("converting"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-            console=console, transient=True,
-        )
-        self._task = None
-
-    def update(self, done: int, total: int) -> None:
-        if self._task is None:
-            self._progress.start()
-            self._task = self._progress.add_task("convert", total=total)
-        self._progress.update(self._task, completed=done, total=total)
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._progress.stop()
 
 
 @app.command()
@@ -193,6 +170,7 @@ def verify(
     workers: WorkersOpt = None,
     fmt: FormatOpt = OutputFormat.text,
     base_model: BaseModelOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Check OUT: structure, weights against --against SRC, and a run with its real loader.
 
@@ -202,9 +180,9 @@ def verify(
     from ..runtime.verify import parse_thresholds
     from ..runtime.verify import verify as verify_checkpoint
 
-    with mapped_errors():
+    with mapped_errors(), Steps(console(stderr=True), "verify", quiet=quiet or fmt is OutputFormat.json) as steps:
         report = verify_checkpoint(path, against=against, device=device, run=not no_run, thresholds=parse_thresholds(threshold or []),
-                                   workers=workers, base_model=base_model)
+                                   workers=workers, base_model=base_model, step=steps)
     emit(fmt, report.to_dict(), lambda console: render.verify_report(console, report))
     raise typer.Exit(0 if report.passed else 1)
 
@@ -212,8 +190,26 @@ def verify(
 app.command()(hub_commands.migrate)
 
 
-def main() -> None:
-    app(prog_name="woqconv")
+def main(argv: list[str] | None = None) -> None:
+    """Run the command line; a mistake in its use (an unknown option, a bad value, a missing argument) is one
+    line on stderr and exit 2, with the nearest valid spelling where one is close."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    # --verbose is the whole command line's, wherever it is written: third-party warnings as they come.
+    verbose = bool(os.environ.get("WOQCONV_VERBOSE")) or "--verbose" in args
+    args = [a for a in args if a != "--verbose"]
+    try:
+        with third_party_output_held(verbose):
+            code = app(args=args, prog_name="woqconv", standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as e:
+        print(e.ctx.get_help())
+        code = EXIT_BAD_INPUT
+    except click_errors.UsageError as e:
+        print(f"woqconv: error: {usage_line(e, args)}", file=sys.stderr)
+        code = EXIT_BAD_INPUT
+    except typer.Abort:
+        print("woqconv: interrupted", file=sys.stderr)
+        code = 130
+    raise SystemExit(code or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

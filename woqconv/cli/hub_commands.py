@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
 from ..hub import inspect_remote, is_repo_id
 from . import render
 from ._errors import mapped_errors
 from .options import AllowBf16Opt, BaseModelOpt, FormatOpt, OutputFormat, PrivateOpt, QuietOpt, TargetOpt
-from .output import emit
+from .output import console, emit
 
 __all__ = ["inspect_remote", "is_repo_id"]
 
@@ -50,7 +49,7 @@ def migrate(
     """
     from ..migrate import migrate as run_migration
 
-    err = Console(stderr=True)
+    err = console(stderr=True)
     progress = None if quiet or fmt is OutputFormat.json else (lambda e: err.print(render.migration_line(e)))
     with mapped_errors():
         report = run_migration(

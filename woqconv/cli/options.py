@@ -26,21 +26,28 @@ class OutputFormat(str, Enum):
     json = "json"
 
 
-FormatOpt = Annotated[OutputFormat, typer.Option("--format", help="text (rich tables) or json (one object on stdout).")]
+FormatOpt = Annotated[OutputFormat, typer.Option("--format", case_sensitive=False, help="text (rich tables) or json (one object on stdout).")]
 
 ZeroPointConvention = Enum("ZeroPointConvention", {c: c for c in CONVENTION_CHOICES}, type=str)
 ConventionOpt = Annotated[
     ZeroPointConvention,
     typer.Option(
         "--zp-convention",
+        case_sensitive=False,
         help="How to read GPTQ zero points: auto (the data decides where it can, else the config), v1 (stored z-1), v2 (stored z), "
         "v1-word (GPTQModel's word arithmetic).",
     ),
 ]
+def _at_least_one(n: int | None) -> int | None:
+    if n is not None and n < 1:
+        raise typer.BadParameter(f"{n} threads: give at least 1")
+    return n
+
+
 RequantMethod = Enum("RequantMethod", {m: m for m in REQUANT_METHODS}, type=str)
 WorkersOpt = Annotated[
     Optional[int],
-    typer.Option("--workers", min=1, show_default=False,
+    typer.Option("--workers", callback=lambda n: _at_least_one(n), show_default=False, metavar="N",
                  help="Layers handled in parallel threads (memory: one layer each). Default: one per core, at most 4."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]

@@ -28,6 +28,14 @@ def _size(n: int) -> str:
 _UNKNOWN = "(unknown: needs tensor data)"
 
 
+def _options(message: str | None) -> str:
+    """A message in the API's words (`` `overwrite=True` ``) as the command line names its options."""
+    from ..errors import as_options
+    from ._errors import OPTION_ALIASES
+
+    return as_options(message or "", OPTION_ALIASES)
+
+
 def _convention(label: str) -> str:
     return {"v1": "v1 (stored z-1)", "v2": "v2 (stored z)"}.get(label, label)
 
@@ -83,6 +91,12 @@ def inspect_report(console: Console, r: InspectReport, *, layers: bool) -> None:
         drop = {"sym", "zero-point convention", "g_idx", "scales dtype", "group size"}
         rows = [row for row in rows if row[0] not in drop]
         rows[3:3] = [("code table", table), ("weight dtype", ", ".join(cb["weight_dtypes"]))]
+    if r.gaudi_cache:
+        g = r.gaudi_cache
+        what = (f"{g['file']}: {g['layout']} layout, {g['layers']} layers, scales {', '.join(g['scales_dtypes'])}; "
+                + ("INC's Gaudi load reads it and repacks no layer" if g["covers_every_layer"]
+                   else "[yellow]it lacks some quantized layers: INC's Gaudi load repacks[/yellow]"))
+        rows.append(("Gaudi cache", what))
     if r.mixed:
         i = next(i for i, row in enumerate(rows) if row[0] == "group size") + 1
         rows[i:i] = [("precision", "mixed: " + "; ".join(_precision_line(p) for p in r.precisions))]
@@ -146,7 +160,9 @@ def convert_report(console: Console, r: ConvertReport) -> None:
         t.add_row("tensors copied", f"{r.tensors_copied} unquantized tensors, byte for byte")
     if r.base_model:
         t.add_row("base model", f"{r.base_model}: {', '.join(r.files_from_base) or 'architecture checked, no file needed'}")
-    t.add_row("files", f"copied {len(r.files_copied)}; rewrote {', '.join(r.files_rewritten) or 'none'}; dropped {', '.join(r.files_dropped) or 'none'}")
+    rewrote = [name for name in r.files_rewritten if name not in r.files_added]
+    t.add_row("files", f"copied {len(r.files_copied)}; rewrote {', '.join(rewrote) or 'none'}"
+              + (f"; added {', '.join(r.files_added)}" if r.files_added else "") + f"; dropped {', '.join(r.files_dropped) or 'none'}")
     t.add_row("bytes", f"{_size(r.bytes_in)} in" + ("" if r.dry_run else f", {_size(r.bytes_out)} out"))
     t.add_row("time", f"{r.seconds:.2f} s")
     console.print(t)
@@ -185,7 +201,7 @@ def verify_report(console: Console, r: VerifyReport) -> None:
     if not failed:
         n = sum(1 for c in r.checks if c.check == "weights")
         if n:
-            t.add_row("weights", counted(n, "layer"), "[green]ok[/green]", "every layer as the source")
+            t.add_row("weights", counted(n, "layer"), "[green]ok[/green]", r.weights_summary())
         n = sum(1 for c in r.checks if c.check == REQUANTIZED)
         if n:
             t.add_row(REQUANTIZED, counted(n, "layer"), "[green]ok[/green]", "each within the weight-error limit (per layer in --format json)")
@@ -217,7 +233,7 @@ _STATUS_STYLE = {"succeeded": "green", "refused": "yellow", "failed": "red"}
 
 def migration_line(e: MigrationEntry) -> str:
     style = _STATUS_STYLE[e.status]
-    tail = " (finished by an earlier run)" if e.done_earlier else (f": {e.reason}" if e.reason else "")
+    tail = " (finished by an earlier run)" if e.done_earlier else (f": {_options(e.reason)}" if e.reason else "")
     return f"[{style}]{e.status}[/{style}] {e.key}{tail}"
 
 
@@ -230,5 +246,5 @@ def migration_report(console: Console, r: MigrationReport) -> None:
         style = _STATUS_STYLE[e.status]
         status = f"[{style}]{e.status}[/{style}]" + (" (earlier run)" if e.done_earlier else "")
         verify = "" if e.verified is None else "passed" if e.verified else "FAILED"
-        t.add_row(e.key, status, e.reason if e.status != "succeeded" else (e.output or ""), verify, e.push_url or e.pushed_to or "")
+        t.add_row(e.key, status, _options(e.reason) if e.status != "succeeded" else (e.output or ""), verify, e.push_url or e.pushed_to or "")
     console.print(t)

@@ -11,8 +11,9 @@ from typing import Callable
 from .. import base_model as bases
 from ..io.checkpoint import CONFIG_NAME, FileSnapshot
 from ..compute import compute_threads, default_workers
+from ..errors import check_workers
 from ..source import open_checkpoint
-from ..io.output import check_output, commit_partial, discard_partial, start_partial, write_error
+from ..io.output import output_path, check_output, commit_partial, discard_partial, start_partial, write_error
 from .plan import ConversionPlan, plan_conversion
 from .write import layer_to_write, measure_requantization, total_source_bytes, write_plan
 from ..wording import lossy_lines
@@ -31,7 +32,8 @@ class ConvertReport:
     layer_changes: dict[str, list[str]]
     tensors_copied: int
     files_copied: list[str]
-    files_rewritten: list[str]
+    files_rewritten: list[str]  # every file written anew beside the weights ...
+    files_added: list[str]  # ... and those of them the source did not have (a Gaudi cache, INC's qconfig.json)
     files_dropped: list[str]
     bytes_in: int
     bytes_out: int
@@ -86,6 +88,7 @@ def _report(plan: ConversionPlan, out: Path, bytes_in: int, bytes_out: int, seco
         tensors_copied=sum(len(s.passthrough) for s in plan.shards),
         files_copied=list(plan.copied_files),
         files_rewritten=rewritten,
+        files_added=[name for name in rewritten if not (plan.source.root / name).exists()],
         files_dropped=list(plan.dropped_files),
         bytes_in=bytes_in,
         bytes_out=bytes_out,
@@ -141,10 +144,9 @@ def convert(
         assert report.lossless
     """
     workers = default_workers() if workers is None else workers
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+    check_workers(workers)
     start = time.perf_counter()
-    src_path, out_path = Path(src), Path(out)
+    src_path, out_path = Path(src), output_path(out)
     # Before anything reads the source: a file written to or replaced from here on fails the conversion
     # instead of mixing two versions into its output.
     source_files = FileSnapshot.take(src_path)
@@ -199,6 +201,8 @@ def _write_atomically(out_path: Path, warnings: list[str], total: int, progress:
         if progress:
             progress(done, total)
 
+    if progress:
+        progress(0, total)  # writing starts: a display can appear now, before the first bytes (OpenVINO exports first)
     try:
         written = write(partial, tick)
         source_files.check_unchanged()

@@ -14,7 +14,8 @@ from .._lazy import torch
 from ..base_model import missing_architecture
 from ..io.checkpoint import CONFIG_NAME, HPU_CACHES, QUANT_CONFIG_FILES, Checkpoint
 from ..compute import map_in_order, release_freed_memory
-from ..errors import RefusedConversion
+from ..errors import BadArgument, RefusedConversion
+from ..extras import require
 from ..formats import TARGETS, Detection, Target
 from ..formats.base import ZP_V1, effective_group_size
 from ..formats.targets import ByteRoute, ModelQuantSummary, Prepared, scale_cast_loss
@@ -90,7 +91,7 @@ def _refusal_message(target: Target, refused: dict[str, Prepared], total: int) -
         more = f" and {len(zp0) - 3} more" if len(zp0) > 3 else ""
         return (
             f"GPTQ v1 cannot store zero point 0 (it stores z-1): {counted(sum(zp0.values()), 'group')} in {counted(len(zp0), 'layer')} "
-            f"have z = 0: {listed}{more}. Use --to gptq-v2, which stores zero points as they are"
+            f"have z = 0: {listed}{more}. Use `to=gptq-v2`, which stores zero points as they are"
         )
     # One line for any number of layers: each reason once, with the layers it holds for.
     by_reason: dict[str, list[str]] = {}
@@ -183,7 +184,7 @@ def _lossy_message(target: Target, lossy: dict[str, dict], casts: dict[str, str]
         parts.append(f"casts {len(casts)} unquantized tensors ({', '.join(sorted(set(casts.values())))}) to bf16")
     return (
         f"{target.name} holds bf16 for Gaudi, which {' and '.join(parts)}; codes and zero points stay exact. "
-        "Pass --allow-bf16 to accept this loss"
+        "Pass `allow_bf16=True` to accept this loss"
     )
 
 
@@ -237,22 +238,32 @@ def _prepare(target: Target, layer, requantize: str | None) -> Prepared:
     return q
 
 
+def _target_name(to: str) -> str:
+    """A target's registered name, whatever its case ("AWQ")."""
+    if not isinstance(to, str):
+        raise TypeError(f"to must be a target name (str), not {type(to).__name__}")
+    return to if to in TARGETS else next((name for name in TARGETS if name.lower() == to.lower()), to)
+
+
 def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = False, requantize: str | None = None,
                     double_quant: bool = False, workers: int = 1) -> ConversionPlan:
     """Plan ``src`` -> ``to``. ``requantize`` ("search" or "minmax") lets layers that no lossless path
     reaches be refitted; ``double_quant`` stores bitsandbytes absmax double-quantized (nf4/fp4 only);
     ``workers`` layers are prepared at once, in threads."""
+    to = _target_name(to)
     if to not in TARGETS:
-        raise RefusedConversion(f"unknown target {to!r} (choose from {', '.join(TARGETS)})")
+        raise BadArgument(f"unknown target {to!r} (choose from {', '.join(TARGETS)})")
     if requantize is not None and requantize not in METHODS:
-        raise RefusedConversion(f"requantization method must be one of {', '.join(METHODS)}, not {requantize!r}")
+        raise BadArgument(f"requantization method must be one of {', '.join(METHODS)}, not {requantize!r}")
     target = TARGETS[to]
     if double_quant:
         holders = [name for name, t in TARGETS.items() if t.double_quant_option]
         if not target.double_quant_option:
-            raise RefusedConversion(f"double quantization is a bitsandbytes option; {to} has none (use --to {' or '.join(holders)})")
+            raise BadArgument(f"double quantization is a bitsandbytes option; {to} has none (use {' or '.join(f'`to={h}`' for h in holders)})")
         target = target.configured(double_quant=True)
 
+    for module, extra in target.needs:
+        require(module, extra, f"the {to} target")
     ckpt = src.ckpt
     if target.needs_config and not ckpt.has_config:
         raise RefusedConversion(missing_architecture(src.root, to), file=src.root)

@@ -68,6 +68,7 @@ class AutoRoundDetection(Detection):
     sets bits and groups per layer."""
 
     quant_methods = QUANT_METHODS
+    transformers_needs = (("auto_round", "autoround"),)
     override_tables = {"extra_config": extra_config_override}
 
     @classmethod

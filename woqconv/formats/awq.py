@@ -148,6 +148,7 @@ class AwqDetection(Detection):
 
     quant_methods = ("awq",)
     transformers_config = "AwqConfig"
+    transformers_needs = (("gptqmodel", "verify"), ("optimum", "verify"))
 
     @classmethod
     def from_config(cls, ckpt: Checkpoint, qc: dict, file: str, method: str) -> SourceFormat:

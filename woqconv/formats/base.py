@@ -79,8 +79,10 @@ class Detection:
     marker_suffix: ClassVar[str | None] = None
     producer: ClassVar[str] = "unknown"
     producer_loader: ClassVar[str | None] = None
-    # The transformers config class that parses its quantization_config (verify asks it for its verdict).
+    # The transformers config class that parses its quantization_config (verify asks it for its verdict), and
+    # the modules transformers needs to load the format, each with the woqconv extra that installs it.
     transformers_config: ClassVar[str | None] = None
+    transformers_needs: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)

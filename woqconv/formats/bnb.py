@@ -311,6 +311,7 @@ class BnbDetection(Detection):
 
     quant_methods = ("bitsandbytes",)
     transformers_config = "BitsAndBytesConfig"
+    transformers_needs = (("bitsandbytes", "bnb"),)
 
     @classmethod
     def from_config(cls, ckpt: Checkpoint, qc: dict, file: str, method: str) -> SourceFormat:
@@ -393,7 +394,7 @@ class BnbTarget(Target):
             return Prepared(
                 layer, [],
                 f"{layer.bits}-bit affine integers are not values of the {self.quant_type} code table: writing {self.name} "
-                f"means new indices for every weight (lossy); --requantize would fit {self.quant_type} blocks to the "
+                f"means new indices for every weight (lossy); `requantize` would fit {self.quant_type} blocks to the "
                 "dequantized weights and report the error per layer",
                 requantizable=True,
             )
@@ -406,7 +407,7 @@ class BnbTarget(Target):
             return Prepared(
                 layer, [],
                 f"its {layer.quant_type} table holds values bitsandbytes' {self.quant_type} table does not (the products "
-                "would change); --requantize would fit new indices and absmax and report the error per layer",
+                "would change); `requantize` would fit new indices and absmax and report the error per layer",
                 requantizable=True,
             )
         changes = []

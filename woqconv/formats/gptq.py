@@ -224,6 +224,7 @@ class GptqDetection(Detection):
     unlabelled_config_files = ("quantize_config.json",)  # AutoGPTQ's, which states no quant_method
     override_tables = {"dynamic": dynamic_override}
     transformers_config = "GPTQConfig"
+    transformers_needs = (("gptqmodel", "verify"), ("optimum", "verify"))
 
     @classmethod
     def output_loader(cls, out) -> str | None:

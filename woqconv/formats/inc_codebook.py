@@ -92,7 +92,7 @@ class IncCodebookFamily(LayerFamily, key=KEY):
 
     @classmethod
     def check_writable(cls, layer) -> str | None:
-        return "INC's nf4/fp4 layout is read only; write bitsandbytes (--to nf4 / fp4)"
+        return "INC's nf4/fp4 layout is read only; write bitsandbytes (`to=nf4` / `to=fp4`)"
 
 
 def codebook_dtype(entries: list[dict], path) -> str:

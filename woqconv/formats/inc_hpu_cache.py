@@ -307,6 +307,7 @@ class HpuDefaultTarget(IncDefaultTarget):
     needs_config = True  # the cache's key order is the architecture's module tree
     default_hpu_cache = HPU_WEIGHT_NAME
     cache_family = HpuFamily
+    needs = (("transformers", "inc"),)  # the cache's key order is the architecture's module tree
     loader = "inc-hpu-default"
     load_examples = (neural_compressor_load(
         'original_model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))\n'

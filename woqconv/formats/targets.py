@@ -176,6 +176,8 @@ class Target:
     load_examples: tuple[LoadExample, ...] = (TRANSFORMERS_LOAD,)
     # The target can store its scales double-quantized (bitsandbytes' absmax), through configured().
     double_quant_option: bool = False
+    # Modules writing it needs beyond woqconv's own, each with the woqconv extra that installs it.
+    needs: tuple[tuple[str, str], ...] = ()
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -201,7 +203,7 @@ class Target:
             return Prepared(
                 layer, [],
                 f"{layer.quant_type} is a 16-value code table, and {self.name} stores evenly spaced integers: no "
-                f"{self.name} layer equals it (lossy); --requantize would fit {self.name} integers to the dequantized "
+                f"{self.name} layer equals it (lossy); `requantize` would fit {self.name} integers to the dequantized "
                 "weights and report the error per layer",
                 requantizable=True,
             )
@@ -219,7 +221,7 @@ class Target:
             if kind is GIdxKind.SCATTERED:
                 return Prepared(
                     layer, [],
-                    f"scattered act-order g_idx cannot be expressed in {self.name} (no g_idx); --requantize would refit "
+                    f"scattered act-order g_idx cannot be expressed in {self.name} (no g_idx); `requantize` would refit "
                     "contiguous groups (lossy, error reported per layer), or convert to gptq / gptq-v2 / inc / inc-hf, "
                     "which keep g_idx",
                     requantizable=True,

@@ -53,8 +53,12 @@ def _conversion_section(c: dict) -> list[str]:
     if c["cast_tensors"]:
         lines.append(f"- {len(c['cast_tensors'])} unquantized tensors cast to bf16 in the Gaudi cache")
     lines.append(f"- {c['tensors_copied']} unquantized tensors copied byte for byte")
-    if c["files_rewritten"]:
-        lines.append(f"- rewritten: {', '.join(c['files_rewritten'])}")
+    added = c.get("files_added", [])
+    rewritten = [name for name in c["files_rewritten"] if name not in added]
+    if rewritten:
+        lines.append(f"- rewritten: {', '.join(rewritten)}")
+    if added:
+        lines.append(f"- added: {', '.join(added)}")
     if c["files_dropped"]:
         lines.append(f"- dropped: {', '.join(c['files_dropped'])}")
     for w in c["warnings"]:
@@ -78,7 +82,7 @@ def _verify_section(v: dict | None) -> list[str]:
         detail = str(c.get("detail", "")).replace("|", "\\|").replace("\n", " ")
         lines.append(f"| {c['check']} | {c.get('layer') or ''} | {'ok' if c['passed'] else 'FAIL'} | {detail} |")
     if weights and all(c["passed"] for c in weights):
-        lines.append(f"| weights | {counted(len(weights), 'layer')} | ok | every layer as the source |")
+        lines.append(f"| weights | {counted(len(weights), 'layer')} | ok | {v.get('weights_summary')} |")
     return lines
 
 

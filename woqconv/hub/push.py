@@ -59,7 +59,7 @@ def push(
     """
     out = Path(out)
     if revision and create_pr:
-        raise OutputError("choose --push-revision BRANCH or --create-pr, not both", file=repo_id)
+        raise OutputError("choose `push_revision=BRANCH` or `create_pr=True`, not both", file=repo_id)
     files = upload_files(out) if out.is_dir() else []
     size = sum((out / f).stat().st_size for f in files) + len(card.encode())
     report = PushReport(repo_id, revision, create_pr, private, files + [CARD_NAME], size, dry_run=dry_run, card=card)
@@ -83,6 +83,6 @@ def push(
                 revision=revision, create_pr=create_pr,
             )
     except (HfHubHTTPError, httpx2.HTTPError, ConnectionError, ValueError) as e:
-        raise hub_error(repo_id, e) from None
+        raise hub_error(repo_id, e, source=False) from None
     report.commit, report.commit_url, report.pr_url = info.oid, info.commit_url, info.pr_url
     return report

@@ -7,7 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
-from ..errors import OutputError
+from ..errors import BadArgument, OutputError
+from .checkpoint import CONFIG_NAME, INC_WEIGHTS, OPENVINO_XML, QUANT_CONFIG_FILES
 
 PARTIAL_SUFFIX = ".woqconv-partial"
 REPLACED_SUFFIX = ".woqconv-replaced"
@@ -21,8 +22,22 @@ def replaced_dir_for(out: Path) -> Path:
     return out.parent / f".{out.name}{REPLACED_SUFFIX}"
 
 
+def output_path(out: str | os.PathLike) -> Path:
+    """The output directory as given; an empty name is refused, not read as the current directory."""
+    if not os.fspath(out).strip():
+        raise BadArgument("`out` is empty: name the output directory")
+    return Path(out)
+
+
+def _holds_a_checkpoint(path: Path) -> bool:
+    """What ``overwrite`` may replace: a model directory (a config, weights), such as an earlier output."""
+    names = {p.name for p in path.iterdir()}
+    return bool(names & {CONFIG_NAME, INC_WEIGHTS, OPENVINO_XML, *QUANT_CONFIG_FILES}) or any(n.endswith(".safetensors") for n in names)
+
+
 def check_output(src: Path, out: Path, *, overwrite: bool) -> None:
-    """Refuse outputs that would lose data: the input itself, inside it, around it, or non-empty."""
+    """Refuse outputs that would lose data: the input itself, inside it, around it, non-empty (unless
+    ``overwrite``), or, even with ``overwrite``, a non-empty directory that holds no checkpoint."""
     src_r, out_r = src.resolve(), out.resolve()
     if out_r == src_r:
         raise OutputError("output is the input checkpoint itself; choose another directory", file=out)
@@ -33,10 +48,17 @@ def check_output(src: Path, out: Path, *, overwrite: bool) -> None:
     if out.exists() or out.is_symlink():
         if not out.is_dir() or out.is_symlink():
             raise OutputError("exists and is not a directory", file=out)
-        if any(out.iterdir()) and not overwrite:
-            raise OutputError("exists and is not empty (pass --overwrite to replace it)", file=out)
-    if not out_r.parent.exists():
-        raise OutputError(f"parent directory {out_r.parent} does not exist", file=out)
+        if any(out.iterdir()):
+            if not overwrite:
+                raise OutputError("exists and is not empty (pass `overwrite=True` to replace it)", file=out)
+            if not _holds_a_checkpoint(out):
+                raise OutputError("exists and holds no checkpoint (no config.json, weights or quantization config): `overwrite` "
+                                  "replaces only a model directory, such as an earlier output; empty it or choose another", file=out)
+    parent = out_r.parent
+    if not parent.exists():
+        raise OutputError(f"parent directory {parent} does not exist", file=out)
+    if not parent.is_dir():
+        raise OutputError(f"{parent} is a file, not a directory", file=out)
 
 
 def start_partial(out: Path) -> tuple[Path, list[str]]:

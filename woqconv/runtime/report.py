@@ -56,6 +56,9 @@ class Check:
     passed: bool
     detail: str
     layer: str | None = None
+    # A loss the user accepted when converting, as this check measured it: {"kind": "bf16 scales",
+    # "changed": n, "total": m, "max_rel_change": x}. None where the layer is the source's exactly.
+    accepted: dict | None = None
 
 
 @dataclass
@@ -78,9 +81,25 @@ class VerifyReport:
     def failures(self) -> list[Check]:
         return [c for c in self.checks if not c.passed]
 
+    def weights_summary(self) -> str | None:
+        """The passing per-layer weights checks in one phrase: bit-identical, or which accepted loss and how much."""
+        passed = [c for c in self.checks if c.check == "weights" and c.passed]
+        if not passed:
+            return None
+        accepted = [c.accepted for c in passed if c.accepted]
+        if not accepted:
+            return "every layer bit-identical to the source"
+        kinds = sorted({a["kind"] for a in accepted})
+        changed, total = sum(a["changed"] for a in accepted), sum(a["total"] for a in accepted)
+        worst = max(a["max_rel_change"] for a in accepted)
+        same = len(passed) - len(accepted)
+        return (f"{len(accepted)} with {' and '.join(kinds)} as accepted ({changed:,} of {total:,} values changed, largest relative "
+                f"change {worst:.3g})" + (f"; {same} bit-identical" if same else ""))
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["passed"] = self.passed
+        d["weights_summary"] = self.weights_summary()
         return d
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from typing import Callable
 from pathlib import Path
 
 import torch
@@ -24,7 +25,8 @@ from .. import base_model as bases
 from ..architecture import meta_model
 from ..io.checkpoint import CONFIG_NAME, HPU_CACHES
 from ..compute import compute_threads, default_workers, map_in_order, release_freed_memory
-from ..errors import WoqconvError
+from ..errors import WoqconvError, check_workers
+from ..extras import installed, require
 from ..formats import TARGETS, Detection
 from ..ir import CodebookLinear, GIdxKind, QuantLinear
 from ..requant import weight_error
@@ -71,6 +73,8 @@ def _config_class_check(ckpt: QuantizedCheckpoint) -> Check:
     qc = ckpt.ckpt.config.get("quantization_config")
     if not isinstance(qc, dict):
         return Check("config", True, f"no model-level quantization_config (the format's is {ckpt.format.config_file}, read above)")
+    if not installed("transformers"):
+        return Check("config", True, "transformers is not installed (woqconv[verify]): its config classes not asked")
     method = qc.get("quant_method")
     config_class = next((d.transformers_config for d in Detection.registry if method in d.quant_methods and d.transformers_config), None)
     if config_class is None:
@@ -89,6 +93,8 @@ def _completeness_check(ckpt: QuantizedCheckpoint) -> list[Check]:
     if not ckpt.ckpt.has_config:
         return [Check("complete", True, "the checkpoint records no architecture (INC's default format) and no base model was given; "
                       "completeness not checked")]
+    if not installed("transformers"):
+        return [Check("complete", True, "transformers is not installed (woqconv[verify]): completeness not checked")]
     try:
         model = meta_model(ckpt.ckpt.config)
     except Exception as e:
@@ -172,11 +178,18 @@ def _compare_layer(out: QuantLinear, src: QuantLinear, *, bf16_scales: bool, t: 
     if zdiff:
         checks.append(Check("zero points", False, f"{zdiff} zero points differ from the source (or the groups they apply to)", name))
     if bf16_scales:
-        rel = float((s_out.float() - s_src.float()).norm() / s_src.float().norm().clamp_min(1e-30))
-        worst = float(((s_out.float() - s_src.float()).abs() / s_src.float().abs().clamp_min(1e-30)).max())
+        delta = s_out.float() - s_src.float()
+        changed = int(torch.count_nonzero(delta))
+        rel = float(delta.norm() / s_src.float().norm().clamp_min(1e-30))
+        worst = float((delta.abs() / s_src.float().abs().clamp_min(1e-30)).max())
         ok = rel <= t.bf16_max_weight_rel_fro and not diff and not zdiff
         # Codes and zero points equal, so the weight error is the scale error, group by group.
-        checks.append(Check("weights", ok, f"bf16 scales: relative Frobenius error {rel:.3g}, largest relative scale change {worst:.3g}", name))
+        if not changed:
+            checks.append(Check("weights", ok, "bit-identical (every scale exact in bf16)", name))
+        else:
+            checks.append(Check("weights", ok, f"bf16 scales accepted: {changed} of {delta.numel()} changed, relative Frobenius error "
+                                f"{rel:.3g}, largest relative scale change {worst:.3g}", name,
+                                accepted={"kind": "bf16 scales", "changed": changed, "total": delta.numel(), "max_rel_change": worst}))
         return checks
     if out.scales.dtype != src.scales.dtype:
         checks.append(Check("scales dtype", False, f"scales are {out.scales.dtype}, source has {src.scales.dtype}", name))
@@ -218,12 +231,34 @@ def _weights_checks(out: QuantizedCheckpoint, src: QuantizedCheckpoint, t: Thres
     report.metrics["layers_compared" if not bf16 else "hpu_cache_layers_compared"] = len(out_names & src_names)
 
 
-def _run_check(out: QuantizedCheckpoint, src_path: Path | None, src_loader: str | None, device: str, t: Thresholds, report: VerifyReport,
-               base: bases.BaseModel | None = None) -> None:
+# What each loader's worker imports (woqconv.runtime.worker), each with the woqconv extra that installs it.
+LOADER_NEEDS = {
+    "transformers": (("transformers", "verify"),),
+    "dense": (("transformers", "verify"),),
+    "gptqmodel": (("gptqmodel", "verify"),),
+    **{inc: (("neural_compressor", "inc"), ("transformers", "inc")) for inc in ("inc", "inc-default", "inc-hpu", "inc-hpu-default")},
+}
+
+
+def _require_loader(loader: str, ckpt: QuantizedCheckpoint | None) -> None:
+    """One line naming what to install when ``loader`` (or the format it loads) is missing a module: not a
+    failed check after a subprocess died."""
+    needs = list(LOADER_NEEDS.get(loader, ()))
+    detection = ckpt.format.detection if ckpt is not None else None
+    if loader == "transformers" and detection is not None:
+        needs += detection.transformers_needs
+    for module, extra in needs:
+        require(module, extra, f"verify's run in {loader}" + (f" ({ckpt.format.name})" if ckpt is not None else ""))
+
+
+def _run_check(out: QuantizedCheckpoint, src: QuantizedCheckpoint | None, device: str, t: Thresholds, report: VerifyReport,
+               step: Callable[[str], None], base: bases.BaseModel | None = None) -> None:
+    """Run OUT in its loader and the reference (SRC in its loader, else woqconv's dense dequantization of OUT)."""
     loader = _loader_for(out)
     report.loader = loader
-    ref_loader, ref_path = (src_loader, src_path.resolve()) if src_path is not None else ("dense", out.root.resolve())
+    ref_loader, ref_path = (_source_loader(src), Path(src.root).resolve()) if src is not None else ("dense", out.root.resolve())
     report.reference = f"{ref_loader}:{ref_path}"
+    step(f"loading and running the output with {loader} and the reference with {ref_loader} on {device}")
     with tempfile.TemporaryDirectory(prefix="woqconv-verify-") as tmp:
         got, ref = run_in_loaders(Path(tmp), device, [(loader, out.root), (ref_loader, ref_path)], base.root if base else None)
         for row, what in ((got, "output"), (ref, "reference")):
@@ -297,10 +332,12 @@ def verify(
     run: bool = True,
     thresholds: Thresholds | None = None,
     workers: int | None = None,
+    step: Callable[[str], None] | None = None,
 ) -> VerifyReport:
     """Check a converted checkpoint: structure, weights against ``against`` (its source), and a real run.
 
     ``workers`` layers are compared at once, in threads (by default one per core, at most 4).
+    ``step(what)`` is told each step as it starts (reading, the architecture, the weights, the run).
     ``base_model`` (a directory or a Hub repo id) is the original model for checkpoints that record no
     architecture (INC's default format): INC's load needs it built, and so do the other checks. Without it,
     the ``model_path`` INC recorded is used when it is at hand, as :func:`woqconv.convert` does.
@@ -311,10 +348,10 @@ def verify(
         assert report.passed, report.failures
     """
     start = time.perf_counter()
+    step = step or (lambda what: None)
     t = thresholds or Thresholds()
     workers = default_workers() if workers is None else workers
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+    check_workers(workers)
     path = Path(path)
     if not path.exists():
         raise WoqconvError("no such file or directory", file=path)
@@ -325,10 +362,12 @@ def verify(
         if run and against is not None and base is None and not (Path(against) / CONFIG_NAME).exists():
             raise WoqconvError(bases.missing_architecture(Path(against)), file=against)
         report = VerifyReport(str(path), str(against) if against else None, format="openvino")
+        step("reading the OpenVINO IR" + (" and running it beside its source" if run and against is not None else ""))
         verify_openvino(path, Path(against) if against is not None else None, run, t, report, base, source_loader=_source_loader)
         return report
     dev = select_device(device).kind if run else None
     report = VerifyReport(str(path), str(against) if against else None, format="?")
+    step("reading the output" + (" and its source" if against is not None else ""))
     out = _open_as_loader_reads(path, report)
     with out:
         # Both checkpoints are read (and refused when bad) before any check runs or any loader starts.
@@ -341,18 +380,22 @@ def verify(
             if run and base is None and any(c is not None and not c.ckpt.has_config for c in (out, src)):
                 bare = out if not out.ckpt.has_config else src
                 raise WoqconvError(bases.missing_architecture(bare.root), file=bare.root)
+            if run:  # before any check: a missing loader is one line naming what to install
+                _require_loader(_loader_for(out), out)
+                _require_loader(_source_loader(src) if src is not None else "dense", src)
             report.format = out.format.name
             report.checks.append(Check("structure", True, f"{len(out.layers)} quantized layers read, shapes and ranges consistent"))
+            step("checking the config and the architecture")
             report.checks.append(_config_class_check(out))
             report.checks.extend(_completeness_check(out))
             if src is not None:
+                step(f"comparing the weights of {len(out.layers)} layers with the source's")
                 _weights_checks(out, src, t, report, workers)
                 if out.format.family != "hpu" and any((out.root / c).exists() for c in HPU_CACHES):
                     with open_checkpoint(out.root, hpu_cache=True) as cache:
                         _weights_checks(cache, src, t, report, workers)
             if run:
-                _run_check(out, Path(against) if src is not None else None, _source_loader(src) if src is not None else None, dev, t, report,
-                           base)
+                _run_check(out, src, dev, t, report, step, base)
         finally:
             if src is not None:
                 src.close()
