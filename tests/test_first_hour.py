@@ -181,3 +181,13 @@ def test_a_missing_extra_is_one_line_naming_what_to_install(tmp_path, monkeypatc
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "the hpu-default target needs transformers, which is not installed: pip install 'woqconv[inc]'" in r.stderr
     assert not (tmp_path / "gaudi").exists()
+
+
+def test_the_pipeline_names_each_step_as_it_starts(tmp_path):
+    from woqconv.pipeline import run
+
+    steps: list[str] = []
+    outcome = run(fixture_path(SRC), tmp_path / "out", to="awq", verify=True, run_loaders=False, step=steps.append)
+    assert outcome.checked.passed
+    assert steps[0] == "converting to awq" and steps[1].startswith("reading the output and its source")
+    assert any(s.startswith("comparing the weights of 14 layers") for s in steps)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import FormatError, OutputError, RefusedConversion, WoqconvError
+from .errors import BadArgument, FormatError, OutputError, RefusedConversion, WoqconvError
 
 STATE_FILE = "woqconv-migrate.json"
 SUCCEEDED, REFUSED, FAILED = "succeeded", "refused", "failed"
@@ -144,16 +144,18 @@ def migrate(
     command: str = "",
     quiet: bool = True,
     on_entry: Callable[[MigrationEntry], None] | None = None,
+    step: Callable[[str, str], None] | None = None,
 ) -> MigrationReport:
     """Convert (verify, push) every repo of ``list_file`` into ``root``; skip those an earlier run finished.
 
     ``base_model`` is the original model of every repo that records no architecture (INC's default format);
     a repo whose tensors do not match it is refused. Without it each such repo uses the model_path INC
-    recorded, when at hand."""
+    recorded, when at hand. ``on_entry(entry)`` hears of each repo as it ends, ``step(repo, what)`` of each
+    step as it starts (fetch, convert, verify's steps, push)."""
     from .formats import TARGETS
 
     if to not in TARGETS:
-        raise FormatError(f"unknown target {to!r}; choose from {', '.join(TARGETS)}")
+        raise BadArgument(f"unknown target {to!r}; choose from {', '.join(TARGETS)}")
     repos = parse_list(list_file)
     root = Path(root)
     if root.exists() and not root.is_dir():
@@ -173,7 +175,7 @@ def migrate(
         else:
             entry = _one(repo_id, revision, root, to=to, push_pattern=push_pattern, private=private, verify=verify,
                          run=run, allow_bf16=allow_bf16, requantize=requantize, base_model=base_model, token=token, command=command,
-                         quiet=quiet)
+                         quiet=quiet, step=(lambda what, key=key: step(key, what)) if step else None)
             state[key] = {**asdict(entry), "target": to, "done_earlier": False}
             save_state(root, to, state)
         report.entries.append(entry)
@@ -183,7 +185,7 @@ def migrate(
 
 
 def _one(repo_id, revision, root: Path, *, to, push_pattern, private, verify, run, allow_bf16, requantize, base_model, token, command,
-         quiet) -> MigrationEntry:
+         quiet, step=None) -> MigrationEntry:
     from .pipeline import run as run_pipeline
 
     out = root / output_name(repo_id, to)
@@ -192,7 +194,7 @@ def _one(repo_id, revision, root: Path, *, to, push_pattern, private, verify, ru
     try:
         outcome = run_pipeline(repo_id, out, to=to, verify=verify, run_loaders=run, push_to_hub=target_repo, private=private,
                                revision=revision, token=token, command=command, quiet=quiet, base_model=base_model, overwrite=True,
-                               allow_bf16=allow_bf16, requantize=requantize)
+                               allow_bf16=allow_bf16, requantize=requantize, step=step)
         entry.commit = outcome.source_commit
         entry.lossless = outcome.report.lossless
         checked = outcome.checked

@@ -74,7 +74,8 @@ def run(
 ) -> Outcome:
     """Convert ``src`` into ``to`` at ``out``; then, when asked, verify it against the source (``verify``;
     ``run_loaders=False`` checks structure and weights only) and publish it with a model card
-    (``push_to_hub``), only when verification passed; ``step(what)`` is told each verify step as it starts.
+    (``push_to_hub``), only when verification passed; ``step(what)`` is told each step as it starts (fetch,
+    convert, each of verify's, push).
     ``options`` are :func:`woqconv.convert.convert`'s.
     A Hub source is named ``org/name@sha`` in every report."""
     if (push_revision or create_pr) and not push_to_hub:
@@ -83,7 +84,13 @@ def run(
         raise BadArgument("choose `push_revision=BRANCH` or `create_pr=True`, not both")
     out = output_path(out)
     dry_run = bool(options.get("dry_run"))
+    step = step or (lambda what: None)
+    from .hub_access import is_repo_id
+
+    if is_repo_id(src):
+        step(f"fetching {src} from the Hub")
     with source(src, revision=revision, token=token, quiet=quiet) as (local, hub_src):
+        step(f"converting to {to}")
         report = convert_directory(local, out, to=to, base_model=base_model, workers=workers, **options)
         checked = None
         if verify and not dry_run:
@@ -97,6 +104,7 @@ def run(
                 hub_src.relabel(checked)
         pushed = None
         if push_to_hub and (checked is None or checked.passed):
+            step(f"pushing to {push_to_hub}")
             pushed = _publish(out, push_to_hub, report=report, checked=checked, source_label=hub_src.repo_id if hub_src else str(src),
                               source_commit=hub_src.commit if hub_src else None, private=private, push_revision=push_revision,
                               create_pr=create_pr, dry_run=dry_run, token=token, quiet=quiet, command=command)

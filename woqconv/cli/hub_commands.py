@@ -15,6 +15,7 @@ from . import render
 from ._errors import mapped_errors
 from .options import AllowBf16Opt, BaseModelOpt, FormatOpt, OutputFormat, PrivateOpt, QuietOpt, TargetOpt
 from .output import console, emit
+from .progress import Steps
 
 __all__ = ["inspect_remote", "is_repo_id"]
 
@@ -50,12 +51,13 @@ def migrate(
     from ..migrate import migrate as run_migration
 
     err = console(stderr=True)
-    progress = None if quiet or fmt is OutputFormat.json else (lambda e: err.print(render.migration_line(e)))
-    with mapped_errors():
+    silent = quiet or fmt is OutputFormat.json
+    progress = None if silent else (lambda e: err.print(render.migration_line(e)))
+    with mapped_errors(), Steps(err, "migrate", quiet=silent) as steps:
         report = run_migration(
             list_file, output, to=to.value, push_pattern=push_pattern, private=private, verify=not no_verify, run=not no_run,
             allow_bf16=allow_bf16, requantize="search" if requantize else None, base_model=base_model, command=exact_command(),
-            quiet=quiet or fmt is OutputFormat.json, on_entry=progress,
+            quiet=silent, on_entry=progress, step=lambda repo, what: steps(f"{repo}: {what}"),
         )
     emit(fmt, report.to_dict(), lambda console: render.migration_report(console, report))
     raise typer.Exit(0 if report.succeeded else 1)
