@@ -191,3 +191,18 @@ def test_the_pipeline_names_each_step_as_it_starts(tmp_path):
     assert outcome.checked.passed
     assert steps[0] == "converting to awq" and steps[1].startswith("reading the output and its source")
     assert any(s.startswith("comparing the weights of 14 layers") for s in steps)
+
+
+def test_a_gaudi_output_says_what_a_gaudi_user_needs(tmp_path):
+    r = run_cli("convert", fixture_path(SRC), "-o", tmp_path / "hpu", "--to", "hpu", "--allow-bf16")
+    assert r.returncode == 0, r.stderr
+    # The cache is a file the source never had: added, not "rewrote".
+    files = next(line for line in r.stdout.splitlines() if "copied" in line and "dropped" in line)
+    rewrote, added = files.split("; added ")
+    assert "rewrote config.json" in rewrote and "hpu_model.safetensors" not in rewrote and "hpu_model.safetensors" in added
+    r = run_cli("inspect", tmp_path / "hpu")
+    row = next(line for line in r.stdout.splitlines() if "Gaudi cache" in line)
+    assert "hpu_model.safetensors: hpu layout, 14 layers, scales bfloat16" in row and "repacks no layer" in row
+    data = woqconv.inspect(tmp_path / "hpu").gaudi_cache
+    assert data == {"file": "hpu_model.safetensors", "layout": "hpu", "scales_dtypes": ["bfloat16"], "layers": 14,
+                    "covers_every_layer": True}
