@@ -54,6 +54,7 @@ def test_targets_needing_a_config_refuse_without_base(name, tmp_path):
         assert not out.exists()
 
 
+@pytest.mark.slow
 def test_recorded_model_path_is_used_when_it_resolves(tmp_path):
     # INC recorded model_path "base-fp16" (the id the quantizing script loaded): from fixtures/ it is a
     # local directory, so it is used, and the report says so.
@@ -243,6 +244,7 @@ def test_inspect_says_what_is_missing(tmp_path):
     assert own.architecture_from == "config.json" and own.architecture["hidden_size"] == 128
 
 
+@pytest.mark.slow
 def test_verify_needs_the_base_to_run_inc_default(tmp_path):
     src = fixture_path("inc-default-gptq-actorder-g32-asym")
     woqconv.convert(src, tmp_path / "out", to="gptq-v2", base_model=BASE)

@@ -5,7 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from woqconv.kernels import packing
+
+pytestmark = pytest.mark.slow  # the quick tier (-m "not slow and not loaders") leaves this module out
 
 ROOT = Path(__file__).resolve().parent.parent
 

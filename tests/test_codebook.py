@@ -78,6 +78,7 @@ for path in sys.argv[2:]:  # argv[1]: the original model's directory (INC's defa
 """
 
 
+@pytest.mark.slow
 def test_inc_codebook_dequantize_equals_inc_recover(tmp_path):
     paths = [str(fixture_path(n)) for n in INC_CODEBOOK]
     proc = subprocess.run([sys.executable, "-c", INC_RECOVER, str(BASE), *paths], capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -98,6 +99,7 @@ def _worker(tmp: Path, *specs: str) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow
 def test_nf4_writer_loads_with_the_source_logits(tmp_path):
     """bnb -> nf4/fp4 (every fixture: DQ undone, bf16 storage rewritten as uint8) and INC nf4 -> nf4."""
     specs, pairs = [], []
@@ -151,6 +153,7 @@ def test_inc_fp4_to_bnb_fp4_is_refused_then_requantized(tmp_path):
     assert worst < 1e-6, worst
 
 
+@pytest.mark.slow
 def test_double_quant_on_request_is_reported_and_loads(tmp_path):
     report = convert(fixture_path("bnb-nf4-fp16"), tmp_path / "dq", base_model=base_for(fixture_path("bnb-nf4-fp16")), to="nf4", double_quant=True)
     assert not report.lossless
@@ -195,6 +198,7 @@ def test_requantize_search_beats_min_max_on_every_layer(name, to, tmp_path):
         assert 0 < v["rel_fro"] < 0.15, (layer, v)
 
 
+@pytest.mark.slow
 def test_requantized_outputs_load_in_their_real_loaders(tmp_path):
     """nf4 -> gptq (search and min-max) in transformers + gptqmodel, nf4 -> hpu through INC's Gaudi path
     (emulated on CPU): each loader computes what woqconv wrote (its dense reading), and the perplexity on
@@ -228,6 +232,7 @@ def test_requantized_outputs_load_in_their_real_loaders(tmp_path):
           + ", ".join(f"{k} {v:.4f}" for k, v in cos.items()))
 
 
+@pytest.mark.slow
 def test_verify_codebook_outputs(tmp_path):
     """verify: a lossless nf4 output is bit-identical layer by layer; a requantized gptq output is judged by
     its weight error and by running close to the source (transformers + gptqmodel against bitsandbytes)."""

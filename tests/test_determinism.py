@@ -6,6 +6,8 @@ another time, into a directory of another name. The input is left exactly as it 
 
 from __future__ import annotations
 
+import pytest
+
 import hashlib
 import json
 import shutil
@@ -17,6 +19,8 @@ from conftest import base_for, fixture_path
 from corpus import shard, snapshot
 
 import woqconv
+
+pytestmark = pytest.mark.slow  # the quick tier (-m "not slow and not loaders") leaves this module out
 
 # Every target at least once; sharded sources (HF index, INC's blockwise shards) included.
 CONVERSIONS = [

@@ -113,6 +113,7 @@ def test_tables_in_a_pipe_keep_every_name_on_one_line(tmp_path):
     assert names and all(any(name in line for line in r.stdout.splitlines()) for name in names)
 
 
+@pytest.mark.slow
 def test_third_party_chatter_is_held_back_on_success_and_shown_with_verbose(tmp_path):
     woqconv.convert(fixture_path(SRC), tmp_path / "out", to="awq")
     cmd = [sys.executable, "-m", "woqconv", "verify", str(tmp_path / "out"), "--no-run"]
@@ -127,6 +128,7 @@ def test_third_party_chatter_is_held_back_on_success_and_shown_with_verbose(tmp_
     assert silent.returncode == 0 and silent.stderr == ""
 
 
+@pytest.mark.slow
 def test_verify_shows_its_steps_live_on_a_terminal(tmp_path):
     import pty
 
@@ -152,6 +154,7 @@ def test_verify_shows_its_steps_live_on_a_terminal(tmp_path):
     assert "woqconv verify: " not in text  # not the plain lines a log gets
 
 
+@pytest.mark.slow
 def test_a_log_gets_a_line_for_each_step_that_takes_two_seconds():
     import io
     import time

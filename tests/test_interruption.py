@@ -36,6 +36,8 @@ from woqconv.io.safetensors_io import SafetensorsWriter, TensorSpec
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import synth  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the quick tier (-m "not slow and not loaders") leaves this module out
+
 # Big enough that the write phase outlasts a process start even with the packed-word re-layout
 # (about 40 MB; at 2 MB the whole write took under 10 ms).
 SHAPE = dict(hidden=1024, intermediate=2816, layers=4, heads=8, kv_heads=8, vocab=4096)

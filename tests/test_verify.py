@@ -90,6 +90,7 @@ def test_planted_fault_fails_with_exit_1_naming_the_layer(fault, tmp_path):
     assert text.returncode == 1 and layer in text.stdout and "FAIL" in text.stdout
 
 
+@pytest.mark.slow
 def test_mislabelled_output_also_fails_the_run(tmp_path):
     """The label fault, run with the real loader: transformers follows the v1 label and misreads."""
     src = fixture_path("ar-g32-asym-auto_round_gptqmodel")
@@ -163,6 +164,7 @@ def test_verify_passes_real_conversions(src, target, tmp_path, record_property):
     record_property("verify", json.dumps({"seconds": report.seconds, **report.metrics}))
 
 
+@pytest.mark.slow
 def test_verify_without_source_uses_the_dense_reference(tmp_path):
     woqconv.convert(fixture_path("ar-g32-sym-auto_gptq"), tmp_path / "out", to="awq")
     report = verify(tmp_path / "out")
@@ -178,6 +180,7 @@ def test_absent_device_is_one_line_and_exit_2(tmp_path):
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "hpu requested" in r.stderr
 
 
+@pytest.mark.slow
 def test_convert_then_verify(tmp_path):
     r = run_cli("convert", fixture_path("ar-g32-sym-auto_awq"), "-o", tmp_path / "out", "--to", "gptq", "--verify", "--format", "json")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -201,6 +204,7 @@ def test_thresholds_are_adjustable_from_the_cli(tmp_path):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_hpu_output_of_an_inc_source_runs_on_the_hpu_path(tmp_path):
     woqconv.convert(fixture_path("inc-hf-rtn-g32-asym"), tmp_path / "out", to="hpu", allow_bf16=True)
     report = verify(tmp_path / "out", against=fixture_path("inc-hf-rtn-g32-asym"))

@@ -29,8 +29,9 @@ class _Held(logging.Handler):
 
 @contextmanager
 def third_party_output_held(verbose: bool) -> Iterator[None]:
-    """Hold third-party warnings for the block; print them to stderr if it fails (any exception or a non-zero
-    exit), or as they come with ``verbose``."""
+    """Hold third-party warnings for the block; print them to stderr if it fails (a failed check, exit 1; a bug,
+    exit 3; an exception), or as they come with ``verbose``. Bad input (exit 2) keeps its one line: what was
+    held says nothing about the user's mistake."""
     if verbose:
         yield
         return
@@ -48,7 +49,7 @@ def third_party_output_held(verbose: bool) -> Iterator[None]:
             yield
         ok = True
     except SystemExit as e:
-        ok = e.code in (0, None)
+        ok = e.code in (0, None, 2)
         raise
     finally:
         logging.captureWarnings(False)

@@ -124,7 +124,8 @@ def convert(
     errors = console(stderr=True)
     # Only on a terminal: elsewhere rich cannot redraw the bar, and a transient one leaves an empty line.
     bar = ByteProgress(errors) if show_progress and errors.is_terminal else None
-    with mapped_errors(), Steps(errors, "verify", quiet=quiet_all) as steps:
+    # Steps only for a job of several (convert, then verify or push): the byte bar is a conversion's progress.
+    with mapped_errors(), Steps(errors, "convert", quiet=quiet_all or not (then_verify or push_to_hub)) as steps:
         try:
             outcome = pipeline.run(
                 src, output, to=to.value, verify=then_verify, push_to_hub=push_to_hub, private=private, push_revision=push_revision,
@@ -200,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with third_party_output_held(verbose):
             code = app(args=args, prog_name="woqconv", standalone_mode=False)
+            if code:  # typer.Exit(1) returns here; as an exit inside the block, it shows what was held
+                raise SystemExit(code)
     except click_errors.NoArgsIsHelpError as e:
         print(e.ctx.get_help())
         code = EXIT_BAD_INPUT
