@@ -38,6 +38,8 @@ MISTAKES = {
     "unknown command": (["convrt", "{src}"], ["No such command 'convrt'", "Did you mean 'convert'?"]),
     "double-quant for awq": (["convert", "{src}", "-o", "{out}", "--to", "awq", "--double-quant"], ["--to nf4 or --to fp4"]),
     "create-pr without a push": (["convert", "{src}", "-o", "{out}", "--to", "awq", "--create-pr"], ["--create-pr go with --push-to-hub"]),
+    "a Gaudi cast not accepted": (["convert", "{fp16}", "-o", "{out}", "--to", "hpu"], ["Pass --allow-bf16 to accept this loss"]),
+    "private without a push": (["convert", "{src}", "-o", "{out}", "--to", "awq", "--private"], ["--private goes with --push-to-hub"]),
     "revision for a local path": (["convert", "{src}", "-o", "{out}", "--to", "awq", "--revision", "main"], ["--revision applies to a Hub repo id"]),
     "empty output": (["convert", "{src}", "-o", "", "--to", "awq"], ["--output is empty"]),
     "missing local path": (["inspect", "./fixtures-typo/model"], ["no such file or directory"]),
@@ -49,7 +51,7 @@ MISTAKES = {
 @pytest.mark.parametrize("case", sorted(MISTAKES))
 def test_a_mistake_is_one_line_and_exit_2(case, tmp_path):
     args, says = MISTAKES[case]
-    argv = [a.format(src=fixture_path(SRC), out=tmp_path / "out") for a in args]
+    argv = [a.format(src=fixture_path(SRC), fp16=fixture_path("ar-g128-asym-auto_gptq"), out=tmp_path / "out") for a in args]
     r = run_cli(*argv, env={"HF_HUB_OFFLINE": "1"})
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert r.stderr.startswith("woqconv: error: ") and r.stderr.count("\n") == 1, r.stderr
@@ -91,6 +93,7 @@ def test_api_words_become_options_on_the_command_line():
     assert as_options("use `to=nf4` or `to=fp4`", aliases) == "use --to nf4 or --to fp4"
     assert as_options("pass `base_model=PATH_OR_REPO`", aliases) == "pass --base-model PATH_OR_REPO"
     assert as_options("`out` is empty", aliases) == "--output is empty"
+    assert as_options("Pass `allow_bf16=True` to accept", aliases) == "Pass --allow-bf16 to accept"
     assert issubclass(BadArgument, ValueError)
 
 
@@ -209,3 +212,8 @@ def test_a_gaudi_output_says_what_a_gaudi_user_needs(tmp_path):
     data = woqconv.inspect(tmp_path / "hpu").gaudi_cache
     assert data == {"file": "hpu_model.safetensors", "layout": "hpu", "scales_dtypes": ["bfloat16"], "layers": 14,
                     "covers_every_layer": True}
+
+
+def test_allow_bf16_for_a_target_that_casts_nothing_is_said_not_ignored(tmp_path):
+    r = run_cli("convert", fixture_path(SRC), "-o", tmp_path / "out", "--to", "awq", "--allow-bf16")
+    assert r.returncode == 0 and "warning: --allow-bf16 changes nothing here: awq casts nothing to bf16" in r.stdout, r.stdout

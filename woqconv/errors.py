@@ -46,7 +46,7 @@ def check_workers(workers: object) -> None:
 
 
 # `name=value` in a message: an API argument, which the CLI names as its option.
-_ARGUMENT = re.compile(r"`([a-z_]+)(?:=([^`]*))?`")
+_ARGUMENT = re.compile(r"`([a-z_][a-z0-9_]*)(?:=([^`]*))?`")
 
 
 def as_options(message: str, aliases: dict[str, str]) -> str:

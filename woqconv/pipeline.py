@@ -82,6 +82,8 @@ def run(
         raise BadArgument("`push_revision` and `create_pr` go with `push_to_hub`")
     if push_revision and create_pr:
         raise BadArgument("choose `push_revision=BRANCH` or `create_pr=True`, not both")
+    if private and not push_to_hub:
+        raise BadArgument("`private` goes with `push_to_hub`: it makes the repo it creates private")
     out = output_path(out)
     dry_run = bool(options.get("dry_run"))
     step = step or (lambda what: None)

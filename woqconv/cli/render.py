@@ -116,7 +116,7 @@ def inspect_report(console: Console, r: InspectReport, *, layers: bool) -> None:
     if r.compression_table:
         compression_table(console, r.compression_table)
     for w in r.warnings:
-        console.print(f"[yellow]warning:[/yellow] {w}")
+        console.print(f"[yellow]warning:[/yellow] {_options(w)}")
     if r.needs_tensor_data:
         console.print(f"[dim]read from the config and safetensors headers only; unknown without tensor data: {', '.join(r.needs_tensor_data)}[/dim]")
 
@@ -169,7 +169,7 @@ def convert_report(console: Console, r: ConvertReport) -> None:
     if r.requantized:
         requant_table(console, r.requantized)
     for w in r.warnings:
-        console.print(f"[yellow]warning:[/yellow] {w}")
+        console.print(f"[yellow]warning:[/yellow] {_options(w)}")
 
 
 def requant_table(console: Console, stats: dict[str, dict]) -> None:

@@ -373,6 +373,8 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
         raise RefusedConversion(_lossy_message(target, bf16, casts), file=src.root)
 
     warnings = _loader_cast_warnings(target, cast_losses)
+    if allow_bf16 and not target.bf16_scales:
+        warnings.append(f"`allow_bf16=True` changes nothing here: {target.name} casts nothing to bf16 (the hpu targets do)")
     kinds = {p.layer.g_idx_kind for p in prepared.values()}
     requant_groups = {p.requant.group_size for p in prepared.values() if isinstance(p.requant, AffineRecipe)}
     at_base = [p for p in prepared.values() if at_base_precision(p.layer, base)]
