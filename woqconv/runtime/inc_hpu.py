@@ -109,7 +109,8 @@ def _quiet_libraries() -> None:
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("LOGLEVEL", "ERROR")  # INC reads its log level from this when its logger starts
-    for name in ("neural_compressor", "transformers", "torchao"):
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars
+    for name in ("neural_compressor", "transformers", "torchao", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
