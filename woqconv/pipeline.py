@@ -35,7 +35,7 @@ class Outcome:
 
 @contextmanager
 def source(src: str | os.PathLike, *, revision: str | None = None, token: str | None = None,
-           quiet: bool = True) -> Iterator[tuple[Path, "HubSource | None"]]:
+           quiet: bool = True, step: Callable[[str], None] | None = None) -> Iterator[tuple[Path, "HubSource | None"]]:
     """SRC as a local directory: itself, or the selected files of a Hub repo's snapshot (an existing local
     path always wins over a repo id)."""
     # huggingface_hub is imported with the hub package: only for a repo id or a push
@@ -48,6 +48,8 @@ def source(src: str | os.PathLike, *, revision: str | None = None, token: str | 
         return
     from .hub import hub_checkout
 
+    if step:
+        step(f"fetching {src} from the Hub")
     with hub_checkout(os.fspath(src), revision=revision, token=token, quiet=quiet) as hub_src:
         yield hub_src.path, hub_src
 
@@ -87,11 +89,7 @@ def run(
     out = output_path(out)
     dry_run = bool(options.get("dry_run"))
     step = step or (lambda what: None)
-    from .hub_access import is_repo_id
-
-    if is_repo_id(src):
-        step(f"fetching {src} from the Hub")
-    with source(src, revision=revision, token=token, quiet=quiet) as (local, hub_src):
+    with source(src, revision=revision, token=token, quiet=quiet, step=step) as (local, hub_src):
         step(f"converting to {to}")
         report = convert_directory(local, out, to=to, base_model=base_model, workers=workers, **options)
         checked = None

@@ -131,8 +131,9 @@ class Detection:
 
     @classmethod
     def wrapper_refusal(cls, wrapped: list[str], to: str) -> str:
-        """Why ``to`` cannot take a checkpoint with these wrapped modules."""
-        raise NotImplementedError
+        """Why ``to`` cannot take a checkpoint with these wrapped modules (a format may say more)."""
+        return (f"{len(wrapped)} modules ({wrapped[0]}, ...) are {cls.producer} wrappers with state of their own that {to} "
+                "cannot hold")
 
 
 class LayerFamily:
