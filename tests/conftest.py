@@ -51,3 +51,10 @@ def base_for(path: Path) -> Path | None:
     """The base model to pass for a checkpoint that records no architecture (INC's default format, as INC
     writes it), as a user passes --base-model; None for one that has its config.json."""
     return None if (Path(path) / "config.json").exists() else BASE
+
+
+def pytest_collection_modifyitems(items):
+    """A test that runs real loaders is slow too: the quick tier (``-m "not slow"``) leaves it out."""
+    for item in items:
+        if item.get_closest_marker("loaders") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)

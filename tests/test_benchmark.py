@@ -9,7 +9,7 @@ import pytest
 
 from woqconv.kernels import packing
 
-pytestmark = pytest.mark.slow  # the quick tier (-m "not slow and not loaders") leaves this module out
+pytestmark = pytest.mark.slow  # the quick tier (-m "not slow") leaves this module out
 
 ROOT = Path(__file__).resolve().parent.parent
 

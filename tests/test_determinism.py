@@ -20,7 +20,7 @@ from corpus import shard, snapshot
 
 import woqconv
 
-pytestmark = pytest.mark.slow  # the quick tier (-m "not slow and not loaders") leaves this module out
+pytestmark = pytest.mark.slow  # the quick tier (-m "not slow") leaves this module out
 
 # Every target at least once; sharded sources (HF index, INC's blockwise shards) included.
 CONVERSIONS = [

@@ -29,7 +29,7 @@ from woqconv.errors import WoqconvError
 from woqconv.formats import TARGETS
 from woqconv.io.safetensors_io import DTYPES, ITEMSIZE, SafetensorsFile
 
-pytestmark = pytest.mark.slow  # the quick tier (-m "not slow and not loaders") leaves this module out
+pytestmark = pytest.mark.slow  # the quick tier (-m "not slow") leaves this module out
 
 SCALE = int(os.environ.get("WOQCONV_FUZZ_SCALE", "0"))
 

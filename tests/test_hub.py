@@ -22,7 +22,7 @@ from fake_hub import FakeHub, populate_cache, read_dir, tree_state
 import woqconv
 from woqconv.hub import CardFacts, render_card
 
-pytestmark = pytest.mark.slow  # the quick tier (-m "not slow and not loaders") leaves this module out
+pytestmark = pytest.mark.slow  # the quick tier (-m "not slow") leaves this module out
 
 GPTQ = "inc-hf-rtn-g32-asym"  # GPTQ v1 written by INC, no g_idx
 ACT_ORDER = "inc-hf-gptq-actorder-g32-asym"  # scattered act-order g_idx (fixtures/manifest.json)

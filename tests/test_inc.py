@@ -45,18 +45,31 @@ def _logits(rows, path) -> torch.Tensor:
     return torch.load(rows[str(path)]["file"])
 
 
-@pytest.mark.parametrize("group", sorted(GROUPS))
-def test_inc_load_reads_inc_and_inc_hf_outputs(group, tmp_path, record_property):
-    outputs = []
-    for src in GROUPS[group]:
+def _refs(sources) -> set[str]:
+    """The sources, and AutoRound's own gptqmodel-readable export of each AutoRound (or relabelled) one's run."""
+    return set(sources) | {twin_auto_gptq(s) for s in sources if MANIFEST[s]["producer"].startswith("auto-round") or s.startswith("mislabelled")}
+
+
+@pytest.fixture(scope="module")
+def inc_loaded(tmp_path_factory):
+    """Every source converted to inc and inc-hf, and every output and reference loaded in one loader process."""
+    tmp = tmp_path_factory.mktemp("inc-load")
+    outputs = {}
+    for src in SOURCES:
         for target, loader in (("inc", "inc-default"), ("inc-hf", "inc")):
-            out = tmp_path / f"{src}--{target}"
+            out = tmp / f"{src}--{target}"
             woqconv.convert(fixture_path(src), out, to=target, base_model=base_for(fixture_path(src)))
-            outputs.append((src, target, loader, out))
-    refs = sorted(set(GROUPS[group]) | {twin_auto_gptq(s) for s in GROUPS[group] if MANIFEST[s]["producer"].startswith("auto-round") or s.startswith("mislabelled")})
-    specs = [(source_loader(s), fixture_path(s)) for s in refs] + [(loader, out) for _, _, loader, out in outputs]
-    rows = run_loads(specs, tmp_path / "logits")
-    errors = {p: r["error"] for p, r in rows.items() if "error" in r}
+            outputs[src, target] = (loader, out)
+    specs = [(source_loader(s), fixture_path(s)) for s in sorted(_refs(SOURCES))] + list(outputs.values())
+    return outputs, run_loads(specs, tmp / "logits")
+
+
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_inc_load_reads_inc_and_inc_hf_outputs(group, inc_loaded, record_property):
+    converted, rows = inc_loaded
+    outputs = [(src, target, *converted[src, target]) for src in GROUPS[group] for target in ("inc", "inc-hf")]
+    mine = {str(fixture_path(s)) for s in _refs(GROUPS[group])} | {str(out) for *_, out in outputs}
+    errors = {p: r["error"] for p, r in rows.items() if "error" in r and p in mine}
     assert not errors, errors
     measured = {}
     for src, target, _, out in outputs:

@@ -36,7 +36,7 @@ from woqconv.io.safetensors_io import SafetensorsWriter, TensorSpec
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import synth  # noqa: E402
 
-pytestmark = pytest.mark.slow  # the quick tier (-m "not slow and not loaders") leaves this module out
+pytestmark = pytest.mark.slow  # the quick tier (-m "not slow") leaves this module out
 
 # Big enough that the write phase outlasts a process start even with the packed-word re-layout
 # (about 40 MB; at 2 MB the whole write took under 10 ms).

@@ -2,7 +2,7 @@
 
 Loaders: transformers + gptqmodel for gptq / gptq-v2 / awq outputs and sources; transformers +
 auto-round for ``quant_method: auto-round`` sources; INC's own ``load`` for INC huggingface sources.
-Each group of loads runs in one subprocess (gptqmodel can abort the interpreter on bad input).
+All loads run in one subprocess (gptqmodel can abort the interpreter on bad input).
 """
 
 from __future__ import annotations
@@ -40,18 +40,33 @@ CASES = {
 }
 
 
+def _sources(cases) -> set[str]:
+    """Each case's source, and AutoRound's own gptqmodel-readable export of the same run where the source is AutoRound's."""
+    return {src for src, _ in cases} | {twin_auto_gptq(src) for src, _ in cases if MANIFEST[src]["producer"].startswith("auto-round")}
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    """Every case converted, and every output and source loaded in one loader process (its imports take
+    longer than the loads)."""
+    tmp = tmp_path_factory.mktemp("loaders")
+    outputs = {}
+    for cases in CASES.values():
+        for src, target in cases:
+            outputs[src, target] = out = tmp / f"{src}--{target}"
+            woqconv.convert(fixture_path(src), out, to=target)
+    sources = sorted(set().union(*(_sources(cases) for cases in CASES.values())))
+    specs = [(source_loader(s), fixture_path(s)) for s in sources] + [("transformers", o) for o in outputs.values()]
+    return outputs, run_loads(specs, tmp / "logits")
+
+
 @pytest.mark.parametrize("group", sorted(CASES))
-def test_outputs_load_and_match_source_logits(group, tmp_path, record_property):
+def test_outputs_load_and_match_source_logits(group, loaded, record_property):
     cases = CASES[group]
-    outputs = []
-    for src, target in cases:
-        out = tmp_path / f"{src}--{target}"
-        woqconv.convert(fixture_path(src), out, to=target)
-        outputs.append((src, target, out))
-    sources = sorted({src for src, _ in cases} | {twin_auto_gptq(src) for src, _ in cases if MANIFEST[src]["producer"].startswith("auto-round")})
-    specs = [(source_loader(s), fixture_path(s)) for s in sources] + [("transformers", o) for _, _, o in outputs]
-    rows = run_loads(specs, tmp_path / "logits")
-    errors = {p: r["error"] for p, r in rows.items() if "error" in r}
+    converted, rows = loaded
+    outputs = [(src, target, converted[src, target]) for src, target in cases]
+    mine = {str(fixture_path(s)) for s in _sources(cases)} | {str(o) for _, _, o in outputs}
+    errors = {p: r["error"] for p, r in rows.items() if "error" in r and p in mine}
     assert not errors, errors
 
     def logits(path: Path) -> torch.Tensor:

@@ -15,7 +15,7 @@ from woqconv.formats.gptq import dynamic_override
 from conftest import MANIFEST, fixture_path
 from loading import run_loads
 
-pytestmark = pytest.mark.slow  # the quick tier (-m "not slow and not loaders") leaves this module out
+pytestmark = pytest.mark.slow  # the quick tier (-m "not slow") leaves this module out
 
 MIXED = sorted(n for n, e in MANIFEST.items() if e.get("layer_config"))
 EIGHT_BIT = ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]

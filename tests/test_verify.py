@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -220,3 +222,26 @@ def test_verify_is_public_api_and_imported_on_first_use():
             "assert woqconv.verify is verify and woqconv.VerifyReport is VerifyReport; "
             "assert 'verify' in woqconv.__all__ and 'VerifyReport' in woqconv.__all__")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_loader_worker_stays_warm_and_outlives_a_failed_run(tmp_path):
+    """Verify's loader runs fork from one warm worker (torch and transformers imported once): a run that fails
+    leaves it serving, a killed worker is replaced, and each run still happens in a child of its own."""
+    from woqconv.runtime import runs
+
+    src = fixture_path("ar-g32-sym-auto_gptq")
+    (tmp_path / "a").mkdir()
+    first = runs.run_in_loaders(tmp_path / "a", "cpu", [("dense", src), ("transformers", tmp_path / "missing")])
+    server = runs.WarmWorker._current.proc.pid
+    assert "file" in first[0] and first[0]["loader"] == "dense"
+    assert "error" in first[1] and first[1]["loader"] == "transformers"
+    (tmp_path / "b").mkdir()
+    again = runs.run_in_loaders(tmp_path / "b", "cpu", [("dense", src)])
+    assert runs.WarmWorker._current.proc.pid == server
+    assert torch.equal(torch.load(first[0]["file"]), torch.load(again[0]["file"]))
+    os.killpg(server, signal.SIGKILL)
+    runs.WarmWorker._current.proc.wait()
+    (tmp_path / "c").mkdir()
+    replaced = runs.run_in_loaders(tmp_path / "c", "cpu", [("dense", src)])
+    assert runs.WarmWorker._current.proc.pid != server
+    assert torch.equal(torch.load(first[0]["file"]), torch.load(replaced[0]["file"]))

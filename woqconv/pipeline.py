@@ -90,6 +90,10 @@ def run(
     dry_run = bool(options.get("dry_run"))
     step = step or (lambda what: None)
     with source(src, revision=revision, token=token, quiet=quiet, step=step) as (local, hub_src):
+        if verify and run_loaders and not dry_run:
+            from .runtime.runs import warm_up
+
+            warm_up()  # the loaders' worker imports torch and transformers while the conversion writes
         step(f"converting to {to}")
         report = convert_directory(local, out, to=to, base_model=base_model, workers=workers, **options)
         checked = None

@@ -4,6 +4,10 @@ Run as a subprocess (gptqmodel can abort the interpreter on a bad checkpoint, an
 globals): ``python -m woqconv.runtime.worker OUT_DIR DEVICE LOADER:PATH [...]``. Prints one JSON line
 per checkpoint: {"path", "loader", "module", "file", "ppl", "device"} or {"path", "error"}.
 
+``python -m woqconv.runtime.worker --serve`` is the same worker kept warm (runtime/runs.py starts it): it
+imports torch and transformers once (about 5 s of every run here), then answers one request per stdin line by
+forking a child that runs those arguments as above, so every run still has a process of its own.
+
 Loaders:
   transformers  AutoModelForCausalLM: quant_method dispatch (gptq/awq -> gptqmodel, auto-round -> auto-round)
   inc           INC load(format="huggingface")
@@ -160,9 +164,13 @@ def _run(model, device_label: str):
     return logits, float(torch.exp(nll))
 
 
-def main(argv: list[str]) -> int:
+def _quiet_libraries() -> None:
     os.environ.setdefault("LOGLEVEL", "ERROR")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def main(argv: list[str]) -> int:
+    _quiet_libraries()
     import torch
 
     out_dir, device = Path(argv[0]), argv[1]
@@ -185,5 +193,50 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def serve() -> int:
+    """Answer run requests, one JSON object per stdin line: {"argv": main's arguments, "cwd", "env": variables
+    to set (null: unset), "stdout", "stderr": files for the run's output}. Each runs in a forked child (a
+    loader's crash or global patches stay there); the answer is one line, {"exit": the child's exit code}.
+    Only imports happen here, never a torch computation: a fork after one could inherit a started OpenMP
+    pool that the child would wait on forever."""
+    _quiet_libraries()
+    import torch  # noqa: F401  (what every run imports first, kept for the children)
+    from transformers import AutoConfig, AutoModelForCausalLM  # noqa: F401
+
+    for line in sys.stdin:
+        request = json.loads(line)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(_serve_one(request))
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps({"exit": os.waitstatus_to_exitcode(status)}), flush=True)
+    return 0
+
+
+def _serve_one(request: dict) -> int:
+    """In the forked child: the run's directory, environment and output files, then :func:`main`."""
+    code = 1
+    try:
+        os.chdir(request["cwd"])
+        for key, value in request["env"].items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
+            target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.dup2(target, fd)
+            os.close(target)
+        code = main(request["argv"])
+    except BaseException:  # the parent only learns the exit code; the reason goes to the run's stderr
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(serve() if sys.argv[1:] == ["--serve"] else main(sys.argv[1:]))
