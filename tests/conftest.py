@@ -12,7 +12,7 @@ FIXTURES = ROOT / "fixtures"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
 
 # Families woqconv reads.
-READABLE_FAMILIES = {"gptq-v1", "gptq-v2", "awq-gemm", "inc-default", "inc-nonoptimum"}
+READABLE_FAMILIES = {"gptq-v1", "gptq-v2", "awq-gemm", "inc-default", "inc-nonoptimum", "compressed-tensors"}
 
 
 def fixture_names(**match) -> list[str]:

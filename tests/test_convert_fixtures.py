@@ -12,11 +12,13 @@ from safetensors.torch import load_file
 import woqconv
 from woqconv.errors import RefusedConversion
 
-TARGETS = ("gptq", "gptq-v2", "awq", "inc", "inc-hf", "hpu", "hpu-default")
+TARGETS = ("gptq", "gptq-v2", "awq", "inc", "inc-hf", "hpu", "hpu-default", "compressed-tensors")
 GAUDI = ("hpu", "hpu-default")
 # What woqconv reads an output back as (inc-hf and hpu primary weights are the GPTQ v1 layout).
-READ_BACK_AS = {"gptq": "gptq", "gptq-v2": "gptq-v2", "awq": "awq", "inc": "inc", "inc-hf": "gptq", "hpu": "gptq", "hpu-default": "inc"}
-NO_G_IDX = ("awq", "hpu", "hpu-default")
+READ_BACK_AS = {"gptq": "gptq", "gptq-v2": "gptq-v2", "awq": "awq", "inc": "inc", "inc-hf": "gptq", "hpu": "gptq", "hpu-default": "inc",
+                "compressed-tensors": "compressed-tensors"}
+NO_G_IDX = ("awq", "hpu", "hpu-default", "compressed-tensors")
+FOUR_BIT_ONLY = ("awq", "hpu", "hpu-default")
 # The Gaudi cache beside each Gaudi target's weights, and what else reading it alone needs.
 CACHE = {"hpu": ("hpu_model.safetensors", "config.json"), "hpu-default": ("quantized_hpu_weight.pt", "qconfig.json")}
 FIXTURES = fixture_names()
@@ -31,7 +33,7 @@ def _expected_refusal(name: str, target: str, src_layers) -> str | None:
     entry = MANIFEST[name]
     if target not in ("inc", "hpu-default") and any(n.endswith(".linear") for n in src_layers):
         return "MulLinear"
-    if target in NO_G_IDX and entry["bits"] != 4:
+    if target in FOUR_BIT_ONLY and entry["bits"] != 4:
         return "4-bit"
     if target in ("inc", "inc-hf") and entry["bits"] == 3:
         return "INC packs 3-bit codes 10 to a word"
@@ -138,7 +140,7 @@ def test_lossless_or_refused(name, target, tmp_path):
     woqconv.convert(tmp_path / "out", tmp_path / "back", to=src_format)
     back_t = _tensors(tmp_path / "back")
     for t, v in src_t.items():
-        if t.endswith((".qweight", ".qzeros", ".scales")):
+        if t.endswith((".qweight", ".qzeros", ".scales", ".weight_packed", ".weight_zero_point", ".weight_scale", ".weight_shape")):
             assert v.dtype == back_t[t].dtype and torch.equal(v, back_t[t]), t
 
 

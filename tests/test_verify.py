@@ -224,6 +224,7 @@ def test_verify_is_public_api_and_imported_on_first_use():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.slow
 def test_the_loader_worker_stays_warm_and_outlives_a_failed_run(tmp_path):
     """Verify's loader runs fork from one warm worker (torch and transformers imported once): a run that fails
     leaves it serving, a killed worker is replaced, and each run still happens in a child of its own."""

