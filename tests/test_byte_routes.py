@@ -25,14 +25,16 @@ from woqconv.source import open_checkpoint
 from woqconv.tensor_ops import Compute, Copy
 
 ALL_FIXTURES = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
-BYTE_TARGETS = ("gptq", "gptq-v2", "inc-hf", "awq")
+BYTE_TARGETS = ("gptq", "gptq-v2", "inc-hf", "awq", "compressed-tensors")
 
 
 def routed_from_manifest(name: str, to: str) -> bool:
     """Which conversions move bytes only, said from the manifest: 4-bit GPTQ (v1 or v2), one precision, no
-    act-order, and no zero point 0 for ``gptq``, which refuses it (inc-hf stores it INC's way)."""
+    act-order, and no zero point 0 for ``gptq``, which refuses it (inc-hf stores it INC's way); for
+    compressed-tensors, 4-bit AWQ GEMM too."""
     e = MANIFEST.get(name, {})
-    return (e.get("family") in ("gptq-v1", "gptq-v2") and e["bits"] == 4 and not e.get("layer_config")
+    families = ("gptq-v1", "gptq-v2", "awq-gemm") if to == "compressed-tensors" else ("gptq-v1", "gptq-v2")
+    return (e.get("family") in families and e["bits"] == 4 and not e.get("layer_config")
             and e["g_idx"] in ("none", "trivial") and not (to == "gptq" and e["zero_fields_z0"]))
 
 

@@ -51,6 +51,23 @@ class Relayout:
 
 
 @dataclass(frozen=True)
+class RowwiseToGptq:
+    """4-bit codes packed along out_features in ``slot_order`` (AWQ GEMM's words) re-laid out as GPTQ's words,
+    packed along in_features: the inverse of :class:`Relayout`."""
+
+    source: str
+    slot_order: tuple[int, ...] | None
+
+
+@dataclass(frozen=True)
+class Transposed:
+    """What ``inner`` makes (a 2-D tensor), rows and columns exchanged, element by element: compressed-tensors
+    stores GPTQ's code words, zero-point words and scales transposed."""
+
+    inner: "Copy | ShiftFields | ZerosToRowwise | RowwiseToGptq"
+
+
+@dataclass(frozen=True)
 class Small:
     """A small array the plan computed (a trivial g_idx, ...), written as it is."""
 
@@ -72,4 +89,4 @@ class Compute:
     layer: str
 
 
-TensorOp = Copy | ShiftFields | ZerosToRowwise | Relayout | Small | Cast | Compute
+TensorOp = Copy | ShiftFields | ZerosToRowwise | Relayout | RowwiseToGptq | Transposed | Small | Cast | Compute

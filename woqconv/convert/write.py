@@ -26,7 +26,7 @@ from ..errors import FormatError
 from ..ir import PackedCodes, QuantLinear
 from ..requant import requantize
 from ..io.safetensors_io import SafetensorsFile, SafetensorsWriter
-from ..tensor_ops import Cast, Compute, Copy, Relayout, ShiftFields, Small, TensorOp, ZerosToRowwise
+from ..tensor_ops import Cast, Compute, Copy, Relayout, RowwiseToGptq, ShiftFields, Small, TensorOp, Transposed, ZerosToRowwise
 from .plan import ConversionPlan, ShardPlan
 
 Progress = Callable[[int], None]  # called with bytes of source data consumed since the last call
@@ -125,10 +125,33 @@ def execute(plan: ConversionPlan, shard: ShardPlan, name: str, writer: Safetenso
                                                                  op.slot_order))
     elif isinstance(op, Relayout):
         writer.write_array(name, _relayout(ckpt, op, buffers))
+    elif isinstance(op, Transposed):
+        # Elements moved as they are: floats of any width as unsigned integers of that width.
+        writer.write_array(name, np.ascontiguousarray(_array(ckpt, op.inner).T), opaque=True)
     elif isinstance(op, Small):
         writer.write_array(name, op.value)
     else:
         raise TypeError(f"{name}: {op!r} is not a byte operation")
+
+
+def _array(ckpt, op: TensorOp) -> np.ndarray:
+    """What a byte operation makes, as a 2-D array (for :class:`Transposed`): the source's elements, as unsigned
+    integers of their width where they are floats."""
+    if isinstance(op, RowwiseToGptq):
+        rows, cols = ckpt.info(op.source).shape
+        words = ckpt.read_bytes(op.source).view("<i4").reshape(rows, cols)
+        result = np.empty((rows // 8, cols * 8), dtype=np.int32)
+        packing.rowwise4_to_gptq_into(words, op.slot_order, result)
+        return result
+    info = ckpt.info(op.source)
+    if isinstance(op, ZerosToRowwise):
+        return packing.gptq4_zeros_to_rowwise(ckpt.read_bytes(op.source), op.groups, op.out_features, op.delta, op.slot_order)
+    raw = ckpt.read_bytes(op.source)
+    if isinstance(op, ShiftFields):
+        raw = packing.shift_fields(raw, op.bits, op.delta)
+    elif not isinstance(op, Copy):
+        raise TypeError(f"{op!r} makes no array to transpose")
+    return raw.view(f"<u{safetensors_io.ITEMSIZE[info.dtype]}").reshape(info.shape)
 
 
 def _relayout(ckpt, op: Relayout, buffers: threading.local) -> np.ndarray:

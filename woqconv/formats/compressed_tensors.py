@@ -23,15 +23,18 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+import numpy as np
+
 from ..kernels import packing
 from .._lazy import torch
 from ..errors import FormatError
 from ..io.checkpoint import Checkpoint
-from ..ir import PackedCodes, QuantLinear
+from ..ir import GIdxKind, PackedCodes, QuantLinear
 from ..io.safetensors_io import TensorSpec
-from .base import ZP_V2, Detection, LayerFamily, SourceFormat, expect_dtype, layer_error, require, spec_of, validated
+from ..tensor_ops import Copy, RowwiseToGptq, ShiftFields, Small, TensorOp, Transposed, ZerosToRowwise
+from .base import ZP_V1, ZP_V2, Detection, LayerFamily, SourceFormat, expect_dtype, layer_error, require, spec_of, validated
 from .gptq import SCALE_DTYPES
-from .targets import LoadExample, ModelQuantSummary, Target
+from .targets import ByteRoute, LoadExample, ModelQuantSummary, Target, with_bias, zero_point_delta
 from . import detect
 
 KEY = "compressed-tensors"
@@ -343,6 +346,33 @@ class CompressedTensorsTarget(Target):
                     'from transformers import AutoModelForCausalLM{tokenizer_import}\n\n'
                     'model = AutoModelForCausalLM.from_pretrained("{repo}"){tokenizer}'),
     )
+
+    def byte_route(self, layer, source_family, source_convention):
+        """4-bit GPTQ (v1 or v2 fields) and AWQ GEMM layers with contiguous groups, by moving bytes: compressed-tensors'
+        code words are GPTQ's transposed (AWQ's are re-laid out as GPTQ's first), its zero-point words GPTQ's qzeros
+        transposed (v1 fields shifted, AWQ's nibbles put in order), its scales GPTQ's and AWQ's transposed."""
+        if (layer.bits != 4 or layer.in_features % 8 or layer.out_features % 8
+                or layer.g_idx_kind not in (GIdxKind.NONE, GIdxKind.TRIVIAL)):
+            return None
+        p, g, out, inf = layer.name, layer.num_groups, layer.out_features, layer.in_features
+        if source_family == "gptq" and source_convention in (ZP_V1, ZP_V2):
+            codes: TensorOp = Transposed(Copy(f"{p}.qweight"))
+            delta = zero_point_delta(source_convention, ZP_V2)
+            zeros: TensorOp = Transposed(ShiftFields(f"{p}.qzeros", 4, delta) if delta else Copy(f"{p}.qzeros"))
+        elif source_family == "awq":
+            codes = Transposed(RowwiseToGptq(f"{p}.qweight", packing.AWQ_ORDER))
+            zeros = Transposed(ZerosToRowwise(f"{p}.qzeros", g, out, 0, packing.AWQ_REVERSE_ORDER))
+        else:
+            return None
+        specs = [TensorSpec(f"{p}.weight_packed", "I32", (out, inf // 8)), TensorSpec(f"{p}.weight_scale", layer.scales_dtype, (out, g)),
+                 TensorSpec(f"{p}.weight_shape", "I64", (2,))]
+        ops: dict[str, TensorOp] = {f"{p}.weight_packed": codes, f"{p}.weight_scale": Transposed(Copy(f"{p}.scales")),
+                                    f"{p}.weight_shape": Small(np.array([out, inf], dtype=np.int64))}
+        if not layer.is_symmetric:
+            specs.append(TensorSpec(f"{p}.weight_zero_point", "I32", (out // 8, g)))
+            ops[f"{p}.weight_zero_point"] = zeros
+        changes = ["trivial g_idx dropped"] if layer.g_idx_kind is GIdxKind.TRIVIAL else []
+        return ByteRoute(*with_bias(layer, specs, ops), changes)
 
     def quantization_config(self, summary: ModelQuantSummary) -> dict:
         by_scheme: dict[tuple[int, int, bool], list[str]] = {}

@@ -384,10 +384,11 @@ class SafetensorsWriter:
             self._pwrite(tensor, offset)
         self._pending.discard(name)
 
-    def write_array(self, name: str, array: np.ndarray) -> None:
-        """:meth:`write` of a numpy array (a plan's byte operations, which never import torch)."""
+    def write_array(self, name: str, array: np.ndarray, *, opaque: bool = False) -> None:
+        """:meth:`write` of a numpy array (a plan's byte operations, which never import torch). ``opaque``: the
+        elements are the planned dtype's bytes seen as unsigned integers of its width (bf16 has no numpy dtype)."""
         spec, offset = self._place(name)
-        got = _NUMPY_NAMES.get(array.dtype.str)
+        got = _NUMPY_NAMES.get(array.dtype.str) if not opaque else spec.dtype if array.dtype.itemsize == ITEMSIZE[spec.dtype] else None
         if got != spec.dtype or tuple(array.shape) != spec.shape:
             raise ValueError(f"{name}: planned {spec.dtype} {list(spec.shape)}, got {array.dtype} {list(array.shape)}")
         if spec.nbytes:

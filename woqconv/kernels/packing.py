@@ -480,14 +480,20 @@ def rowwise4_to_gptq(qweight: torch.Tensor, slot_order: tuple[int, ...] | None =
     if qweight.dtype != torch.int32 or qweight.dim() != 2 or qweight.shape[0] % 8:
         raise ValueError(f"expected int32 [in, out/8] with in divisible by 8, got {qweight.dtype} {list(qweight.shape)}")
     in_features, cols = qweight.shape
-    order = _checked_order(slot_order)
-    src = qweight.contiguous().numpy()
     result = np.empty((in_features // 8, cols * 8), dtype=np.int32)
-    if _native is not None:
-        _native.rowwise4_to_gptq(src, result, in_features // 8, cols, bytes(order))
-    else:
-        rowwise4_to_gptq_numpy(src, order, result)
+    rowwise4_to_gptq_into(qweight.contiguous().numpy(), slot_order, result)
     return torch.from_numpy(result)
+
+
+def rowwise4_to_gptq_into(qweight: np.ndarray, slot_order: tuple[int, ...] | None, result: np.ndarray) -> None:
+    """:func:`rowwise4_to_gptq` on numpy arrays, torch-free: C-contiguous int32 ``qweight`` [in, out/8] into
+    ``result`` [in/8, out] (a plan's byte re-layout, tensor_ops.RowwiseToGptq)."""
+    in_features, cols = qweight.shape
+    order = _checked_order(slot_order)
+    if _native is not None:
+        _native.rowwise4_to_gptq(qweight, result, in_features // 8, cols, bytes(order))
+    else:
+        rowwise4_to_gptq_numpy(qweight, order, result)
 
 
 def rowwise4_to_gptq_numpy(qweight: np.ndarray, order: tuple[int, ...], result: np.ndarray) -> None:
