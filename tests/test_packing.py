@@ -352,3 +352,12 @@ def test_a_slot_order_that_is_not_a_permutation_is_refused():
             packing.gptq4_to_rowwise(words, order)
         with pytest.raises(ValueError, match="permutation"):
             packing.rowwise4_to_gptq(torch.zeros((16, 2), dtype=torch.int32), order)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (33, 70), (64, 96), (5, 0)])
+@pytest.mark.parametrize("dtype", [np.int32, np.float32, np.uint16])
+def test_transposed_is_the_transpose(shape, dtype):
+    """The C tiles (32-bit elements) and numpy's copy (others) give the transpose, whatever the shape."""
+    a = np.random.default_rng(sum(shape)).integers(0, 1 << 15, size=shape).astype(dtype)
+    t = packing.transposed(a)
+    assert t.flags.c_contiguous and t.dtype == a.dtype and np.array_equal(t, a.T)

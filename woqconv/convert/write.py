@@ -127,7 +127,7 @@ def execute(plan: ConversionPlan, shard: ShardPlan, name: str, writer: Safetenso
         writer.write_array(name, _relayout(ckpt, op, buffers))
     elif isinstance(op, Transposed):
         # Elements moved as they are: floats of any width as unsigned integers of that width.
-        writer.write_array(name, np.ascontiguousarray(_array(ckpt, op.inner).T), opaque=True)
+        writer.write_array(name, packing.transposed(_array(ckpt, op.inner)), opaque=True)
     elif isinstance(op, Small):
         writer.write_array(name, op.value)
     else:

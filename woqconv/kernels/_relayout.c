@@ -274,7 +274,62 @@ ENTRY(rowwise4_to_gptq, to_gptq_scalar, VECTOR(to_gptq_avx2))
 ENTRY(gptq4_to_rowwise_scalar, to_rowwise_scalar, NULL)
 ENTRY(rowwise4_to_gptq_scalar, to_gptq_scalar, NULL)
 
+/* A 2-D array of 32-bit words transposed, a 32 x 32 tile at a time (a row of the source and a row of the
+ * destination stay in cache; numpy's copy of a transposed view strides through one of them a word at a time). */
+static void transpose32_tiles(const uint32_t *src, uint32_t *dst, size_t rows, size_t cols)
+{
+    const size_t tile = 32;
+    for (size_t r0 = 0; r0 < rows; r0 += tile) {
+        size_t r1 = r0 + tile < rows ? r0 + tile : rows;
+        for (size_t c0 = 0; c0 < cols; c0 += tile) {
+            size_t c1 = c0 + tile < cols ? c0 + tile : cols;
+            for (size_t r = r0; r < r1; r++)
+                for (size_t c = c0; c < c1; c++)
+                    dst[c * rows + r] = src[r * cols + c];
+        }
+    }
+}
+
+static PyObject *transpose32(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer src, dst;
+    Py_ssize_t rows, cols;
+    if (!PyArg_ParseTuple(args, "y*w*nn", &src, &dst, &rows, &cols))
+        return NULL;
+    PyObject *result = NULL;
+    if (rows < 0 || cols < 0 || (cols && (size_t)rows > SIZE_MAX / 4 / (size_t)cols)) {
+        PyErr_SetString(PyExc_ValueError, "bad rows or cols");
+        goto done;
+    }
+    size_t bytes = (size_t)rows * (size_t)cols * 4;
+    if ((size_t)src.len != bytes || (size_t)dst.len != bytes) {
+        PyErr_Format(PyExc_ValueError, "expected %zu bytes in and out, got %zd and %zd", bytes, src.len, dst.len);
+        goto done;
+    }
+    uintptr_t in = (uintptr_t)src.buf, out = (uintptr_t)dst.buf;
+    if (in % 4 || out % 4) {
+        PyErr_SetString(PyExc_ValueError, "buffers must be aligned to 4 bytes");
+        goto done;
+    }
+    if (bytes && in < out + bytes && out < in + bytes) {
+        PyErr_SetString(PyExc_ValueError, "the output must not overlap the input");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    transpose32_tiles((const uint32_t *)src.buf, (uint32_t *)dst.buf, (size_t)rows, (size_t)cols);
+    Py_END_ALLOW_THREADS
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"transpose32", transpose32, METH_VARARGS,
+     "transpose32(src, dst, rows, cols): 32-bit words [rows][cols] -> [cols][rows]."},
     {"gptq4_to_rowwise", gptq4_to_rowwise, METH_VARARGS,
      "gptq4_to_rowwise(src, dst, rows, cols, order): GPTQ int32 words [rows][cols][8] -> row-wise [rows][8][cols]."},
     {"rowwise4_to_gptq", rowwise4_to_gptq, METH_VARARGS,

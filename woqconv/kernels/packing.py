@@ -485,6 +485,18 @@ def rowwise4_to_gptq(qweight: torch.Tensor, slot_order: tuple[int, ...] | None =
     return torch.from_numpy(result)
 
 
+def transposed(array: np.ndarray) -> np.ndarray:
+    """A 2-D array's transpose, contiguous: tiles of 32-bit words in C where the extension was built (compressed-
+    tensors stores GPTQ's words transposed; 3.5 GB of them at 7B), else numpy's copy of the transposed view."""
+    if _native is None or array.dtype.itemsize != 4 or array.ndim != 2:
+        return np.ascontiguousarray(array.T)
+    source = np.ascontiguousarray(array)
+    rows, cols = source.shape
+    result = np.empty((cols, rows), dtype=array.dtype)
+    _native.transpose32(source, result, rows, cols)
+    return result
+
+
 def rowwise4_to_gptq_into(qweight: np.ndarray, slot_order: tuple[int, ...] | None, result: np.ndarray) -> None:
     """:func:`rowwise4_to_gptq` on numpy arrays, torch-free: C-contiguous int32 ``qweight`` [in, out/8] into
     ``result`` [in/8, out] (a plan's byte re-layout, tensor_ops.RowwiseToGptq)."""
