@@ -185,6 +185,27 @@ __attribute__((target("avx2"))) static size_t to_gptq_avx2(const uint32_t *src, 
 
 static int use_avx2 = 0;
 
+/* Both buffers hold `bytes`, are aligned for uint32_t and do not overlap (blocks are read after others are
+ * written: an output over its own input would read written words); else a Python error is set. ("y*" and
+ * "w*" have already refused buffers that are not contiguous.) */
+static int buffers_fit(const Py_buffer *src, const Py_buffer *dst, size_t bytes)
+{
+    if ((size_t)src->len != bytes || (size_t)dst->len != bytes) {
+        PyErr_Format(PyExc_ValueError, "expected %zu bytes in and out, got %zd and %zd", bytes, src->len, dst->len);
+        return 0;
+    }
+    uintptr_t in = (uintptr_t)src->buf, out = (uintptr_t)dst->buf;
+    if (in % 4 || out % 4) {
+        PyErr_SetString(PyExc_ValueError, "buffers must be aligned to 4 bytes");
+        return 0;
+    }
+    if (bytes && in < out + bytes && out < in + bytes) {
+        PyErr_SetString(PyExc_ValueError, "the output must not overlap the input");
+        return 0;
+    }
+    return 1;
+}
+
 typedef void (*scalar_fn)(const uint32_t *, uint32_t *, size_t, size_t, size_t, const uint8_t *);
 typedef size_t (*vector_fn)(const uint32_t *, uint32_t *, size_t, size_t, const uint8_t *);
 
@@ -219,24 +240,11 @@ static PyObject *run(PyObject *args, scalar_fn scalar, vector_fn vector)
         goto done;
     }
     size_t bytes = (size_t)rows * (size_t)cols * 32;
-    if ((size_t)src.len != bytes || (size_t)dst.len != bytes) {
-        PyErr_Format(PyExc_ValueError, "expected %zu bytes in and out, got %zd and %zd", bytes, src.len, dst.len);
+    if (!buffers_fit(&src, &dst, bytes))
         goto done;
-    }
-    /* ("y*" and "w*" have already refused buffers that are not contiguous.) */
-    uintptr_t in = (uintptr_t)src.buf, out = (uintptr_t)dst.buf;
-    if (in % 4 || out % 4) { /* read and written as uint32_t */
-        PyErr_SetString(PyExc_ValueError, "buffers must be aligned to 4 bytes");
-        goto done;
-    }
     if (bytes == 0) { /* nothing to move; rows may still be huge, with cols 0 */
         Py_INCREF(Py_None);
         result = Py_None;
-        goto done;
-    }
-    /* Blocks are read after others are written: an output over its own input would read written words. */
-    if (in < out + bytes && out < in + bytes) {
-        PyErr_SetString(PyExc_ValueError, "the output must not overlap the input");
         goto done;
     }
     uint8_t ord[8];
@@ -302,20 +310,8 @@ static PyObject *transpose32(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "bad rows or cols");
         goto done;
     }
-    size_t bytes = (size_t)rows * (size_t)cols * 4;
-    if ((size_t)src.len != bytes || (size_t)dst.len != bytes) {
-        PyErr_Format(PyExc_ValueError, "expected %zu bytes in and out, got %zd and %zd", bytes, src.len, dst.len);
+    if (!buffers_fit(&src, &dst, (size_t)rows * (size_t)cols * 4))
         goto done;
-    }
-    uintptr_t in = (uintptr_t)src.buf, out = (uintptr_t)dst.buf;
-    if (in % 4 || out % 4) {
-        PyErr_SetString(PyExc_ValueError, "buffers must be aligned to 4 bytes");
-        goto done;
-    }
-    if (bytes && in < out + bytes && out < in + bytes) {
-        PyErr_SetString(PyExc_ValueError, "the output must not overlap the input");
-        goto done;
-    }
     Py_BEGIN_ALLOW_THREADS
     transpose32_tiles((const uint32_t *)src.buf, (uint32_t *)dst.buf, (size_t)rows, (size_t)cols);
     Py_END_ALLOW_THREADS
