@@ -127,26 +127,36 @@ def execute(plan: ConversionPlan, shard: ShardPlan, name: str, writer: Safetenso
         writer.write_array(name, _relayout(ckpt, op, buffers))
     elif isinstance(op, Transposed):
         # Elements moved as they are: floats of any width as unsigned integers of that width.
-        writer.write_array(name, packing.transposed(_array(ckpt, op.inner)), opaque=True)
+        array = _array(ckpt, op.inner, buffers)
+        rows, cols = array.shape
+        into = _reused(buffers, "transposed", rows * cols * array.dtype.itemsize).view(array.dtype).reshape(cols, rows)
+        writer.write_array(name, packing.transposed(array, into), opaque=True)
     elif isinstance(op, Small):
         writer.write_array(name, op.value)
     else:
         raise TypeError(f"{name}: {op!r} is not a byte operation")
 
 
-def _array(ckpt, op: TensorOp) -> np.ndarray:
-    """What a byte operation makes, as a 2-D array (for :class:`Transposed`): the source's elements, as unsigned
-    integers of their width where they are floats."""
-    if isinstance(op, RowwiseToGptq):
-        rows, cols = ckpt.info(op.source).shape
-        words = ckpt.read_bytes(op.source).view("<i4").reshape(rows, cols)
-        result = np.empty((rows // 8, cols * 8), dtype=np.int32)
-        packing.rowwise4_to_gptq_into(words, op.slot_order, result)
-        return result
+def _reused(buffers: threading.local, attr: str, nbytes: int) -> np.ndarray:
+    """``nbytes`` of this thread's buffer ``attr``, grown when too small: fresh pages for every layer cost more
+    than the work done in them (a 7B layer's words are 22 MB)."""
+    if getattr(buffers, attr, np.empty(0, np.uint8)).size < nbytes:
+        setattr(buffers, attr, np.empty(nbytes, dtype=np.uint8))
+    return getattr(buffers, attr)[:nbytes]
+
+
+def _array(ckpt, op: TensorOp, buffers: threading.local) -> np.ndarray:
+    """What a byte operation makes, as a 2-D array (for :class:`Transposed`), in this thread's reused buffers:
+    the source's elements, as unsigned integers of their width where they are floats."""
     info = ckpt.info(op.source)
     if isinstance(op, ZerosToRowwise):
         return packing.gptq4_zeros_to_rowwise(ckpt.read_bytes(op.source), op.groups, op.out_features, op.delta, op.slot_order)
-    raw = ckpt.read_bytes(op.source)
+    raw = ckpt.shards[ckpt.locations[op.source]].read_bytes(op.source, into=_reused(buffers, "source", info.nbytes))
+    if isinstance(op, RowwiseToGptq):
+        rows, cols = info.shape
+        result = _reused(buffers, "result", info.nbytes).view("<i4").reshape(rows // 8, cols * 8)
+        packing.rowwise4_to_gptq_into(raw.view("<i4").reshape(rows, cols), op.slot_order, result)
+        return result
     if isinstance(op, ShiftFields):
         raw = packing.shift_fields(raw, op.bits, op.delta)
     elif not isinstance(op, Copy):
@@ -155,17 +165,13 @@ def _array(ckpt, op: TensorOp) -> np.ndarray:
 
 
 def _relayout(ckpt, op: Relayout, buffers: threading.local) -> np.ndarray:
-    """4-bit GPTQ words re-laid out along out_features, in this thread's reused buffers (fresh pages for every
-    22 MB layer of a 7B model cost more than the re-layout itself)."""
+    """4-bit GPTQ words re-laid out along out_features, in this thread's reused buffers."""
     rows, cols = ckpt.info(op.source).shape
-    words = rows * cols
-    for attr in ("source", "result"):
-        if getattr(buffers, attr, np.empty(0, np.int32)).size < words:
-            setattr(buffers, attr, np.empty(words, dtype=np.int32))
-    source = buffers.source[:words]
-    ckpt.shards[ckpt.locations[op.source]].read_bytes(op.source, into=source.view(np.uint8))
-    result = buffers.result[:words]
-    packing.gptq4_to_rowwise_into(source.reshape(rows, cols), op.slot_order, result)
+    nbytes = rows * cols * 4
+    source = _reused(buffers, "source", nbytes)
+    ckpt.shards[ckpt.locations[op.source]].read_bytes(op.source, into=source)
+    result = _reused(buffers, "result", nbytes).view(np.int32)
+    packing.gptq4_to_rowwise_into(source.view(np.int32).reshape(rows, cols), op.slot_order, result)
     return result.reshape(rows * 8, cols // 8)
 
 

@@ -485,15 +485,16 @@ def rowwise4_to_gptq(qweight: torch.Tensor, slot_order: tuple[int, ...] | None =
     return torch.from_numpy(result)
 
 
-def transposed(array: np.ndarray) -> np.ndarray:
-    """A 2-D array's transpose, contiguous: tiles of 32-bit words in C where the extension was built (compressed-
-    tensors stores GPTQ's words transposed; 3.5 GB of them at 7B), else numpy's copy of the transposed view."""
-    if _native is None or array.dtype.itemsize != 4 or array.ndim != 2:
-        return np.ascontiguousarray(array.T)
-    source = np.ascontiguousarray(array)
-    rows, cols = source.shape
-    result = np.empty((cols, rows), dtype=array.dtype)
-    _native.transpose32(source, result, rows, cols)
+def transposed(array: np.ndarray, into: np.ndarray | None = None) -> np.ndarray:
+    """A 2-D array's transpose, contiguous (in ``into``, C-contiguous ``[cols, rows]`` of its dtype, when given):
+    tiles of 32-bit words in C where the extension was built (compressed-tensors stores GPTQ's words transposed;
+    3.5 GB of them at 7B), else numpy's copy of the transposed view."""
+    rows, cols = array.shape
+    result = np.empty((cols, rows), dtype=array.dtype) if into is None else into
+    if _native is None or array.dtype.itemsize != 4:
+        np.copyto(result, array.T)
+    else:
+        _native.transpose32(np.ascontiguousarray(array), result, rows, cols)
     return result
 
 
