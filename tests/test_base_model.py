@@ -164,8 +164,11 @@ def test_every_target_with_base_dir_and_hub_id(hub_cache, tmp_path):
 
 
 def _four_bit_fixtures() -> list[str]:
+    """Every 4-bit affine fixture a real fp32 loader reads as the reference: not asymmetric compressed-tensors,
+    which transformers refuses on CPU (its outputs are served by vLLM in test_vllm.py)."""
     return sorted(n for n, e in MANIFEST.items() if e.get("bits") == 4 and e["family"] not in ("bnb", "inc-codebook") and not e["family"].startswith("openvino")
-                  and not n.startswith("mislabelled") and not e.get("layer_config"))
+                  and not n.startswith("mislabelled") and not e.get("layer_config")
+                  and not (e["family"] == "compressed-tensors" and not e["sym"]))
 
 
 @pytest.mark.loaders
@@ -190,8 +193,9 @@ def test_inc_output_loads_with_the_users_own_original_model(tmp_path):
     for name, out in outputs:
         src_row = rows[str(refs[name][1])]
         ref = torch.load(src_row["file"])
-        # auto-round's own kernels compute asym dequant in another order than INC's (up to 6e-4 here).
-        tol = 1e-3 if read_by_auto_round_kernel(src_row["module"]) else TOL
+        # auto-round's own kernels compute asym dequant in another order than INC's (up to 6e-4 here);
+        # compressed-tensors decompresses into its fp16 scales' dtype (2.7e-4 here).
+        tol = 1e-3 if read_by_auto_round_kernel(src_row["module"]) or MANIFEST[name]["family"] == "compressed-tensors" else TOL
         for d in ("float32", "bfloat16"):
             got = torch.load(rows[str(out.with_name(out.name + ("--bfloat16" if d == "bfloat16" else "")))]["file"])
             diff = float((got - ref).abs().max())

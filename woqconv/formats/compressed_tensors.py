@@ -272,17 +272,19 @@ class CompressedTensorsDetection(Detection):
     transformers_config = "CompressedTensorsConfig"
     transformers_needs = (("compressed_tensors", "verify"),)
 
-    # transformers + compressed-tensors 0.20 load symmetric checkpoints on CPU, and fail on asymmetric ones:
-    # "You set ignore_mismatched_sizes to False, thus raising an error" (the packed zero points' shape).
+    # transformers + compressed-tensors 0.20 load symmetric checkpoints on CPU and fail on asymmetric ones ("You set
+    # ignore_mismatched_sizes to False, thus raising an error": the packed zero points' shape); either way
+    # compressed-tensors decompresses into the scales' dtype, so its weights are rounded to fp16/bf16.
     @classmethod
     def output_loader(cls, out) -> str | None:
-        """vLLM serves both; transformers runs the symmetric ones in fp32 (a tighter check)."""
-        return "transformers" if all(layer.is_symmetric for layer in out.layers) else "vllm"
+        """vLLM, which serves every one of them (``--loader transformers`` runs a symmetric one there)."""
+        return "vllm"
 
     @classmethod
     def source_loader(cls, src) -> str:
-        """An fp32 reference: transformers for a symmetric source, else woqconv's own dequantization."""
-        return "transformers" if all(layer.is_symmetric for layer in src.layers) else "dense"
+        """woqconv's dequantization in fp32: no real loader here computes a compressed-tensors source's weights
+        unrounded."""
+        return "dense"
 
     @classmethod
     def from_config(cls, ckpt: Checkpoint, qc: dict, file: str, method: str) -> SourceFormat:
