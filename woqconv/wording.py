@@ -35,7 +35,7 @@ def change_lines(layer_changes: Mapping[str, Iterable[str]]) -> list[str]:
 _COUNTED = re.compile(r"^(\d+) (.+)$", re.DOTALL)
 
 
-def lossy_lines(lossy_layers: dict[str, dict], requantized: dict[str, dict]) -> list[str]:
+def lossy_lines(lossy_layers: dict[str, dict], requantized: dict[str, dict], rounded: dict[str, dict] | None = None) -> list[str]:
     """The accepted losses, summarised: shared by the CLI table and the Hub model card."""
     lines = []
     by_kind: dict[str, dict[str, dict]] = {}
@@ -60,4 +60,11 @@ def lossy_lines(lossy_layers: dict[str, dict], requantized: dict[str, dict]) -> 
         lines.append(line)
     elif "requantize" in by_kind:
         lines.append(f"{counted(len(by_kind['requantize']), 'layer')} to requantize")
+    if rounded:
+        dtype = next(iter(rounded.values()))["dtype"]
+        changed = sum(v["values_changed"] for v in rounded.values())
+        total = sum(v["values_total"] for v in rounded.values())
+        rel = [v["rel_fro"] for v in rounded.values()]
+        lines.append(f"dequantized weights rounded to {dtype}: {changed} of {total} changed in {counted(len(rounded), 'layer')}, "
+                     f"relative Frobenius error {min(rel):.3g}..{max(rel):.3g}, largest |err| {max(v['max_abs'] for v in rounded.values()):.3g}")
     return lines

@@ -20,6 +20,7 @@ from .options import (
     AllowBf16Opt,
     BaseModelOpt,
     ConventionOpt,
+    DtypeOpt,
     CreatePrOpt,
     FormatOpt,
     OutputFormat,
@@ -69,6 +70,8 @@ def inspect(
     zp_convention: ConventionOpt = ZeroPointConvention.auto,
     revision: RevisionOpt = None,
     base_model: BaseModelOpt = None,
+    fixes: Annotated[bool, typer.Option("--fixes/--no-fixes", help="For each engine that cannot load the checkpoint, plan the --to that fixes it "
+                                        "(--no-fixes: verdicts only, from the scan; no torch).")] = True,
 ) -> None:
     """Describe a quantized checkpoint: format, bits, groups, zero-point convention found, g_idx, warnings.
 
@@ -79,7 +82,7 @@ def inspect(
         if hub_commands.is_repo_id(path):
             report = hub_commands.inspect_remote(path, revision=revision, quiet=fmt is OutputFormat.json)
         else:
-            report = inspect_checkpoint(path, zero_point_convention=zp_convention.value, base_model=base_model)
+            report = inspect_checkpoint(path, zero_point_convention=zp_convention.value, base_model=base_model, fixes=fixes)
     emit(fmt, report.to_dict(), lambda console: render.inspect_report(console, report, layers=layers))
 
 
@@ -102,6 +105,7 @@ def convert(
     double_quant: Annotated[
         bool, typer.Option("--double-quant", help="nf4/fp4 only: store absmax double-quantized as bitsandbytes can (smaller, lossy, reported).")
     ] = False,
+    dtype: DtypeOpt = None,
     quiet: QuietOpt = False,
     then_verify: Annotated[bool, typer.Option("--verify", help="Run woqconv verify OUT --against SRC after converting.")] = False,
     workers: WorkersOpt = None,
@@ -132,7 +136,7 @@ def convert(
                 create_pr=create_pr, revision=revision, command=hub_commands.exact_command(), quiet=quiet_all, base_model=base_model,
                 workers=workers, overwrite=overwrite, dry_run=dry_run, allow_bf16=allow_bf16,
                 requantize=requant_method.value if requantize else None, double_quant=double_quant,
-                zero_point_convention=zp_convention.value, progress=bar.update if bar else None, step=steps,
+                dtype=dtype.value if dtype else None, zero_point_convention=zp_convention.value, progress=bar.update if bar else None, step=steps,
             )
         finally:
             if bar:

@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..hub import inspect_remote, is_repo_id
+from ..hub import inspect_remote as _inspect_remote, is_repo_id
+from ..inspection import inspect as inspect_local
 from . import render
 from ._errors import mapped_errors
 from .options import AllowBf16Opt, BaseModelOpt, FormatOpt, OutputFormat, PrivateOpt, QuietOpt, TargetOpt
@@ -18,6 +19,11 @@ from .output import console, emit
 from .progress import Steps
 
 __all__ = ["inspect_remote", "is_repo_id"]
+
+
+def inspect_remote(repo_id: str, **kw):
+    """Remote inspect; a cached snapshot is inspected in full by woqconv.inspect (with the fixes it plans)."""
+    return _inspect_remote(repo_id, inspect_local=inspect_local, **kw)
 
 def exact_command() -> str:
     """The command line as typed, for the model card."""

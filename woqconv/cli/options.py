@@ -45,6 +45,14 @@ def _at_least_one(n: int | None) -> int | None:
 
 
 RequantMethod = Enum("RequantMethod", {m: m for m in REQUANT_METHODS}, type=str)
+# The weights dtypes a target that takes one offers (the dense target's).
+WeightsDtype = Enum("WeightsDtype", {d: d for d in dict.fromkeys(d for t in TARGETS.values() for d in t.dtype_choices)}, type=str)
+DtypeOpt = Annotated[
+    Optional[WeightsDtype],
+    typer.Option("--dtype", case_sensitive=False, show_default=False,
+                 help="--to dense only: the weights' dtype. float32 (the default) holds the dequantized weights exactly; "
+                      "float16 and bfloat16 round them, and the rounding is reported per layer."),
+]
 WorkersOpt = Annotated[
     Optional[int],
     typer.Option("--workers", callback=lambda n: _at_least_one(n), show_default=False, metavar="N",

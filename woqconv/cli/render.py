@@ -115,6 +115,8 @@ def inspect_report(console: Console, r: InspectReport, *, layers: bool) -> None:
         console.print(lt)
     if r.compression_table:
         compression_table(console, r.compression_table)
+    if r.engines:
+        engines_table(console, r.engines)
     for w in r.warnings:
         console.print(f"[yellow]warning:[/yellow] {_options(w)}")
     if r.needs_tensor_data:
@@ -140,6 +142,23 @@ def compression_table(console: Console, table: dict) -> None:
     console.print(t)
 
 
+def engines_table(console: Console, rows: list[dict]) -> None:
+    """Who loads the checkpoint as it stands; for the others, why not and the conversion that fixes it."""
+    t = Table(title="who can load this, as it stands", title_justify="left")
+    for col in ("engine", "loads", "how, or why not", "fix"):
+        t.add_column(col, overflow="fold")
+    for row in rows:
+        verdict = "[green]yes[/green]" if row["loads"] else "[dim]?[/dim]" if row["loads"] is None else "[red]no[/red]"
+        fix = row["fix"]
+        shown = ""
+        if fix:
+            shown = " ".join([f"--to {fix['to']}", *fix["flags"]]) + (" (lossless)" if fix["lossless"] else " (lossy, reported)")
+            if fix["note"]:
+                shown += f": {fix['note']}"
+        t.add_row(row["label"], verdict, _options(row["detail"]), shown)
+    console.print(t)
+
+
 def convert_report(console: Console, r: ConvertReport) -> None:
     verb = "would convert" if r.dry_run else "converted"
     t = Table(title=f"woqconv {verb} {r.source} ({r.source_format}) -> {r.output} ({r.target})", show_header=False, title_justify="left")
@@ -154,8 +173,9 @@ def convert_report(console: Console, r: ConvertReport) -> None:
         t.add_row("[yellow]lossy[/yellow]", f"{len(r.cast_tensors)} unquantized tensors cast to bf16 in the Gaudi cache")
     if r.widened_tensors:
         kinds = ", ".join(sorted(set(r.widened_tensors.values())))
+        why = f", {r.widened_because}" if r.widened_because else ""
         t.add_row("tensors copied", f"{r.tensors_copied} unquantized tensors; {len(r.widened_tensors)} of them ({kinds}) widened to fp32, "
-                  "exactly, so that INC's load runs with an original model in any dtype; the rest byte for byte")
+                  f"exactly{why}; the rest byte for byte")
     else:
         t.add_row("tensors copied", f"{r.tensors_copied} unquantized tensors, byte for byte")
     if r.base_model:
@@ -168,6 +188,8 @@ def convert_report(console: Console, r: ConvertReport) -> None:
     console.print(t)
     if r.requantized:
         requant_table(console, r.requantized)
+    if r.rounded:
+        rounding_table(console, r.rounded)
     for w in r.warnings:
         console.print(f"[yellow]warning:[/yellow] {_options(w)}")
 
@@ -183,6 +205,18 @@ def requant_table(console: Console, stats: dict[str, dict]) -> None:
         mm = v.get("minmax")
         t.add_row(name, f"{v['rel_fro']:.5f}", f"{v['max_abs']:.3g}", f"{v['snr_db']:.2f}",
                   f"{mm['rel_fro']:.5f}" if mm else "", f"{mm['snr_db']:.2f}" if mm else "")
+    console.print(t)
+
+
+def rounding_table(console: Console, stats: dict[str, dict]) -> None:
+    """Per layer: what casting the fp32 dequantized weights to a 16-bit dtype changed."""
+    dtype = next(iter(stats.values()))["dtype"]
+    t = Table(title=f"rounding to {dtype} per layer, against the fp32 dequantized weights", title_justify="left")
+    t.add_column("layer", overflow="fold")
+    for col in ("weights changed", "rel. error", "max |err|"):
+        t.add_column(col, justify="right", no_wrap=True)
+    for name, v in stats.items():
+        t.add_row(name, f"{v['values_changed']} of {v['values_total']}", f"{v['rel_fro']:.3g}", f"{v['max_abs']:.3g}")
     console.print(t)
 
 

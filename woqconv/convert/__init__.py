@@ -15,7 +15,7 @@ from ..errors import check_workers
 from ..source import open_checkpoint
 from ..io.output import output_path, check_output, commit_partial, discard_partial, start_partial, write_error
 from .plan import ConversionPlan, plan_conversion
-from .write import layer_to_write, measure_requantization, total_source_bytes, write_plan
+from .write import layer_to_write, measure_losses, total_source_bytes, write_plan
 from ..wording import lossy_lines
 
 
@@ -51,15 +51,19 @@ class ConvertReport:
     # of its files the output took; None when the source records its own architecture.
     base_model: str | None = None
     files_from_base: list[str] = field(default_factory=list)
-    # Unquantized 16-bit tensors written as fp32 (exact): name -> source dtype (the inc target).
+    # Unquantized 16-bit tensors written as fp32 (exact): name -> source dtype (the inc and dense targets).
     widened_tensors: dict[str, str] = field(default_factory=dict)
+    widened_because: str = ""
+    # Per layer whose dequantized weights a 16-bit dense output rounds: {"kind": "rounding", "dtype",
+    # "values_changed", "values_total", "max_abs", "rel_fro"} (against the fp32 products).
+    rounded: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def lossy_lines(self) -> list[str]:
         """One plain sentence per kind of loss accepted (bf16 scales, double quantization, requantization)."""
-        return lossy_lines(self.lossy_layers, self.requantized)
+        return lossy_lines(self.lossy_layers, self.requantized, self.rounded)
 
 
 def _files_rewritten(config: dict | None, extra_json: dict[str, dict], index: bool, companion: str | None = None) -> list[str]:
@@ -83,7 +87,7 @@ def _report(plan: ConversionPlan, out: Path, bytes_in: int, bytes_out: int, seco
         source_format=plan.source.format.name,
         target=plan.target.name,
         layers_converted=len(plan.prepared),
-        lossless=not (plan.lossy_layers or plan.companion_casts),
+        lossless=not (plan.lossy_layers or plan.companion_casts or plan.write_losses),
         layer_changes=plan.layer_changes,
         tensors_copied=sum(len(s.passthrough) for s in plan.shards),
         files_copied=list(plan.copied_files),
@@ -101,6 +105,8 @@ def _report(plan: ConversionPlan, out: Path, bytes_in: int, bytes_out: int, seco
         base_model=base.describe() if base else None,
         files_from_base=sorted(plan.source.ckpt.borrowed),
         widened_tensors=dict(plan.widened),
+        widened_because=plan.target.carried_float_reason if plan.widened else "",
+        rounded={n: plan.write_losses[n] for n in sorted(plan.write_losses)},
     )
 
 
@@ -115,6 +121,7 @@ def convert(
     allow_bf16: bool = False,
     requantize: str | None = None,
     double_quant: bool = False,
+    dtype: str | None = None,
     zero_point_convention: str = "auto",
     progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
@@ -128,6 +135,8 @@ def convert(
     layers no lossless path reaches (NF4 <-> uint4, scattered act-order for targets without g_idx) and
     reports each one's weight error in ``requantized``; a dry run computes those errors without writing.
     ``double_quant=True`` stores bitsandbytes absmax double-quantized (nf4/fp4 targets; lossy, reported).
+    ``dtype`` is the dense target's weights dtype: ``"float32"`` (the default) holds ``dequantize()`` exactly;
+    ``"float16"`` and ``"bfloat16"`` round it, measured per layer in ``rounded``.
     ``out`` appears only when complete (it is built in a hidden sibling directory and renamed).
     ``progress(done, total)`` receives source bytes.
     ``workers`` layers are re-laid out and written in parallel threads (memory: one layer each); by
@@ -157,15 +166,16 @@ def convert(
                                                    read_layers=False) as source:
         if base is not None:
             source.ckpt.attach_base(base.root, base.files, base.config)
-        plan = plan_conversion(source, to, allow_bf16=allow_bf16, requantize=requantize, double_quant=double_quant, workers=workers)
+        plan = plan_conversion(source, to, allow_bf16=allow_bf16, requantize=requantize, double_quant=double_quant, dtype=dtype,
+                               workers=workers)
         if base is not None:
             bases.check_matches(base, source)  # the plan read every layer's shell; nothing is written yet
         check_output(src_path, out_path, overwrite=overwrite)
         total = total_source_bytes(plan)
         warnings = list(source.warnings) + plan.warnings
         if dry_run:
-            if plan.requantized_layers:
-                measure_requantization(plan)
+            if plan.requantized_layers or plan.target.lossy_encoding:
+                measure_losses(plan)
             return _report(plan, out_path, total, 0, time.perf_counter() - start, True, warnings, base)
 
         def write(partial: Path, tick: Callable[[int], None]) -> int:

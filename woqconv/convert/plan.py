@@ -64,6 +64,8 @@ class ConversionPlan:
     warnings: list[str] = field(default_factory=list)
     # Per requantized layer: the method and its weight error (filled while writing, or by a dry run).
     requant_stats: dict[str, dict] = field(default_factory=dict)
+    # Per layer: what the target's encoder lost, measured while writing (or by a dry run): Target.encode.
+    write_losses: dict[str, dict] = field(default_factory=dict)
 
     @property
     def requantized_layers(self) -> list[str]:
@@ -246,10 +248,11 @@ def _target_name(to: str) -> str:
 
 
 def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = False, requantize: str | None = None,
-                    double_quant: bool = False, workers: int = 1) -> ConversionPlan:
+                    double_quant: bool = False, dtype: str | None = None, workers: int = 1) -> ConversionPlan:
     """Plan ``src`` -> ``to``. ``requantize`` ("search" or "minmax") lets layers that no lossless path
     reaches be refitted; ``double_quant`` stores bitsandbytes absmax double-quantized (nf4/fp4 only);
-    ``workers`` layers are prepared at once, in threads."""
+    ``dtype`` is the weights' dtype for a target that takes one (dense); ``workers`` layers are prepared at
+    once, in threads."""
     to = _target_name(to)
     if to not in TARGETS:
         raise BadArgument(f"unknown target {to!r} (choose from {', '.join(TARGETS)})")
@@ -261,6 +264,15 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
         if not target.double_quant_option:
             raise BadArgument(f"double quantization is a bitsandbytes option; {to} has none (use {' or '.join(f'`to={h}`' for h in holders)})")
         target = target.configured(double_quant=True)
+    if dtype is not None:
+        takers = [name for name, t in TARGETS.items() if t.dtype_option]
+        if not target.dtype_option:
+            raise BadArgument(f"a weights dtype is an option of {', '.join(takers)}; {to} keeps the source's integers and scales "
+                              f"(use {' or '.join(f'`to={n}`' for n in takers)})")
+        choices = target.dtype_choices
+        if dtype not in choices:
+            raise BadArgument(f"dtype must be one of {', '.join(choices)}, not {dtype!r}")
+        target = target.configured(dtype=dtype)
 
     for module, extra in target.needs:
         require(module, extra, f"the {to} target")
@@ -442,9 +454,10 @@ def output_configs(ckpt: Checkpoint, target: Target, qc: dict | None, summary: M
     if ckpt.has_config:
         config = dict(ckpt.config)
         if qc is None:
-            config.pop("quantization_config", None)  # INC default: config.json describes the base model
+            config.pop("quantization_config", None)  # INC default, dense: config.json describes the base model
         else:
             config["quantization_config"] = qc
+        config = target.output_config(config)
     extra = target.config_files(qc, summary)
     replaced = {CONFIG_NAME, *QUANT_CONFIG_FILES, *HPU_CACHES, *extra}
     copied = [f for f in ckpt.other_files if f not in replaced]

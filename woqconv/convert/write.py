@@ -53,7 +53,9 @@ def write_plan(plan: ConversionPlan, into: Path, progress: Progress | None = Non
             layer = layer_to_write(plan, name)
             # Each re-laid-out codes tensor is written before its block ends, so its buffer can be reused.
             with packing.result_in_reused_buffer():
-                encoded = target.family.encode(layer, target.zero_point_convention)
+                encoded, loss = target.encode(layer)
+                if loss:
+                    plan.write_losses[name] = loss
                 for t in outputs:
                     if isinstance(shard.ops[t], Compute):
                         _put(writer, t, encoded[t])
@@ -284,10 +286,17 @@ def source_bytes(ckpt, copied_files: list[str]) -> int:
     return tensors + files
 
 
-def measure_requantization(plan: ConversionPlan, progress: Progress | None = None) -> None:
-    """Requantize every planned layer without writing (a dry run's error report), into ``plan.requant_stats``."""
+def measure_losses(plan: ConversionPlan, progress: Progress | None = None) -> None:
+    """What writing would lose, measured without writing (a dry run's report): every planned requantization
+    into ``plan.requant_stats``, and, for a target that measures its loss while encoding (the dense target's
+    rounding), every layer's into ``plan.write_losses``."""
     tick = progress or (lambda n: None)
     src = plan.source
-    for name in plan.requantized_layers:
-        _, plan.requant_stats[name] = requantize(src.read_layer(name), plan.prepared[name].requant)
+    for name in plan.prepared if plan.target.lossy_encoding else plan.requantized_layers:
+        if plan.prepared[name].requant is not None:
+            _, plan.requant_stats[name] = requantize(src.read_layer(name), plan.prepared[name].requant)
+        else:
+            _, loss = plan.target.encode(layer_to_write(plan, name))
+            if loss:
+                plan.write_losses[name] = loss
         tick(sum(src.ckpt.info(t).nbytes for t in src.family.owned_tensors(src.ckpt, name)))

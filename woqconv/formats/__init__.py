@@ -5,7 +5,7 @@ key), its detections (``Detection`` subclasses) and its targets (``Target`` subc
 definition order. The modules are imported here in the order ``--to`` lists the targets.
 """
 
-from . import gptq, awq, autoround, inc, inc_hpu_cache, inc_codebook, inc_nonoptimum, bnb, openvino, compressed_tensors  # noqa: F401  (registers)
+from . import gptq, awq, autoround, inc, inc_hpu_cache, inc_codebook, inc_nonoptimum, bnb, openvino, compressed_tensors, dense  # noqa: F401  (registers)
 from .base import Detection, LayerFamily, SourceFormat  # noqa: F401
 from .targets import TARGETS, Target  # noqa: F401
 

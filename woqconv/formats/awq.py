@@ -32,6 +32,7 @@ from .base import (
 )
 from .base import effective_group_size
 from .gptq import SCALE_DTYPES
+from ..engines import loads, refuses, vllm_cpu_kernel
 from .targets import ByteRoute, ModelQuantSummary, Target, plain_gptq4, with_bias, zero_point_delta
 
 BITS = 4
@@ -168,11 +169,19 @@ class AwqDetection(Detection):
 
 # -- target -----------------------------------------------------------------------------------
 
+def awq_engines(facts) -> dict:
+    """AWQ GEMM checkpoints as each engine reads them (vLLM 0.32's AWQConfig: 4-bit, with or without zero points)."""
+    inc = refuses("INC's load(format=\"huggingface\") fails on AWQ checkpoints")
+    return {"transformers": loads("with gptqmodel"), "vllm-cpu": vllm_cpu_kernel(facts, loads()), "vllm-cuda": loads(),
+            "vllm-gaudi": loads("awq_hpu"), "inc-cpu": inc, "inc-gaudi": inc}
+
+
 class AwqGemmTarget(Target):
     name = "awq"
     family = AwqGemmFamily
     zero_point_convention = ZP_V2
     keeps_g_idx = False
+    engines = staticmethod(awq_engines)
     description = "AWQ GEMM (AutoAWQ / transformers + gptqmodel): 4-bit, interleaved, no g_idx"
 
     def quantization_config(self, summary: ModelQuantSummary) -> dict:

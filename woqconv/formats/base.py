@@ -83,6 +83,9 @@ class Detection:
     # the modules transformers needs to load the format, each with the woqconv extra that installs it.
     transformers_config: ClassVar[str | None] = None
     transformers_needs: ClassVar[tuple[tuple[str, str], ...]] = ()
+    # What each inference engine makes of this format's checkpoints as they stand (woqconv.engines), for the
+    # format names it reads that are no target's (a target declares its own): format name -> declarations.
+    engine_declarations: ClassVar[dict[str, Callable]] = {}
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)

@@ -31,6 +31,7 @@ from ..errors import FormatError
 from ..ir import CodebookLinear
 from ..requant import CodebookRecipe
 from ..io.safetensors_io import TensorSpec
+from ..engines import loads
 from .base import Detection, LayerFamily, SourceFormat, expect_dtype, layer_error, spec_of
 from .targets import LoadExample, ModelQuantSummary, Prepared, Target
 
@@ -305,12 +306,18 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 # -- detection ---------------------------------------------------------------------------------
 
+def bnb_engines(facts) -> dict:
+    """bitsandbytes 4-bit: transformers with bitsandbytes only (vLLM 0.32 has no bitsandbytes method)."""
+    return {"transformers": loads("with bitsandbytes")}
+
+
 class BnbDetection(Detection):
     """bitsandbytes 4-bit: the config says 4-bit and the quant type; each layer's quant_state JSON holds the
     blocksize and dtype, and the first one stands for the model in reports."""
 
     quant_methods = ("bitsandbytes",)
     transformers_config = "BitsAndBytesConfig"
+    engine_declarations = {"bnb-nf4": lambda facts: bnb_engines(facts), "bnb-fp4": lambda facts: bnb_engines(facts)}
     transformers_needs = (("bitsandbytes", "bnb"),)
 
     @classmethod
@@ -443,11 +450,13 @@ class BnbTarget(Target):
 
 class Nf4Target(BnbTarget):
     name = "nf4"
+    engines = staticmethod(bnb_engines)
     quant_type = "nf4"
     description = "bitsandbytes NF4 (transformers + bitsandbytes), blocks of 64 by default"
 
 
 class Fp4Target(BnbTarget):
     name = "fp4"
+    engines = staticmethod(bnb_engines)
     quant_type = "fp4"
     description = "bitsandbytes FP4 (transformers + bitsandbytes)"

@@ -34,6 +34,7 @@ from ..io.safetensors_io import TensorSpec
 from ..tensor_ops import Copy, RowwiseToGptq, ShiftFields, Small, TensorOp, Transposed, ZerosToRowwise
 from .base import ZP_V1, ZP_V2, Detection, LayerFamily, SourceFormat, expect_dtype, layer_error, require, spec_of, validated
 from .gptq import SCALE_DTYPES
+from ..engines import Verdict, bits_label, loads, needs_symmetry, refuses, vllm_cpu_kernel
 from .targets import ByteRoute, LoadExample, ModelQuantSummary, Target, with_bias, zero_point_delta
 from . import detect
 
@@ -334,9 +335,26 @@ def _weights(bits: int, group_size: int, sym: bool) -> dict:
             "scale_dtype": None, "zp_dtype": None, "observer": None, "observer_kwargs": {}}
 
 
+def compressed_tensors_engines(facts) -> dict:
+    """compressed-tensors pack-quantized as each engine reads it: vLLM 0.32's WNA16 scheme parses 2-8 bits, sym
+    (uint4b8 ...) or asym (uint4 ...); its CUDA kernels (Marlin, Machete) are measured elsewhere for 4 and 8
+    bits; transformers decompresses on load and fails on asymmetric checkpoints (compressed-tensors 0.20)."""
+    bits = bits_label(facts)
+    cuda = loads() if facts.bits <= {4, 8} else Verdict(None, f"vLLM parses {bits}; whether a CUDA kernel takes it is unmeasured")
+    return {
+        "transformers": needs_symmetry(facts, lambda: loads("with compressed-tensors (decompressed to dense on load)"),
+                                       "transformers + compressed-tensors 0.20 fail on asymmetric checkpoints: `You set "
+                                       "ignore_mismatched_sizes to False, thus raising an error`"),
+        "vllm-cpu": vllm_cpu_kernel(facts, loads()),
+        "vllm-cuda": cuda,
+        "vllm-gaudi": loads("W4A16") if facts.bits == {4} else refuses(f"vllm-gaudi reads compressed-tensors W4A16 only, not {bits}"),
+    }
+
+
 class CompressedTensorsTarget(Target):
     name = KEY
     family = CompressedTensorsFamily
+    engines = staticmethod(compressed_tensors_engines)
     zero_point_convention = ZP_V2
     keeps_g_idx = False
     per_layer_precision = True

@@ -17,6 +17,7 @@ from .._lazy import torch
 from ..io.checkpoint import Checkpoint
 from ..ir import PackedCodes, QuantLinear, default_g_idx
 from ..io.safetensors_io import TensorSpec
+from ..engines import Verdict, bits_label, gaudi_verdict, loads, needs_symmetry, refuses, vllm_cpu_kernel
 from .targets import TRANSFORMERS_LOAD, ModelQuantSummary, Target, gptq_layout_route, neural_compressor_load
 from ..errors import FormatError
 from . import detect
@@ -279,6 +280,34 @@ def valid_damp(declared: dict) -> float:
     return 0.01
 
 
+def _vllm_gptq(facts) -> Verdict:
+    """vLLM 0.32's AutoGPTQConfig, CPU and CUDA alike: (bits, sym) in {(4, True), (8, True)}; it reads no zero
+    points (``zero_points=False``), so a symmetric checkpoint loads whichever convention it stores."""
+    if not facts.bits <= {4, 8}:
+        return refuses(f"vLLM reads 4- and 8-bit GPTQ only, not {bits_label(facts)}")
+    return needs_symmetry(facts, loads, f"vLLM refuses asymmetric GPTQ (`Unsupported quantization config: bits={max(facts.bits)}, "
+                                        "sym=False`): it reads no zero points")
+
+
+def gptq_engines(facts, *, v2: bool) -> dict:
+    """GPTQ checkpoints (v1, v2, and INC's huggingface format, which is v1) as each engine reads them."""
+    found = {
+        "transformers": loads("with optimum + gptqmodel" + ("; per-module `dynamic` needs GPTQModel.load, transformers ignores it"
+                                                            if facts.mixed else "")),
+        "vllm-cpu": vllm_cpu_kernel(facts, _vllm_gptq(facts)),
+        "vllm-cuda": _vllm_gptq(facts),
+    }
+    if v2:
+        found["vllm-gaudi"] = refuses("vllm-gaudi's GPTQ path reads zero points as v1 (z - 1) whatever checkpoint_format says")
+        found["inc-cpu"] = refuses("INC reads GPTQ zero points as v1: a v2 checkpoint loads and gives silently wrong logits")
+        found["inc-gaudi"] = found["inc-cpu"]
+        return found
+    found["vllm-gaudi"] = loads("gptq_hpu (opt-in)") if facts.bits == {4} else refuses("vllm-gaudi's GPTQ path is 4-bit only")
+    found["inc-cpu"] = loads('load(path, format="huggingface", torch_dtype=torch.float32)')
+    found["inc-gaudi"] = gaudi_verdict(facts, cached=facts.gaudi_cache)
+    return found
+
+
 class GptqTarget(Target):
     """GPTQ's safetensors layout and quantize_config.json: the base of the GPTQ targets and of INC's huggingface one."""
 
@@ -318,6 +347,7 @@ class GptqV1Target(GptqTarget):
     name = "gptq"
     zero_point_convention = ZP_V1
     checkpoint_format = "gptq"
+    engines = staticmethod(lambda facts: gptq_engines(facts, v2=False))
     description = "GPTQ v1 (AutoGPTQ / transformers / optimum / INC): zero points stored as z-1"
     load_examples = (
         neural_compressor_load('model = load(path, format="huggingface", device="hpu", torch_dtype=torch.bfloat16)  '
@@ -330,4 +360,5 @@ class GptqV2Target(GptqTarget):
     name = "gptq-v2"
     zero_point_convention = ZP_V2
     checkpoint_format = "gptq_v2"
+    engines = staticmethod(lambda facts: gptq_engines(facts, v2=True))
     description = "GPTQ v2 (GPTQModel): zero points stored as they are, z = 0 allowed"

@@ -42,7 +42,8 @@ from .base import (
     validated,
 )
 from .base import effective_group_size
-from .gptq import GptqFamily, GptqTarget, valid_damp
+from ..engines import gaudi_verdict, loads, refuses
+from .gptq import GptqFamily, GptqTarget, gptq_engines, valid_damp
 from .targets import TRANSFORMERS_LOAD, Companion, ModelQuantSummary, Target, neural_compressor_load
 
 QCONFIG = "qconfig.json"
@@ -119,6 +120,17 @@ class IncDefaultDetection(Detection):
     producer = PRODUCER
     producer_loader = "inc"  # INC's huggingface format: INC's own load()
     hub_files = HUB_FILE_PATTERNS
+    engine_declarations = {
+        # nf4 / fp4 tables: INC's CPU load reads them; its Gaudi module is uint4 only.
+        **dict.fromkeys(("inc-nf4", "inc-fp4"), lambda facts: {
+            "transformers": refuses("INC's default format has no quantization_config: only INC's load(..., original_model=...) reads it"),
+            "inc-cpu": loads('load(path, format="default", original_model=model)'),
+            "inc-gaudi": refuses("INC's Gaudi module takes uint4 codes only, not a 16-value table")}),
+        "inc-nonopt": lambda facts: {
+            "transformers": refuses("INC's default format has no quantization_config: only INC's load(..., original_model=...) reads it"),
+            "inc-cpu": loads('load(path, format="default", original_model=model)'),
+            "inc-gaudi": refuses("INC's Gaudi load repacks its optimum layout, not this older one")},
+    }
 
     @classmethod
     def wrapped_modules(cls, ckpt: Checkpoint) -> list[str]:
@@ -353,9 +365,17 @@ def _inc_bits(layer: QuantLinear) -> str | None:
     return None
 
 
+def inc_default_engines(facts) -> dict:
+    """INC's default format: only INC's own load reads it, with the original model built by the user."""
+    return {"transformers": refuses("INC's default format has no quantization_config: only INC's load(..., original_model=...) reads it"),
+            "inc-cpu": loads('load(path, format="default", original_model=model)'),
+            "inc-gaudi": gaudi_verdict(facts, cached=facts.gaudi_cache)}
+
+
 class IncDefaultTarget(Target):
     name = "inc"
     family = GptqFamily
+    engines = staticmethod(inc_default_engines)
     zero_point_convention = ZP_V1
     keeps_g_idx = True
     v1_zero_point_zero = "modular"
@@ -370,6 +390,7 @@ class IncDefaultTarget(Target):
     # whatever dtype the user built the model in; fp32 holds every 16-bit value exactly and runs with
     # original models built in float32 or bfloat16 alike.
     carried_float_dtype = "F32"
+    carried_float_reason = "so that INC's load runs with an original model in any dtype"
     description = "INC default format: qconfig.json + quantized_weight.pt for load(..., original_model=...)"
     loader = "inc-default"
     load_examples = (neural_compressor_load(
@@ -419,6 +440,7 @@ class IncDefaultTarget(Target):
 
 class IncHfTarget(GptqTarget):
     name = "inc-hf"
+    engines = staticmethod(lambda facts: gptq_engines(facts, v2=False))  # GPTQ v1 with INC's config
     zero_point_convention = ZP_V1
     v1_zero_point_zero = "modular"
     loader_scale_dtype = "float16"

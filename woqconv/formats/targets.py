@@ -161,8 +161,9 @@ class Target:
     # The target's loaders need the architecture (config.json) beside the weights; INC's default format
     # does not: its load() takes the original model from the user.
     needs_config: bool = True
-    # Unquantized 16-bit float tensors are written widened to this dtype (exact), or kept as they are.
+    # Unquantized 16-bit float tensors are written widened to this dtype (exact), or kept as they are, and why.
     carried_float_dtype: str | None = None
+    carried_float_reason: str = ""
     # Gaudi computes with bf16 scales: a target that pre-bakes INC's Gaudi cache casts them (lossy unless
     # they are bf16-exact, and refused until the user accepts it).
     bf16_scales: bool = False
@@ -176,8 +177,18 @@ class Target:
     load_examples: tuple[LoadExample, ...] = (TRANSFORMERS_LOAD,)
     # The target can store its scales double-quantized (bitsandbytes' absmax), through configured().
     double_quant_option: bool = False
+    # The target writes weights in a dtype the user picks (``--dtype``), through configured(dtype=...).
+    dtype_option: bool = False
+    dtype_choices: tuple[str, ...] = ()
+    # Its encoder may lose something that only the written values tell (``encode``'s measured loss).
+    lossy_encoding: bool = False
     # Modules writing it needs beyond woqconv's own, each with the woqconv extra that installs it.
     needs: tuple[tuple[str, str], ...] = ()
+    # What each inference engine makes of this target's checkpoints as they stand (woqconv.engines):
+    # facts -> {engine key: Verdict}; engines left out do not read the format. None: nothing declared.
+    engines: Callable | None = None
+    # What a user should know of this target when inspect suggests it as the fix for an engine.
+    fix_note: str = ""
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -248,6 +259,15 @@ class Target:
         grid = torch.bfloat16 if self.bf16_scales else None
         zero_min = 1 if self.zero_point_convention == ZP_V1 and self.v1_zero_point_zero == "refuse" else 0
         return AffineRecipe(bits, min(layer.group_size, layer.in_features), torch.float16, grid, zero_min, method)
+
+    def encode(self, layer) -> tuple[dict[str, "torch.Tensor"], dict | None]:
+        """``layer`` as the target's named tensors, and what writing it lost, measured as it was encoded (None:
+        nothing; the dense target's rounding to 16 bits). Every other target's losses are known when planning."""
+        return self.family.encode(layer, self.zero_point_convention), None
+
+    def output_config(self, config: dict) -> dict:
+        """The output's config.json from the source's, its quantization_config already set or removed."""
+        return config
 
     def byte_route(self, layer: ScannedLayer, source_family: str, source_convention: str) -> ByteRoute | None:
         """How to write ``layer`` (scanned with numpy, not read) by moving bytes alone; None when the plan

@@ -33,15 +33,22 @@ def _source_link(f: CardFacts) -> str:
 def _conversion_section(c: dict) -> list[str]:
     lines = ["## Conversion", ""]
     requantized = c.get("requantized") or {}
-    if c["lossless"]:
+    rounded = c.get("rounded") or {}
+    if c["lossless"] and getattr(TARGETS.get(c["target"]), "dtype_option", False):
+        lines.append(f"Lossless: every one of the {c['layers_converted']} quantized layers is written as the source's dequantized weights, "
+                     "bit for bit (float32).")
+    elif c["lossless"]:
         lines.append(f"Lossless: every one of the {c['layers_converted']} quantized layers carries the source's codes, zero points and scales bit for bit.")
+    elif rounded:
+        lines.append(f"Lossy, as asked with `--dtype {next(iter(rounded.values()))['dtype']}`: the source's dequantized weights, rounded "
+                     f"(in {len(rounded)} of {c['layers_converted']} layers).")
     elif requantized:
         lines.append(f"Lossy, as asked with `--requantize`: {len(requantized)} of {c['layers_converted']} quantized layers were "
                      "refitted (new integers); the error of each, against the source's dequantized weights, is below.")
     else:
         lines.append(f"Lossy, as accepted: {c['layers_converted']} quantized layers; codes and zero points are exact.")
     lines += [f"- {line}" for line in change_lines(c["layer_changes"])]
-    lines += [f"- {line}" for line in lossy_lines(c["lossy_layers"], requantized)]
+    lines += [f"- {line}" for line in lossy_lines(c["lossy_layers"], requantized, rounded)]
     if requantized:
         lines += ["", "| layer | method | relative Frobenius error | max abs error | SNR (dB) | min-max rounding: rel. error |",
                   "|---|---|---|---|---|---|"]

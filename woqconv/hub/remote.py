@@ -13,10 +13,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from ..io.checkpoint import INDEX_NAME, Checkpoint, read_json
 from ..errors import FormatError
-from ..inspection import InspectReport, header_report, inspect as inspect_local
+from ..inspect_report import InspectReport, header_report
 from ..io.openvino_file import XML_NAME as OPENVINO_XML
 from ..io.safetensors_io import TensorInfo
 from .fetch import ALLOW_PATTERNS, hub_checkout, hub_error, named_as, quiet_hub, selected
@@ -51,22 +52,24 @@ def _shard(label: str, meta, size: int | None) -> HeaderOnlyShard:
     return HeaderOnlyShard(label, tensors, size if size is not None else data_bytes)
 
 
-def _inspect_checkout(repo_id: str, revision: str | None, token: str | None, quiet: bool) -> InspectReport:
-    """The full inspect of the repo's files (from the cache, fetched first when online)."""
+def _inspect_checkout(repo_id: str, revision: str | None, token: str | None, quiet: bool, inspect_local) -> InspectReport:
+    """The full inspect of the repo's files (from the cache, fetched first when online), by ``inspect_local``."""
     with hub_checkout(repo_id, revision=revision, token=token, quiet=quiet) as src:
         report = inspect_local(src.path)
         report.path = src.label
         return report
 
 
-def inspect_remote(repo_id: str, *, revision: str | None = None, token: str | None = None, quiet: bool = False) -> InspectReport:
-    """Describe ``repo_id`` without downloading its weights (offline: the cached snapshot, in full)."""
+def inspect_remote(repo_id: str, *, inspect_local: Callable[[Path], InspectReport], revision: str | None = None, token: str | None = None,
+                   quiet: bool = False) -> InspectReport:
+    """Describe ``repo_id`` without downloading its weights (offline: the cached snapshot, in full, by
+    ``inspect_local``: woqconv.inspect, which plans the fixes it suggests, from a layer above this one)."""
     import httpx2
     from huggingface_hub import HfApi, constants, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, NotASafetensorsRepoError, SafetensorsParsingError
 
     if constants.is_offline_mode():
-        return _inspect_checkout(repo_id, revision, token, quiet)
+        return _inspect_checkout(repo_id, revision, token, quiet, inspect_local)
     api = HfApi(token=token)
     view = Path(tempfile.mkdtemp(prefix="woqconv-hub-"))
     try:
@@ -98,7 +101,7 @@ def inspect_remote(repo_id: str, *, revision: str | None = None, token: str | No
         raise
     if meta is None:
         shutil.rmtree(view, ignore_errors=True)
-        return _inspect_checkout(repo_id, revision, token, quiet)
+        return _inspect_checkout(repo_id, revision, token, quiet, inspect_local)
     try:
         shards = {name: _shard(f"{label}/{name}", m, sizes.get(name)) for name, m in meta.files_metadata.items()}
         locations = {t: name for name, s in shards.items() for t in s.tensors}

@@ -28,6 +28,7 @@ from ..compute import compute_threads, default_workers, map_in_order, release_fr
 from ..errors import BadArgument, WoqconvError, check_workers
 from ..extras import installed, require
 from ..formats import TARGETS, Detection
+from ..formats.dense import is_dense_checkpoint
 from ..ir import CodebookLinear, GIdxKind, QuantLinear
 from ..requant import weight_error
 from ..source import QuantizedCheckpoint, open_checkpoint
@@ -265,17 +266,16 @@ def _require_loader(loader: str, ckpt: QuantizedCheckpoint | None) -> None:
         require(module, extra, f"verify's run in {loader}" + (f" ({ckpt.format.name})" if ckpt is not None else ""))
 
 
-def _run_check(out: QuantizedCheckpoint, src: QuantizedCheckpoint | None, device: str, t: Thresholds, report: VerifyReport,
-               step: Callable[[str], None], base: bases.BaseModel | None = None, loader: str | None = None) -> None:
-    """Run OUT in its loader (or ``loader``) and the reference (SRC in its loader, else woqconv's dense dequantization
-    of OUT)."""
-    loader = loader or _loader_for(out)
+def _run_check(out_root: Path, loader: str, src: QuantizedCheckpoint | None, device: str, t: Thresholds, report: VerifyReport,
+               step: Callable[[str], None], base: bases.BaseModel | None = None, weights_dtype: str = "float32") -> None:
+    """Run OUT in ``loader`` and the reference (SRC in its loader, else woqconv's dense dequantization of OUT).
+    ``weights_dtype``: a dense output's weights rounded to 16 bits are judged at that precision's limits."""
     report.loader = loader
-    ref_loader, ref_path = (_source_loader(src), Path(src.root).resolve()) if src is not None else ("dense", out.root.resolve())
+    ref_loader, ref_path = (_source_loader(src), Path(src.root).resolve()) if src is not None else ("dense", out_root.resolve())
     report.reference = f"{ref_loader}:{ref_path}"
     step(f"loading and running the output with {loader} and the reference with {ref_loader} on {device}")
     with tempfile.TemporaryDirectory(prefix="woqconv-verify-") as tmp:
-        got, ref = run_in_loaders(Path(tmp), device, [(loader, out.root), (ref_loader, ref_path)], base.root if base else None)
+        got, ref = run_in_loaders(Path(tmp), device, [(loader, out_root), (ref_loader, ref_path)], base.root if base else None)
         for row, what in ((got, "output"), (ref, "reference")):
             if "error" in row:
                 report.checks.append(Check("run", False, f"{what} did not load with {row['loader']}: {row['error']}"))
@@ -284,8 +284,8 @@ def _run_check(out: QuantizedCheckpoint, src: QuantizedCheckpoint | None, device
         a, b = torch.load(got["file"]), torch.load(ref["file"])
     if loader == VLLM:
         a, b = _as_logprobs(a, b)
-    bf16 = loader in BF16_LOADERS
-    report.device = got["device"] if bf16 else device
+    bf16 = loader in BF16_LOADERS or weights_dtype == "bfloat16"
+    report.device = got["device"] if loader in BF16_LOADERS else device
     max_abs = float((a - b).abs().max())
     cos = float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
     top1_raw = float((a.argmax(-1) == b.argmax(-1)).float().mean())
@@ -302,7 +302,7 @@ def _run_check(out: QuantizedCheckpoint, src: QuantizedCheckpoint | None, device
     )
     if got["module"] == "Linear4bit" and ref["module"] != "Linear4bit" and device == "cpu":
         limits = (t.bnb_cpu_max_abs_logit, t.bnb_cpu_min_cosine, limits[2], limits[3])
-    fp16 = loader == "gptqmodel"
+    fp16 = loader == "gptqmodel" or weights_dtype == "float16"
     if fp16:
         limits = (t.fp16_max_abs_logit, t.fp16_min_cosine, limits[2], limits[3])
     if any(c.check == REQUANTIZED for c in report.checks):
@@ -320,6 +320,34 @@ def _run_check(out: QuantizedCheckpoint, src: QuantizedCheckpoint | None, device
     report.checks.append(Check("run: cosine", cos >= limits[1], f"{cos:.6f} (limit {limits[1]:g})"))
     report.checks.append(Check("run: top-1 agreement", top1 >= limits[2], f"{top1:.1%} beyond near-ties, {top1_raw:.1%} raw (limit {limits[2]:.0%})"))
     report.checks.append(Check("run: perplexity", ppl_rel <= limits[3], f"{got['ppl']:.4g} vs {ref['ppl']:.4g} (relative {ppl_rel:.2g}, limit {limits[3]:g})"))
+
+
+def _verify_dense(path: Path, against: Path | None, base: bases.BaseModel | None, device: str | None, t: Thresholds, workers: int,
+                  step: Callable[[str], None], loader: str | None, start: float) -> VerifyReport:
+    """A dense output (the dense target's): its weights against the source's dequantization, then a run in plain
+    transformers (or ``loader``) beside the source in its own loader. Without ``against`` there is nothing to
+    compare it with: a dense checkpoint is no quantized one to read."""
+    from .dense_check import dense_weights_checks, weights_dtype
+
+    report = VerifyReport(str(path), str(against) if against is not None else None, format="dense")
+    if against is None:
+        raise BadArgument(f"{path} is a dense checkpoint (no quantization_config): verify compares it with its quantized source; "
+                          "give `against` (--against SRC)")
+    step("reading the output and its source")
+    with open_checkpoint(against) as src:
+        dtype = weights_dtype(path, src.layers[0].name)
+        if base is not None and not src.ckpt.has_config:
+            src.ckpt.attach_base(base.root, base.files, base.config)
+        if device is not None:
+            _require_loader(loader or "transformers", None)
+            _require_loader(_source_loader(src), src)
+        report.checks.append(Check("structure", True, f"a dense checkpoint, weights in {dtype}, no quantization_config"))
+        step(f"comparing the dense weights of {len(src.layers)} layers with the source's dequantization")
+        dense_weights_checks(path, src, report, workers)
+        if device is not None:
+            _run_check(path, loader or "transformers", src, device, t, report, step, base, weights_dtype=dtype)
+    report.seconds = round(time.perf_counter() - start, 3)
+    return report
 
 
 def _source_loader(src: QuantizedCheckpoint) -> str:
@@ -388,6 +416,8 @@ def verify(
         verify_openvino(path, Path(against) if against is not None else None, run, t, report, base, source_loader=_source_loader)
         return report
     dev = select_device(device).kind if run else None
+    if is_dense_checkpoint(path):
+        return _verify_dense(path, Path(against) if against is not None else None, base, dev, t, workers, step, loader, start)
     report = VerifyReport(str(path), str(against) if against else None, format="?")
     step("reading the output" + (" and its source" if against is not None else ""))
     out = _open_as_loader_reads(path, report)
@@ -417,7 +447,7 @@ def verify(
                     with open_checkpoint(out.root, hpu_cache=True) as cache:
                         _weights_checks(cache, src, t, report, workers)
             if run:
-                _run_check(out, src, dev, t, report, step, base, loader)
+                _run_check(out.root, loader or _loader_for(out), src, dev, t, report, step, base)
         finally:
             if src is not None:
                 src.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ...ir import QuantLinear
 from ..base import LayerFamily
+from ...engines import loads
 from ..targets import LoadExample, Prepared, Target
 
 class OpenvinoLayout(LayerFamily):
@@ -36,6 +37,7 @@ class OpenvinoLayout(LayerFamily):
 
 class OpenvinoTarget(Target):
     name = "openvino"
+    engines = staticmethod(lambda facts: {"openvino": loads("OVModelForCausalLM.from_pretrained")})
     family = OpenvinoLayout
     zero_point_convention = "v2"  # true zero points, as the IR holds them
     keeps_g_idx = False
