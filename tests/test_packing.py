@@ -354,10 +354,24 @@ def test_a_slot_order_that_is_not_a_permutation_is_refused():
             packing.rowwise4_to_gptq(torch.zeros((16, 2), dtype=torch.int32), order)
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (33, 70), (64, 96), (5, 0)])
+TRANSPOSE_SHAPES = [(1, 1), (33, 70), (64, 96), (5, 0), (8, 8), (130, 77), (200, 64), (9, 1000), (1000, 15)]
+
+
+@pytest.mark.parametrize("shape", TRANSPOSE_SHAPES)
 @pytest.mark.parametrize("dtype", [np.int32, np.float32, np.uint16])
 def test_transposed_is_the_transpose(shape, dtype):
-    """The C tiles (32-bit elements) and numpy's copy (others) give the transpose, whatever the shape."""
+    """The C tiles (32-bit elements: 8 x 8 blocks in AVX2 registers, the edges word by word) and numpy's copy
+    (others) give the transpose, whatever the shape."""
     a = np.random.default_rng(sum(shape)).integers(0, 1 << 15, size=shape).astype(dtype)
     t = packing.transposed(a)
     assert t.flags.c_contiguous and t.dtype == a.dtype and np.array_equal(t, a.T)
+
+
+@pytest.mark.skipif(packing._native is None, reason="the C extension is not built")
+@pytest.mark.parametrize("shape", TRANSPOSE_SHAPES)
+def test_transpose_vector_path_equals_the_scalar_tiles(shape):
+    a = np.random.default_rng(7).integers(0, 1 << 32, size=shape, dtype=np.uint32)
+    vector, scalar = np.empty(shape[::-1], np.uint32), np.empty(shape[::-1], np.uint32)
+    packing._native.transpose32(a, vector, *shape)
+    packing._native.transpose32(a, scalar, *shape, False)
+    assert np.array_equal(vector, a.T) and np.array_equal(scalar, a.T)

@@ -167,12 +167,7 @@ def _local_report(ckpt: Checkpoint, fmt: SourceFormat, layers: list[LayerInfo], 
     total_bytes = ckpt.weight_bytes + sum((ckpt.root / f).stat().st_size for f in ckpt.other_files)
     return InspectReport(
         path=str(ckpt.root),
-        format=fmt.name,
-        producer=fmt.producer,
-        quant_method=fmt.quant_method,
-        packing_format=fmt.packing_format,
-        bits=fmt.bits,
-        group_size=fmt.group_size,
+        **_declared(fmt),
         sym=all(layer.sym for layer in layers),
         sym_declared=fmt.sym,
         zero_point_convention=public_convention(fmt.zero_point_convention),
@@ -187,6 +182,12 @@ def _local_report(ckpt: Checkpoint, fmt: SourceFormat, layers: list[LayerInfo], 
         compression_table=LayerFamily.registry[fmt.family].compression_table(ckpt),
         **_recorded_architecture(ckpt),
     )
+
+
+def _declared(fmt: SourceFormat) -> dict:
+    """The InspectReport fields the format states, the same for a local and a header-only inspect."""
+    return {"format": fmt.name, "producer": fmt.producer, "quant_method": fmt.quant_method, "packing_format": fmt.packing_format,
+            "bits": fmt.bits, "group_size": fmt.group_size}
 
 
 def _recorded_architecture(ckpt: Checkpoint) -> dict:
@@ -225,12 +226,7 @@ def header_report(ckpt: Checkpoint, *, label: str, total_bytes: int) -> InspectR
     needs = ["sym"] + (["zero_point_convention"] if convention_source(fmt) == "config" else []) + (["g_idx"] if g_kind == "unknown" else [])
     report = InspectReport(
         path=label,
-        format=fmt.name,
-        producer=fmt.producer,
-        quant_method=fmt.quant_method,
-        packing_format=fmt.packing_format,
-        bits=fmt.bits,
-        group_size=fmt.group_size,
+        **_declared(fmt),
         sym=None,
         sym_declared=fmt.sym,
         zero_point_convention=declared,

@@ -178,6 +178,10 @@ def convert_report(console: Console, r: ConvertReport) -> None:
                   f"exactly{why}; the rest byte for byte")
     else:
         t.add_row("tensors copied", f"{r.tensors_copied} unquantized tensors, byte for byte")
+    if r.tensors_dropped:
+        kinds = sorted({"." + name.rsplit(".", 1)[-1] for name in r.tensors_dropped})
+        t.add_row("tensors dropped", f"{len(r.tensors_dropped)} ({', '.join(kinds)}): only the producer's own loader reads them, "
+                  "and a plain model has no place for them")
     if r.base_model:
         t.add_row("base model", f"{r.base_model}: {', '.join(r.files_from_base) or 'architecture checked, no file needed'}")
     rewrote = [name for name in r.files_rewritten if name not in r.files_added]

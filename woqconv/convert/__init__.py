@@ -54,6 +54,8 @@ class ConvertReport:
     # Unquantized 16-bit tensors written as fp32 (exact): name -> source dtype (the inc and dense targets).
     widened_tensors: dict[str, str] = field(default_factory=dict)
     widened_because: str = ""
+    # Tensors only the producer's own loader uses, left out of a plain (dense) model: name list.
+    tensors_dropped: list[str] = field(default_factory=list)
     # Per layer whose dequantized weights a 16-bit dense output rounds: {"kind": "rounding", "dtype",
     # "values_changed", "values_total", "max_abs", "rel_fro"} (against the fp32 products).
     rounded: dict[str, dict] = field(default_factory=dict)
@@ -107,6 +109,7 @@ def _report(plan: ConversionPlan, out: Path, bytes_in: int, bytes_out: int, seco
         widened_tensors=dict(plan.widened),
         widened_because=plan.target.carried_float_reason if plan.widened else "",
         rounded={n: plan.write_losses[n] for n in sorted(plan.write_losses)},
+        tensors_dropped=list(plan.dropped_tensors),
     )
 
 

@@ -62,6 +62,7 @@ class ConversionPlan:
     companion_passthrough: set[str] = field(default_factory=set)  # source tensors the companion also holds
     widened: dict[str, str] = field(default_factory=dict)  # unquantized tensor -> its 16-bit source dtype, written as fp32
     warnings: list[str] = field(default_factory=list)
+    dropped_tensors: list[str] = field(default_factory=list)  # producer-only tensors a plain model has no use for
     # Per requantized layer: the method and its weight error (filled while writing, or by a dry run).
     requant_stats: dict[str, dict] = field(default_factory=dict)
     # Per layer: what the target's encoder lost, measured while writing (or by a dry run): Target.encode.
@@ -279,6 +280,7 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
     ckpt = src.ckpt
     if target.needs_config and not ckpt.has_config:
         raise RefusedConversion(missing_architecture(src.root, to), file=src.root)
+    target = target.for_source(src)
     wrapped = []
     for detection in Detection.registry:
         if wrapped := detection.wrapped_modules(ckpt):
@@ -340,8 +342,11 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
         name: ShardPlan(out_names[name], shard_metadata(f), source=name) for name, f in sorted(ckpt.shards.items())
     }
     widened: dict[str, str] = {}
+    markers = () if target.carries_producer_tensors else tuple(d.marker_suffix for d in Detection.registry if d.marker_suffix)
+    dropped_tensors = [t for t in ckpt.tensor_names if t not in owned and markers and t.endswith(markers)]
+    left_out = set(dropped_tensors)
     for t in ckpt.tensor_names:
-        if t not in owned:
+        if t not in owned and t not in left_out:
             shard = shards[ckpt.locations[t]]
             shard.passthrough.append(t)
             info = ckpt.info(t)
@@ -404,7 +409,7 @@ def plan_conversion(src: QuantizedCheckpoint, to: str, *, allow_bf16: bool = Fal
     config, extra, copied, dropped = output_configs(ckpt, target, qc, summary)
     return ConversionPlan(
         src, target, list(shards.values()), prepared, owned, config, qc, extra, copied, dropped, companion_specs, casts,
-        companion_passthrough, widened, warnings,
+        companion_passthrough, widened, warnings, dropped_tensors=dropped_tensors,
     )
 
 

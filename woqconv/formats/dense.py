@@ -12,6 +12,7 @@ unasked-for loss, and every loader casts on load anyway.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from .._lazy import torch
@@ -110,6 +111,7 @@ class DenseTarget(Target):
     carried_float_reason = "so that the whole model is float32"
     description = "dense safetensors, no quantization_config (llama.cpp's converter, fine-tuning, any quantizer): --dtype float32 (exact), float16 or bfloat16 (rounded, reported)"
     dtype_option = True
+    carries_producer_tensors = False
     fix_note = "dequantized: no longer a quantized checkpoint (float32 by default, 8x the bytes of 4-bit codes)"
     # A plain model: what every engine that reads Hugging Face checkpoints runs (llama.cpp through its converter).
     engines = staticmethod(lambda facts: {"transformers": loads("a plain model"), "vllm-cpu": loads(), "vllm-cuda": loads(),
@@ -127,21 +129,43 @@ class DenseTarget(Target):
     def lossy_encoding(self) -> bool:
         return self.dtype != "float32"
 
-    def configured(self, *, dtype: str) -> "DenseTarget":
-        """This target writing ``dtype`` (one of DTYPES)."""
+    # The linears of the source's architecture that have a bias (None: unknown, every bias is kept).
+    biased: frozenset[str] | None = None
+
+    def _copy(self, **changes) -> "DenseTarget":
         t = DenseTarget.__new__(DenseTarget)
         t.__dict__.update(self.__dict__)
-        t.family = family_for(dtype)
-        t.carried_float_dtype = "F32" if dtype == "float32" else None
+        t.__dict__.update(changes)
         return t
 
+    def configured(self, *, dtype: str) -> "DenseTarget":
+        """This target writing ``dtype`` (one of DTYPES)."""
+        return self._copy(family=family_for(dtype), carried_float_dtype="F32" if dtype == "float32" else None)
+
+    def for_source(self, src) -> "DenseTarget":
+        """Quantizers store a bias for every linear (GPTQ's writers, zeros where the model has none); a plain
+        model has a slot only where its architecture does. The architecture, built on ``meta``, says where."""
+        from ..architecture import meta_model
+
+        try:
+            model = meta_model(src.ckpt.config)
+        except Exception:  # an architecture transformers cannot build here: keep every bias as it is
+            return self
+        linears = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        return self._copy(biased=frozenset(name for name, m in linears.items() if m.bias is not None))
+
     def prepare(self, layer) -> Prepared:
-        """Every layer dequantizes; only a product beyond the dtype's range is refused (it would be infinite)."""
+        """Every layer dequantizes; a product beyond the dtype's range is refused (it would be infinite), and so
+        is a non-zero bias where the architecture has none. A zero bias there is dropped: it adds nothing."""
         limit = torch.finfo(getattr(torch, self.dtype)).max
         top = largest_weight(layer)
         if top > limit:
             return Prepared(layer, [], f"dequantized weights reach up to {top:.4g}, beyond {self.dtype}'s largest value {limit:.4g}; "
                                        "use `--dtype float32`")
+        if layer.bias is not None and self.biased is not None and layer.name not in self.biased:
+            if bool(layer.bias.any()):
+                return Prepared(layer, [], "a non-zero bias where the architecture's linear has none: a plain model cannot hold it")
+            return Prepared(replace(layer, bias=None), ["zero bias dropped (the architecture's linear has none)"])
         return Prepared(layer, [])
 
     def encode(self, layer) -> tuple[dict[str, torch.Tensor], dict | None]:
@@ -167,4 +191,4 @@ def is_dense_checkpoint(path: Path) -> bool:
     if not config.is_file() or any((path / f).exists() for f in QUANT_CONFIG_FILES):
         return False
     has_weights = (path / "model.safetensors").exists() or (path / "model.safetensors.index.json").exists()
-    return has_weights and not isinstance(read_json(config).get("quantization_config"), dict)
+    return has_weights and "quantization_config" not in read_json(config)

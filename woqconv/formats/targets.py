@@ -189,11 +189,19 @@ class Target:
     engines: Callable | None = None
     # What a user should know of this target when inspect suggests it as the fix for an engine.
     fix_note: str = ""
+    # Tensors only a quantizer's own loader uses (a detection's ``marker_suffix``: INC's scale_bf16_to_fp8) are
+    # carried, unless the target writes a plain model, whose loaders would find them unexpected.
+    carries_producer_tensors: bool = True
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
         if "name" in cls.__dict__:
             TARGETS[cls.name] = cls()
+
+    def for_source(self, src) -> "Target":
+        """This target as it writes ``src`` (a QuantizedCheckpoint): itself, unless what it writes depends on the
+        source's architecture (the dense target asks it which linears have a bias)."""
+        return self
 
     def check_bits(self, layer: QuantLinear) -> str | None:
         return None

@@ -23,7 +23,7 @@ import numpy as np
 
 from .._lazy import torch
 from ..errors import FormatError
-from .writeback import start_writeback
+from .writeback import forget, start_writeback
 
 # The dtypes woqconv computes on, by safetensors name -> torch's name for them. The torch dtypes
 # themselves (``DTYPES``, ``DTYPE_NAMES``) are looked up on first use: reading headers needs no torch.
@@ -444,10 +444,12 @@ class SafetensorsWriter:
             self.check_complete()
             os.fsync(self._fd)
         finally:
+            forget(self._fd)
             os.close(self._fd)
             self._fd = -1
 
     def abort(self) -> None:
         if self._fd >= 0:
+            forget(self._fd)
             os.close(self._fd)
             self._fd = -1

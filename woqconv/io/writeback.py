@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import threading
 
 SYNC_FILE_RANGE_WRITE = 2
 # Below this, a write's pages are left to the kernel: one more system call per small tensor buys nothing.
@@ -27,9 +28,27 @@ def _sync_file_range():
     return call
 
 
+_pending: dict[int, int] = {}  # fd -> bytes written since its writeback was last started
+_lock = threading.Lock()
+
+
 def start_writeback(fd: int, offset: int, count: int) -> None:
-    """``sync_file_range(fd, offset, count, SYNC_FILE_RANGE_WRITE)`` for ``count >= MIN_BYTES``; a hint:
-    errors are left for the fsync to report."""
+    """Note ``count`` bytes written to ``fd`` at ``offset``; once ``MIN_BYTES`` have gathered since the last
+    time, ``sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)`` starts writeback of every dirty page of the file.
+    Counting per file, not per write, matters for small tensors: a 1B model's are mostly below MIN_BYTES one by
+    one, and left alone they all waited for the final fsync (1B to compressed-tensors: 0.87 s of writing, 0.43 s
+    of it that wait). A hint: errors are left for the fsync to report."""
     call = _sync_file_range()
-    if call is not None and count >= MIN_BYTES:
-        call(fd, offset, count, SYNC_FILE_RANGE_WRITE)
+    if call is None:
+        return
+    with _lock:
+        gathered = _pending.get(fd, 0) + count
+        _pending[fd] = 0 if gathered >= MIN_BYTES else gathered
+    if gathered >= MIN_BYTES:
+        call(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
+
+
+def forget(fd: int) -> None:
+    """``fd`` is about to be closed (its number may be reused): drop its count."""
+    with _lock:
+        _pending.pop(fd, None)
