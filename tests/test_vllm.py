@@ -4,11 +4,15 @@ with the source's log-probabilities; it refuses asymmetric GPTQ as it stands, an
 
 from __future__ import annotations
 
+import json
+import subprocess
+
 import pytest
 
-from conftest import fixture_path
+from conftest import FIXTURES, fixture_path
 
 import woqconv
+from woqconv.runtime.runs import vllm_python
 from woqconv.runtime.verify import verify
 
 pytestmark = pytest.mark.loaders
@@ -71,3 +75,42 @@ def test_symmetric_outputs_run_in_transformers_and_vllm(outputs):
 def test_vllm_serves_the_producers_own_files(name):
     report = verify(fixture_path(name), loader="vllm")
     assert report.passed and report.loader == "vllm", _failures(report)
+
+
+# vLLM's own config classes, asked whether they take each checkpoint's quantization_config (no model is built).
+VLLM_CONFIGS = """
+import json, sys
+from vllm.model_executor.layers.quantization import get_quantization_config
+for path in sys.argv[1:]:
+    qc = json.load(open(path + "/config.json"))["quantization_config"]
+    try:
+        get_quantization_config(qc["quant_method"]).from_config(qc)
+        print(json.dumps({"path": path, "ok": True}))
+    except Exception as e:
+        print(json.dumps({"path": path, "ok": False, "error": f"{type(e).__name__}: {e}"}))
+"""
+
+
+def test_inspects_vllm_verdicts_agree_with_vllms_own_config_classes():
+    """Every fixture whose config names a method vLLM's classes parse (gptq, awq, compressed-tensors): inspect's
+    vLLM CUDA verdict (the config-level one; CPU adds its kernel's limits) is what vLLM's class says."""
+    paths = []
+    for p in sorted(FIXTURES.iterdir()):
+        config = p / "config.json"
+        qc = json.loads(config.read_text()).get("quantization_config") if config.exists() else None
+        if isinstance(qc, dict) and qc.get("quant_method") in ("gptq", "awq", "compressed-tensors"):
+            paths.append(p)
+    assert len(paths) >= 20
+    out = subprocess.run([str(vllm_python()), "-c", VLLM_CONFIGS, *map(str, paths)], capture_output=True, text=True, timeout=300)
+    theirs = {row["path"]: row for row in map(json.loads, (line for line in out.stdout.splitlines() if line.startswith("{")))}
+    assert len(theirs) == len(paths), out.stderr[-2000:]
+    compared = 0
+    for p in paths:
+        row = next(r for r in woqconv.inspect(p).engines if r["engine"] == "vllm-cuda")
+        if row["loads"] is None:  # parsed by vLLM, kernel unmeasured: no claim to check
+            continue
+        compared += 1
+        assert row["loads"] == theirs[str(p)]["ok"], (p.name, row, theirs[str(p)])
+        if not row["loads"]:
+            assert theirs[str(p)]["error"].split(": ", 1)[1] in row["detail"] or "4- and 8-bit" in row["detail"], (row, theirs[str(p)])
+    assert compared >= 20

@@ -41,7 +41,7 @@ class Facts:
     data could tell (a Hub repo inspected from its headers)."""
 
     format: str
-    quant_method: str
+    quant_method: str  # as the config says ("" for a target's output: its own)
     bits: frozenset[int]
     asym: bool | None
     g_idx: str  # none / trivial / block-uniform / scattered / unknown
@@ -50,6 +50,9 @@ class Facts:
     has_architecture: bool
     gaudi_cache: bool  # INC's Gaudi cache beside the weights, covering every layer
     scales_dtypes: tuple[str, ...] = ()
+    declared_bits: int = 0  # the config's model-level bits (what a loader's config class checks first)
+    declared_group_size: int = 0
+    desc_act: bool | None = None  # as the config declares it (GPTQ's act-order flag)
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,14 @@ def gaudi_verdict(facts, cached: bool = False) -> Verdict:
     return loads("reads its Gaudi cache, no repacking" if cached else "repacks every layer at each load (a Gaudi target pre-bakes it)")
 
 
+def vllm_reads_its_config(facts: Facts, verdict: Verdict) -> Verdict:
+    """A checkpoint whose config says ``quant_method: auto-round`` reaches vLLM through its INC config, which picks
+    a GPTQ or AWQ kernel by packing format: not the GPTQ/AWQ classes the declarations describe, and not measured."""
+    if facts.quant_method == "auto-round":
+        return Verdict(None, "vLLM reads quant_method auto-round through its INC config (not measured here)")
+    return verdict
+
+
 # What one format declares: engine key -> its verdict on a checkpoint of that format with these facts.
 Declarations = Callable[[Facts], dict[str, Verdict]]
 
@@ -122,7 +133,8 @@ def verdicts(declare: Declarations | None, facts: Facts) -> dict[str, Verdict]:
 def as_written_by(target, facts: Facts) -> Facts:
     """The facts of ``target``'s output from a source with ``facts``: its format, its g_idx (none where it keeps
     none), and whether a Gaudi cache lies beside it."""
-    return replace(facts, format=target.name, g_idx=facts.g_idx if target.keeps_g_idx else "none",
+    g_idx = facts.g_idx if target.keeps_g_idx else "none"
+    return replace(facts, format=target.name, quant_method="", g_idx=g_idx, desc_act=g_idx in ("block-uniform", "scattered"),
                    gaudi_cache=bool(target.companion or target.default_hpu_cache))
 
 

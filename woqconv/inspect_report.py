@@ -274,7 +274,8 @@ def engine_facts(report: InspectReport) -> Facts:
         asym=None if any(s is None for s in syms) else not all(syms), g_idx=report.g_idx, mixed=report.mixed,
         dims_multiple_of_32=all(layer.in_features % 32 == 0 and layer.out_features % 32 == 0 for layer in layers),
         has_architecture=report.architecture is not None, gaudi_cache=bool(cache and cache["covers_every_layer"]),
-        scales_dtypes=tuple(report.scales_dtypes),
+        scales_dtypes=tuple(report.scales_dtypes), declared_bits=report.bits, declared_group_size=report.group_size,
+        desc_act=report.desc_act_declared,
     )
 
 

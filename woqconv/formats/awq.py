@@ -32,7 +32,7 @@ from .base import (
 )
 from .base import effective_group_size
 from .gptq import SCALE_DTYPES
-from ..engines import loads, refuses, vllm_cpu_kernel
+from ..engines import loads, refuses, vllm_cpu_kernel, vllm_reads_its_config
 from .targets import ByteRoute, ModelQuantSummary, Target, plain_gptq4, with_bias, zero_point_delta
 
 BITS = 4
@@ -172,7 +172,8 @@ class AwqDetection(Detection):
 def awq_engines(facts) -> dict:
     """AWQ GEMM checkpoints as each engine reads them (vLLM 0.32's AWQConfig: 4-bit, with or without zero points)."""
     inc = refuses("INC's load(format=\"huggingface\") fails on AWQ checkpoints")
-    return {"transformers": loads("with gptqmodel"), "vllm-cpu": vllm_cpu_kernel(facts, loads()), "vllm-cuda": loads(),
+    return {"transformers": loads("with gptqmodel"), "vllm-cpu": vllm_reads_its_config(facts, vllm_cpu_kernel(facts, loads())),
+            "vllm-cuda": vllm_reads_its_config(facts, loads()),
             "vllm-gaudi": loads("awq_hpu"), "inc-cpu": inc, "inc-gaudi": inc}
 
 

@@ -17,7 +17,7 @@ from .._lazy import torch
 from ..io.checkpoint import Checkpoint
 from ..ir import PackedCodes, QuantLinear, default_g_idx
 from ..io.safetensors_io import TensorSpec
-from ..engines import Verdict, bits_label, gaudi_verdict, loads, needs_symmetry, refuses, vllm_cpu_kernel
+from ..engines import Verdict, bits_label, gaudi_verdict, loads, needs_symmetry, refuses, vllm_cpu_kernel, vllm_reads_its_config
 from .targets import TRANSFORMERS_LOAD, ModelQuantSummary, Target, gptq_layout_route, neural_compressor_load
 from ..errors import FormatError
 from . import detect
@@ -281,11 +281,15 @@ def valid_damp(declared: dict) -> float:
 
 
 def _vllm_gptq(facts) -> Verdict:
-    """vLLM 0.32's AutoGPTQConfig, CPU and CUDA alike: (bits, sym) in {(4, True), (8, True)}; it reads no zero
-    points (``zero_points=False``), so a symmetric checkpoint loads whichever convention it stores."""
+    """vLLM 0.32's AutoGPTQConfig, CPU and CUDA alike: no group act-order (``desc_act`` true with groups), then
+    (bits, sym) in {(4, True), (8, True)}; it reads no zero points (``zero_points=False``), so a symmetric
+    checkpoint loads whichever convention it stores."""
+    if facts.desc_act and facts.declared_group_size not in (-1, 0):
+        return refuses("vLLM 0.32 refuses act-order: `GPTQ group activation ordering (desc_act=True) is no longer supported. "
+                       "Use a checkpoint with static activation ordering or desc_act=False.`")
     if not facts.bits <= {4, 8}:
         return refuses(f"vLLM reads 4- and 8-bit GPTQ only, not {bits_label(facts)}")
-    return needs_symmetry(facts, loads, f"vLLM refuses asymmetric GPTQ (`Unsupported quantization config: bits={max(facts.bits)}, "
+    return needs_symmetry(facts, loads, f"vLLM refuses asymmetric GPTQ (`Unsupported quantization config: bits={facts.declared_bits or max(facts.bits)}, "
                                         "sym=False`): it reads no zero points")
 
 
@@ -294,8 +298,8 @@ def gptq_engines(facts, *, v2: bool) -> dict:
     found = {
         "transformers": loads("with optimum + gptqmodel" + ("; per-module `dynamic` needs GPTQModel.load, transformers ignores it"
                                                             if facts.mixed else "")),
-        "vllm-cpu": vllm_cpu_kernel(facts, _vllm_gptq(facts)),
-        "vllm-cuda": _vllm_gptq(facts),
+        "vllm-cpu": vllm_reads_its_config(facts, vllm_cpu_kernel(facts, _vllm_gptq(facts))),
+        "vllm-cuda": vllm_reads_its_config(facts, _vllm_gptq(facts)),
     }
     if v2:
         found["vllm-gaudi"] = refuses("vllm-gaudi's GPTQ path reads zero points as v1 (z - 1) whatever checkpoint_format says")
