@@ -24,8 +24,8 @@ ASYM_GPTQ = "ar-g32-asym-auto_gptq"
 def outputs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("vllm")
     made = {}
-    for src, to in ((ASYM_GPTQ, "awq"), (ASYM_GPTQ, "compressed-tensors"), (ASYM_GPTQ, "dense"),
-                    ("ar-g32-sym-auto_gptq", "compressed-tensors"), ("ar-g32-sym-auto_gptq", "awq")):
+    for src, to in ((ASYM_GPTQ, "awq"), (ASYM_GPTQ, "compressed-tensors"), ("ar-g32-sym-auto_gptq", "compressed-tensors"),
+                    ("ar-g32-sym-auto_gptq", "awq")):
         made[src, to] = tmp / f"{src}--{to}"
         woqconv.convert(fixture_path(src), made[src, to], to=to)
     return made
@@ -50,11 +50,10 @@ def test_vllm_refuses_asymmetric_gptq_as_it_stands():
     assert row["fix"] == {"to": "awq", "flags": [], "lossless": True, "note": ""}
 
 
-@pytest.mark.parametrize("to", ["awq", "compressed-tensors", "dense"])
+@pytest.mark.parametrize("to", ["awq", "compressed-tensors"])
 def test_vllm_serves_it_after_conversion_with_the_sources_logprobs(outputs, to, record_property):
-    if to != "dense":  # inspect's verdict on the output, before vLLM proves it (a dense output is no quantized checkpoint)
-        assert _vllm_cpu_row(outputs[ASYM_GPTQ, to])["loads"] is True
-    report = verify(outputs[ASYM_GPTQ, to], against=fixture_path(ASYM_GPTQ), loader="vllm" if to != "compressed-tensors" else None)
+    assert _vllm_cpu_row(outputs[ASYM_GPTQ, to])["loads"] is True  # inspect's verdict, before vLLM proves it
+    report = verify(outputs[ASYM_GPTQ, to], against=fixture_path(ASYM_GPTQ), loader="vllm" if to == "awq" else None)
     assert report.passed, _failures(report)
     assert report.loader == "vllm" and report.metrics["precision"] == "bf16" and report.device == "cpu"
     record_property("vllm", str({k: report.metrics[k] for k in ("max_abs_logit_diff", "cosine", "top1_agreement", "ppl", "ppl_reference")}))
