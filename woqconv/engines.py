@@ -10,7 +10,7 @@ is lossless (or, failing that, the first whose only loss is one the user can acc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 
@@ -122,7 +122,6 @@ class EngineRow:
     loads: bool | None
     detail: str
     fix: dict | None = None  # {"to", "flags", "lossless", "note"}: the conversion after which it loads
-    candidates_tried: list[str] = field(default_factory=list)
 
 
 def verdicts(declare: Declarations | None, facts: Facts) -> dict[str, Verdict]:
@@ -156,7 +155,6 @@ def engine_table(facts: Facts, declare: Declarations | None, targets: dict, try_
                     continue
                 if name not in tried:
                     tried[name] = try_conversion(name)
-                row.candidates_tried.append(name)
                 outcome = tried[name]
                 if outcome is None:
                     continue

@@ -285,4 +285,4 @@ def engine_rows(report: InspectReport, try_conversion: Callable[[str], dict | No
     detection = next((d for d in Detection.registry if report.format in d.engine_declarations), None)
     declare = detection.engine_declarations[report.format] if detection else getattr(TARGETS.get(report.format), "engines", None)
     rows = engine_table(engine_facts(report), declare, TARGETS, try_conversion)
-    return [{k: v for k, v in asdict(row).items() if k != "candidates_tried"} for row in rows]
+    return [asdict(row) for row in rows]

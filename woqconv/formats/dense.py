@@ -12,6 +12,7 @@ unasked-for loss, and every loader casts on load anyway.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from ..engines import loads
 from ..io.checkpoint import CONFIG_NAME, read_json
 from ..io.safetensors_io import TensorSpec
 from ..ir import CodebookLinear
-from .base import ZP_V2, LayerFamily
+from .base import ZP_V2, LayerFamily, spec_of
 from .targets import LoadExample, ModelQuantSummary, Prepared, Target
 
 # --dtype choices: torch dtype name -> safetensors dtype.
@@ -65,8 +66,8 @@ class DenseFamily(LayerFamily):
     def specs(cls, layer) -> list[TensorSpec]:
         specs = [TensorSpec(f"{layer.name}.weight", DTYPES[cls.dtype], (layer.out_features, layer.in_features))]
         if layer.bias is not None:
-            specs.append(TensorSpec(f"{layer.name}.bias", DTYPES[cls.dtype] if cls.widen_bias else _safetensors_dtype(layer.bias),
-                                    (layer.out_features,)))
+            specs.append(TensorSpec(f"{layer.name}.bias", DTYPES[cls.dtype], (layer.out_features,)) if cls.widen_bias
+                         else spec_of(f"{layer.name}.bias", layer.bias))
         return specs
 
     @classmethod
@@ -83,12 +84,6 @@ class DenseFamily(LayerFamily):
     @classmethod
     def encode(cls, layer, zero_point_convention: str) -> dict[str, torch.Tensor]:
         return cls.encode_measured(layer)[0]
-
-
-def _safetensors_dtype(t: torch.Tensor) -> str:
-    from ..io.safetensors_io import DTYPE_NAMES
-
-    return DTYPE_NAMES[t.dtype]
 
 
 _FAMILIES: dict[str, type[DenseFamily]] = {DEFAULT_DTYPE: DenseFamily}
@@ -132,15 +127,11 @@ class DenseTarget(Target):
     # The linears of the source's architecture that have a bias (None: unknown, every bias is kept).
     biased: frozenset[str] | None = None
 
-    def _copy(self, **changes) -> "DenseTarget":
-        t = DenseTarget.__new__(DenseTarget)
-        t.__dict__.update(self.__dict__)
-        t.__dict__.update(changes)
-        return t
-
     def configured(self, *, dtype: str) -> "DenseTarget":
         """This target writing ``dtype`` (one of DTYPES)."""
-        return self._copy(family=family_for(dtype), carried_float_dtype="F32" if dtype == "float32" else None)
+        t = copy.copy(self)
+        t.family, t.carried_float_dtype = family_for(dtype), "F32" if dtype == "float32" else None
+        return t
 
     def for_source(self, src) -> "DenseTarget":
         """Quantizers store a bias for every linear (GPTQ's writers, zeros where the model has none); a plain
@@ -152,7 +143,9 @@ class DenseTarget(Target):
         except Exception:  # an architecture transformers cannot build here: keep every bias as it is
             return self
         linears = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-        return self._copy(biased=frozenset(name for name, m in linears.items() if m.bias is not None))
+        t = copy.copy(self)
+        t.biased = frozenset(name for name, m in linears.items() if m.bias is not None)
+        return t
 
     def prepare(self, layer) -> Prepared:
         """Every layer dequantizes; a product beyond the dtype's range is refused (it would be infinite), and so

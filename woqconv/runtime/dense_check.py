@@ -15,6 +15,7 @@ import torch
 from ..compute import compute_threads, map_in_order, release_freed_memory
 from ..formats.dense import rounding_loss
 from ..io.checkpoint import Checkpoint
+from ..io.safetensors_io import TORCH_NAMES
 from ..source import QuantizedCheckpoint
 from .report import Check, VerifyReport
 
@@ -58,7 +59,7 @@ def weights_dtype(path: Path, layer: str) -> str:
     with Checkpoint.open(path) as ckpt:
         name = f"{layer}.weight"
         dtype = ckpt.info(name).dtype if ckpt.has(name) else "F32"
-    return {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}.get(dtype, dtype)
+    return TORCH_NAMES.get(dtype, dtype)
 
 
 def dense_weights_checks(path: Path, src: QuantizedCheckpoint, report: VerifyReport, workers: int) -> None:
